@@ -1,0 +1,5 @@
+import sys
+
+from tetriszmq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,258 @@
+"""The trainer's I/O thread: it owns the PUB and REP sockets.
+
+The training thread never touches the network. It posts ``[topic, body]`` to
+an inproc PUSH socket (`Outbox.post`, a few microseconds, never blocking) and
+carries on. The broker thread, fed by the matching PULL socket:
+
+- stamps each message with the envelope and the run's next ``seq`` (one
+  thread assigns ``seq``, so it is gap-free and ordered across topics),
+- publishes it on PUB (non-blocking; slow subscribers lose messages at the
+  high-water mark, the trainer never waits),
+- appends episodes, metrics and status to ``metrics.jsonl``,
+- keeps the `RunHistory` that answers ``snapshot`` consistently with ``seq``,
+- answers control requests on REP, even during a long SB3 update,
+- publishes a heartbeat every ``heartbeat_every`` seconds, also while the
+  training thread is busy saving or paused.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any, Callable
+
+import zmq
+
+from tetriszmq import protocol
+from tetriszmq.history import RunHistory
+from tetriszmq.protocol import Command, ProtocolError, State, Topic
+from tetriszmq.state import TrainerState
+
+_CLOSE = b"close"
+_BATCH = 256  # messages drained per wake-up before the REP socket gets a turn
+_JOURNALED = frozenset({Topic.STATUS, Topic.METRICS, Topic.EPISODE})
+MAX_WIRE_REQUEST = 1 << 20  # larger requests drop the connection instead of being read
+
+SocketSetup = Callable[[zmq.Socket, str], None]
+
+
+class Outbox:
+    """The training thread's end of the pipe to the broker; one per thread."""
+
+    def __init__(self, ctx: zmq.Context, address: str, hwm: int) -> None:
+        self._sock = ctx.socket(zmq.PUSH)
+        self._sock.setsockopt(zmq.SNDHWM, hwm)
+        self._sock.setsockopt(zmq.LINGER, 2000)
+        self._sock.connect(address)
+        self.dropped = 0
+
+    def post(self, topic: Topic, fields: dict[str, Any]) -> None:
+        """Hand one message to the broker; drops (and counts) instead of blocking."""
+        fields["t"] = time.time()
+        try:
+            self._sock.send_multipart(
+                [protocol.TOPIC_FRAMES[topic], protocol.encode_body(fields)], zmq.NOBLOCK
+            )
+        except zmq.Again:
+            self.dropped += 1
+
+    def close_broker(self) -> None:
+        """Ask the broker to finish: everything posted before this is published first."""
+        self._sock.send(_CLOSE)
+        self._sock.close()
+
+
+class Broker:
+    """Runs the I/O thread; see the module docstring."""
+
+    def __init__(
+        self,
+        state: TrainerState,
+        pub: str,
+        ctl: str,
+        *,
+        hwm: int = 1000,
+        history: int = 20000,
+        journal: Path | None = None,
+        heartbeat_every: float = 0.5,
+        setup_socket: SocketSetup | None = None,
+    ) -> None:
+        self.state = state
+        self.pub_endpoint, self.ctl_endpoint = pub, ctl
+        self.hwm = hwm
+        self.history = RunHistory(state.run, history)
+        self.journal_path = journal
+        self.heartbeat_every = heartbeat_every
+        self.setup_socket = setup_socket
+        self.ctx = zmq.Context.instance()
+        self.address = f"inproc://tetriszmq-broker-{id(self):x}"
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="tetriszmq-broker", daemon=True)
+        self._prefixes = {topic: protocol.envelope_prefix(topic, state.run) for topic in Topic}
+        self._seq = 0
+        self.outbox: Outbox
+
+    def start(self) -> None:
+        """Bind the sockets and start the thread; raises if an endpoint cannot be bound.
+
+        The calling thread gets ``self.outbox``, its end of the pipe.
+        """
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+        self.outbox = Outbox(self.ctx, self.address, self.hwm * 10)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Publish everything posted so far, then stop the thread (from the starting thread)."""
+        self.outbox.close_broker()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            sockets = self._bind()
+        except BaseException as exc:  # reported to start() in the caller's thread
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        pull, pub, rep, journal = sockets
+        try:
+            self._loop(pull, pub, rep, journal)
+        finally:
+            pub.setsockopt(zmq.LINGER, 1000)
+            for sock in (pull, rep, pub):
+                sock.close()
+            if journal is not None:
+                journal.close()
+
+    def _bind(self) -> tuple[zmq.Socket, zmq.Socket, zmq.Socket, IO[bytes] | None]:
+        pull = self.ctx.socket(zmq.PULL)
+        pull.setsockopt(zmq.RCVHWM, self.hwm * 10)
+        pull.bind(self.address)
+        pub = self.ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.SNDHWM, self.hwm)
+        pub.setsockopt(zmq.LINGER, 0)
+        rep = self.ctx.socket(zmq.REP)
+        rep.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_REQUEST)
+        rep.setsockopt(zmq.LINGER, 0)
+        try:
+            for sock, endpoint in ((pub, self.pub_endpoint), (rep, self.ctl_endpoint)):
+                if self.setup_socket is not None:
+                    self.setup_socket(sock, endpoint)
+                try:
+                    sock.bind(endpoint)
+                except zmq.ZMQError as exc:
+                    raise OSError(f"cannot bind {endpoint}: {exc}") from None
+            journal = None
+            if self.journal_path is not None:
+                journal = open(self.journal_path, "ab")
+        except BaseException:
+            for sock in (pull, pub, rep):
+                sock.close(linger=0)
+            raise
+        self.state.endpoints = {
+            "pub": pub.getsockopt_string(zmq.LAST_ENDPOINT),
+            "ctl": rep.getsockopt_string(zmq.LAST_ENDPOINT),
+        }
+        return pull, pub, rep, journal
+
+    def _loop(self, pull: zmq.Socket, pub: zmq.Socket, rep: zmq.Socket, journal: IO[bytes] | None) -> None:
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        poller.register(rep, zmq.POLLIN)
+        next_beat = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= next_beat:
+                self._publish(pub, journal, Topic.HEARTBEAT, self._heartbeat())
+                next_beat = now + self.heartbeat_every
+            events = dict(poller.poll(max(0.0, next_beat - now) * 1000))
+            if pull in events and not self._drain(pull, pub, journal):
+                return
+            if rep in events:
+                self._answer(rep)
+
+    def _drain(self, pull: zmq.Socket, pub: zmq.Socket, journal: IO[bytes] | None) -> bool:
+        """Forward up to `_BATCH` posted messages; False once the close sentinel arrives."""
+        try:
+            for _ in range(_BATCH):
+                frames = pull.recv_multipart(zmq.NOBLOCK)
+                if frames[0] == _CLOSE:
+                    return False
+                self._publish(pub, journal, protocol.topic_of(frames[0]), frames[1])
+        except zmq.Again:
+            pass
+        finally:
+            if journal is not None:
+                self._flush(journal)
+        return True
+
+    def _publish(self, pub: zmq.Socket, journal: IO[bytes] | None, topic: Topic, body: bytes) -> None:
+        self._seq += 1
+        payload = protocol.seal(self._prefixes[topic], self._seq, body)
+        try:
+            pub.send_multipart([protocol.TOPIC_FRAMES[topic], payload], zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # PUB drops for slow subscribers by design
+        self.history.record(topic, self._seq, payload)
+        if journal is not None and topic in _JOURNALED:
+            self._write(journal, payload + b"\n")
+
+    def _write(self, journal: IO[bytes], line: bytes) -> None:
+        try:
+            journal.write(line)
+        except OSError as exc:
+            self.state.request(failure=f"cannot write {self.journal_path}: {exc}")
+
+    def _flush(self, journal: IO[bytes]) -> None:
+        try:
+            journal.flush()
+        except OSError as exc:
+            self.state.request(failure=f"cannot write {self.journal_path}: {exc}")
+
+    def _heartbeat(self) -> bytes:
+        state = self.state
+        return protocol.encode_body({
+            "t": time.time(),
+            "state": str(state.state),
+            "timesteps": state.timesteps,
+            "episodes": state.episodes,
+            "best_lines": state.best_lines,
+            "uptime": round(state.uptime(), 3),
+        })
+
+    def _answer(self, rep: zmq.Socket) -> None:
+        """Reply to exactly one request, whatever it holds, so REP never gets stuck."""
+        frames = rep.recv_multipart()
+        try:
+            reply = protocol.ok_reply(self._execute(protocol.parse_request(frames)))
+        except ProtocolError as exc:
+            reply = protocol.error_reply(str(exc))
+        except Exception as exc:  # a bug must not wedge the control socket
+            reply = protocol.error_reply(f"internal error: {type(exc).__name__}: {exc}")
+        rep.send(reply)
+
+    def _execute(self, cmd: Command) -> dict[str, Any]:
+        state = self.state
+        if cmd is Command.STATUS:
+            return state.summary()
+        if cmd is Command.SNAPSHOT:
+            return self.history.snapshot()
+        if cmd is Command.STOP:
+            state.request(stop_requested=True)
+            return {"state": str(State.STOPPING)}
+        if cmd is Command.PAUSE:
+            state.request(paused=True)
+            return {"state": str(State.PAUSED)}
+        if cmd is Command.RESUME:
+            state.request(paused=False)
+            return {"state": str(State.RUNNING)}
+        if not state.can_save:
+            raise ProtocolError("this trainer has no checkpoint directory; save is unavailable")
+        state.request(save_requested=True)
+        return {"state": str(State.SAVING)}
+

@@ -1,0 +1,72 @@
+"""The ``tetriszmq`` command: ``train`` and ``ctl``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import orjson
+
+from tetriszmq.protocol import Command
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tetriszmq", description="Train a Tetris agent and stream it over ZeroMQ.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train an agent, streaming on PUB and obeying control on REP")
+    train.add_argument("--config", type=Path, help="TOML run config (default: built-in defaults)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one config value (repeatable); VALUE is read as TOML")
+    train.add_argument("--pub", help="PUB endpoint (publish.pub)")
+    train.add_argument("--ctl", help="REP control endpoint (publish.ctl)")
+    train.add_argument("--run-dir", type=Path, help="run directory (default: <run.dir>/<run.name>)")
+    train.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress line")
+    train.set_defaults(func=_train)
+
+    ctl = commands.add_parser("ctl", help="send a control request to a running trainer")
+    ctl.add_argument("cmd", choices=[str(c) for c in Command])
+    ctl.add_argument("--ctl", default="tcp://127.0.0.1:5556", help="the trainer's control endpoint")
+    ctl.add_argument("--timeout", type=float, default=3.0, help="seconds to wait per attempt")
+    ctl.add_argument("--retries", type=int, default=2)
+    ctl.set_defaults(func=_ctl)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tetriszmq import config as cfg
+    from tetriszmq.trainer import RunError, RunOptions, train
+
+    overrides = list(args.overrides)
+    overrides += [f"publish.{key}={_toml_string(value)}" for key in ("pub", "ctl")
+                  if (value := getattr(args, key)) is not None]
+    try:
+        config = cfg.load(args.config, overrides)
+        return train(config, RunOptions(run_dir=args.run_dir, resume=args.resume, quiet=args.quiet))
+    except (cfg.ConfigError, RunError) as exc:
+        print(f"tetriszmq: {exc}", file=sys.stderr)
+        return 2
+
+
+def _ctl(args: argparse.Namespace) -> int:
+    from tetriszmq.ctl import NoReply, request
+
+    try:
+        reply = request(args.ctl, args.cmd, timeout=args.timeout, retries=args.retries)
+    except NoReply as exc:
+        print(f"tetriszmq ctl: {exc}", file=sys.stderr)
+        return 3
+    sys.stdout.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0 if reply.get("ok") else 1
+
+
+def _toml_string(value: str) -> str:
+    return orjson.dumps(value).decode()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

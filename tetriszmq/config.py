@@ -1,0 +1,191 @@
+"""Run configuration: TOML files, ``--set`` overrides, and validation.
+
+Every key is declared once, in the dataclasses below, with its type, default
+and limits. Loading rejects unknown keys, wrong types and out-of-range values
+with a `ConfigError` that names the key, before anything is trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tetriszmq.protocol import RUN_ID_PATTERN
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message names the key."""
+
+
+def _limit(default: Any, *, min: float | None = None, choices: tuple[str, ...] | None = None,
+           doc: str = "") -> Any:
+    factory = (lambda: list(default)) if isinstance(default, list) else None
+    meta = {"min": min, "choices": choices, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunSection:
+    name: str = _limit("default", doc="run directory is <dir>/<name>")
+    dir: str = _limit("runs")
+    seed: int = _limit(1, min=1, doc="seeds > 0: tetris-gymnasium ignores seed 0")
+
+
+@dataclass
+class EnvSection:
+    kind: str = _limit("raw", choices=("raw", "placement"),
+                       doc="raw: tetris-gymnasium's 8 key actions; placement: one action places a piece")
+    n_envs: int = _limit(1, min=1)
+    vec_env: str = _limit("dummy", choices=("dummy", "subproc"))
+    max_pieces: int = _limit(0, min=0, doc="truncate training episodes after this many pieces; 0: never")
+    features: list[str] = _limit([], doc="placement features by name; empty: the default set")
+
+
+@dataclass
+class AgentSection:
+    algo: str = _limit("ppo", doc="ppo, dqn, afterstate-dqn, ...: see tetriszmq.agents.ALGOS")
+    policy: str = _limit("", doc="SB3 policy name; empty: the algorithm's default")
+    device: str = _limit("cpu")
+    torch_threads: int = _limit(1, min=1)
+    params: dict[str, Any] = field(default_factory=dict, metadata={"doc": "keyword arguments of the SB3 algorithm"})
+
+
+@dataclass
+class TrainSection:
+    max_timesteps: int = _limit(100_000, min=1, doc="total environment steps, counting those before --resume")
+    max_minutes: float = _limit(0.0, min=0, doc="wall-clock limit of this process; 0: none")
+    target_lines: int = _limit(0, min=0, doc="stop after the first episode that clears at least this many lines; 0: never")
+    checkpoint_every: int = _limit(10_000, min=0, doc="timesteps between periodic checkpoints; 0: only latest/final")
+
+
+@dataclass
+class PublishSection:
+    pub: str = _limit("tcp://127.0.0.1:5555")
+    ctl: str = _limit("tcp://127.0.0.1:5556")
+    board_fps: float = _limit(30.0, min=0, doc="board frames per second at most; 0: no board frames")
+    metrics_every: float = _limit(1.0, min=0.05, doc="seconds between metrics messages")
+    heartbeat_every: float = _limit(0.5, min=0.05, doc="seconds between heartbeats")
+    history: int = _limit(20_000, min=1, doc="episodes and metrics kept for late joiners")
+    hwm: int = _limit(1000, min=1, doc="PUB high-water mark, in messages per subscriber")
+
+
+@dataclass
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    env: EnvSection = field(default_factory=EnvSection)
+    agent: AgentSection = field(default_factory=AgentSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    publish: PublishSection = field(default_factory=PublishSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load(path: Path | None, overrides: list[str] = ()) -> Config:
+    """Read a TOML file (or the defaults), apply ``section.key=value`` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for override in overrides:
+        _apply_override(data, override)
+    return from_dict(data)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError("config must be a table")
+    hints = typing.get_type_hints(Config)
+    unknown = set(data) - set(hints)
+    if unknown:
+        raise ConfigError(f"unknown section [{sorted(unknown)[0]}]; known: {', '.join(hints)}")
+    sections = {name: _section(name, hints[name], data.get(name, {})) for name in hints}
+    config = Config(**sections)
+    if not RUN_ID_PATTERN.match(config.run.name):
+        raise ConfigError(f"run.name: {config.run.name!r} must match {RUN_ID_PATTERN.pattern}")
+    return config
+
+
+def _section(name: str, cls: type, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{name}] must be a table, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown key {name}.{key}; known: {', '.join(fields)}")
+        kwargs[key] = _check(f"{name}.{key}", hints[key], fields[key].metadata, value)
+    return cls(**kwargs)
+
+
+def _check(key: str, hint: Any, meta: typing.Mapping[str, Any], value: Any) -> Any:
+    """Return ``value`` converted to the declared type, or raise naming ``key``."""
+    origin = typing.get_origin(hint) or hint
+    if origin is float and type(value) is int:
+        value = float(value)
+    if origin is list:
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+    elif type(value) is not origin:
+        raise ConfigError(f"{key}: expected {origin.__name__}, got {type(value).__name__} {value!r}")
+    if meta.get("min") is not None and value < meta["min"]:
+        raise ConfigError(f"{key}: must be >= {meta['min']}, got {value!r}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{key}: must be one of {', '.join(meta['choices'])}, got {value!r}")
+    return value
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply ``section.key=value``; the value is read as TOML, else taken as a string."""
+    path, sep, raw = override.partition("=")
+    keys = path.strip().split(".")
+    if not sep or len(keys) < 2 or not all(keys):
+        raise ConfigError(f"--set {override!r}: expected section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {override!r}: {key} is not a table")
+    node[keys[-1]] = value
+
+
+def to_toml(config: Config) -> str:
+    """Write a config back as TOML, so a run directory records exactly what ran."""
+    lines: list[str] = []
+    for section, values in config.to_dict().items():
+        tables = {k: v for k, v in values.items() if isinstance(v, dict)}
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if k not in tables]
+        for name, table in tables.items():
+            lines.append(f"\n[{section}.{name}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise ConfigError(f"cannot write {value!r} as TOML")

@@ -1,0 +1,37 @@
+"""A control client that survives a trainer that does not answer: the lazy pirate.
+
+A REQ socket that lost its reply can never send again, so each attempt uses a
+fresh socket, waits ``timeout`` seconds, and is closed without lingering.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import zmq
+
+from tetriszmq import protocol
+from tetriszmq.protocol import Command
+
+
+class NoReply(TimeoutError):
+    """The trainer did not answer within the timeout, on any attempt."""
+
+
+def request(endpoint: str, cmd: Command | str, *, timeout: float = 3.0, retries: int = 2,
+            ctx: zmq.Context | None = None) -> dict[str, Any]:
+    """Send one command and return the decoded reply (``{"ok": ...}``)."""
+    ctx = ctx or zmq.Context.instance()
+    payload = protocol.encode_request(cmd)
+    for _ in range(retries + 1):
+        sock = ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(endpoint)
+            sock.send(payload)
+            if sock.poll(int(timeout * 1000), zmq.POLLIN):
+                return orjson.loads(sock.recv())
+        finally:
+            sock.close()
+    raise NoReply(f"no reply from {endpoint} after {retries + 1} attempts of {timeout:g}s: is the trainer running?")

@@ -1,0 +1,54 @@
+"""The terminal progress line of a headless run.
+
+A daemon thread reads the shared `TrainerState` twice a second, so the
+training loop pays nothing for it. On a terminal the line redraws in place;
+into a file or pipe it prints a plain line every ten seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import TextIO
+
+from tetriszmq.state import TrainerState
+
+
+class ProgressLine:
+    def __init__(self, state: TrainerState, run_dir: Path, max_timesteps: int, out: TextIO = sys.stderr) -> None:
+        self.state = state
+        self.max_timesteps = max_timesteps
+        self.out = out
+        self.tty = out.isatty()
+        self.period = 0.5 if self.tty else 10.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tetriszmq-progress", daemon=True)
+        print(f"tetriszmq: run {state.run} in {run_dir}", file=out, flush=True)
+
+    def start(self) -> None:
+        print(f"tetriszmq: streaming on {self.state.endpoints.get('pub')}, "
+              f"control on {self.state.endpoints.get('ctl')}", file=self.out, flush=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._draw(final=True)
+
+    def line(self) -> str:
+        s = self.state
+        share = min(1.0, s.timesteps / self.max_timesteps) if self.max_timesteps else 0.0
+        bar = "#" * int(share * 20)
+        return (f"[{bar:<20}] {share:4.0%} | {s.timesteps:,} steps | {s.episodes:,} episodes | "
+                f"best {s.best_lines:,} lines | {s.sps:,.0f} steps/s | {s.state}")
+
+    def _run(self) -> None:
+        while not self._done.wait(self.period):
+            self._draw()
+
+    def _draw(self, final: bool = False) -> None:
+        end = "\n" if final or not self.tty else ""
+        prefix = "\r\033[K" if self.tty else ""
+        print(prefix + self.line(), end=end, file=self.out, flush=True)

@@ -1,0 +1,214 @@
+"""The wire protocol between a trainer and its subscribers, in one place.
+
+The trainer, the viewer, `tetriszmq ctl` and the tests all import these
+definitions; `docs/PROTOCOL.md` is the same contract in prose.
+
+Stream (PUB -> SUB): multipart ``[topic_frame, payload]``. ``topic_frame`` is
+``b"<topic>:"`` so that no topic is a prefix of another and a subscriber can
+filter with ``setsockopt(SUBSCRIBE, b"board:")``. ``payload`` is an orjson
+object carrying the envelope (``v``, ``topic``, ``run``, ``seq``, ``t``) and
+the topic's fields. ``topic`` is repeated inside the payload so that a relay
+(the viewer) can forward the payload bytes verbatim to browsers.
+
+Control (REQ -> REP): one frame, an orjson object ``{"cmd": ...}``; the reply
+is ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any, NotRequired, TypedDict
+
+import orjson
+
+VERSION = 1
+MAX_REQUEST_BYTES = 4096
+BOARD_ROWS, BOARD_COLS = 20, 10
+PIECE_KINDS = range(2, 9)  # I, O, T, S, Z, J, L as tetris-gymnasium numbers them
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
+
+
+class Topic(StrEnum):
+    STATUS = "status"
+    METRICS = "metrics"
+    EPISODE = "episode"
+    BOARD = "board"
+    HEARTBEAT = "heartbeat"
+
+
+class State(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SAVING = "saving"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+
+class Command(StrEnum):
+    STOP = "stop"
+    STATUS = "status"
+    SAVE = "save"
+    PAUSE = "pause"
+    RESUME = "resume"
+    SNAPSHOT = "snapshot"
+
+
+class Envelope(TypedDict):
+    v: int
+    topic: str
+    run: str
+    seq: int
+    t: float
+
+
+class StatusFields(TypedDict):
+    state: str
+    reason: str
+    timesteps: int
+    episodes: int
+
+
+class MetricsFields(TypedDict):
+    timesteps: int
+    episodes: int
+    sps: float
+    scalars: dict[str, float]
+
+
+class EpisodeFields(TypedDict):
+    episode: int
+    reward: float
+    lines: int
+    length: int
+    timesteps: int
+
+
+class BoardFields(TypedDict):
+    board: list[list[int]]
+    next: list[int]
+    hold: int | None
+    episode: int
+    step: int
+    lines: int
+    score: float
+
+
+class HeartbeatFields(TypedDict):
+    state: str
+    timesteps: int
+    episodes: int
+    uptime: float
+
+
+class Request(TypedDict):
+    cmd: str
+    v: NotRequired[int]
+
+
+FIELDS: dict[Topic, type] = {
+    Topic.STATUS: StatusFields,
+    Topic.METRICS: MetricsFields,
+    Topic.EPISODE: EpisodeFields,
+    Topic.BOARD: BoardFields,
+    Topic.HEARTBEAT: HeartbeatFields,
+}
+
+TOPIC_FRAMES: dict[Topic, bytes] = {topic: f"{topic}:".encode() for topic in Topic}
+_TOPIC_BY_FRAME: dict[bytes, Topic] = {frame: topic for topic, frame in TOPIC_FRAMES.items()}
+
+
+class ProtocolError(ValueError):
+    """A message or request that does not follow this protocol."""
+
+
+def encode_body(fields: dict[str, Any]) -> bytes:
+    """Encode a topic's fields (numpy scalars and arrays allowed) as a JSON object."""
+    return orjson.dumps(fields, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def envelope_prefix(topic: Topic, run: str) -> bytes:
+    """The constant head of every payload of ``topic`` in ``run``, ready for `seal`.
+
+    Computed once per topic and run, so sealing a message is two byte joins.
+    """
+    if not RUN_ID_PATTERN.match(run):
+        raise ProtocolError(f"run id {run!r} must match {RUN_ID_PATTERN.pattern}")
+    return b'{"v":%d,"topic":"%s","run":"%s","seq":' % (VERSION, topic.encode(), run.encode())
+
+
+def seal(prefix: bytes, seq: int, body: bytes) -> bytes:
+    """Splice the envelope (from `envelope_prefix`) and ``seq`` into an encoded body.
+
+    ``body`` is a non-empty JSON object (it always holds ``t``), so dropping its
+    opening brace and joining gives one valid object without re-encoding.
+    """
+    return b"%s%d,%s" % (prefix, seq, body[1:])
+
+
+def topic_of(frame: bytes) -> Topic:
+    """The topic of a topic frame; raises `ProtocolError` for an unknown one."""
+    topic = _TOPIC_BY_FRAME.get(frame)
+    if topic is None:
+        raise ProtocolError(f"unknown topic frame {frame[:40]!r}")
+    return topic
+
+
+def decode_message(frames: list[bytes]) -> tuple[Topic, dict[str, Any]]:
+    """Decode one stream message; raises `ProtocolError` on anything malformed."""
+    if len(frames) != 2:
+        raise ProtocolError(f"expected 2 frames, got {len(frames)}")
+    topic = topic_of(frames[0])
+    try:
+        payload = orjson.loads(frames[1])
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"payload is not JSON: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("v") != VERSION:
+        raise ProtocolError(f"payload is not a v{VERSION} object")
+    return topic, payload
+
+
+def encode_request(cmd: Command | str) -> bytes:
+    return orjson.dumps({"cmd": str(cmd), "v": VERSION})
+
+
+def parse_request(frames: list[bytes]) -> Command:
+    """Validate one control request and return its command.
+
+    Every rejection raises `ProtocolError` with a message fit to send back.
+    """
+    if len(frames) != 1:
+        raise ProtocolError(f"expected 1 frame, got {len(frames)}")
+    raw = frames[0]
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise ProtocolError(f"request of {len(raw)} bytes exceeds {MAX_REQUEST_BYTES}")
+    try:
+        request = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("request is not valid UTF-8 JSON") from None
+    if not isinstance(request, dict):
+        raise ProtocolError(f"request must be a JSON object, got {type(request).__name__}")
+    unexpected = sorted(set(request) - {"cmd", "v"})
+    if unexpected:
+        raise ProtocolError(f"unexpected fields: {', '.join(map(str, unexpected))[:200]}")
+    version = request.get("v", VERSION)
+    if type(version) is not int or version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {str(version)[:20]}; this trainer speaks v{VERSION}")
+    cmd = request.get("cmd")
+    if not isinstance(cmd, str):
+        raise ProtocolError('"cmd" must be a string')
+    try:
+        return Command(cmd)
+    except ValueError:
+        known = ", ".join(Command)
+        raise ProtocolError(f"unknown command {cmd[:40]!r}; known: {known}") from None
+
+
+def ok_reply(fields: dict[str, Any] | None = None) -> bytes:
+    return orjson.dumps({"ok": True, **(fields or {})}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def error_reply(message: str) -> bytes:
+    return orjson.dumps({"ok": False, "error": message})

@@ -1,0 +1,68 @@
+"""State shared between the training thread and the broker thread.
+
+Plain attributes, each written by one side only; under the GIL a single
+attribute store is atomic, so the hot path pays no lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from tetriszmq.protocol import State
+
+
+@dataclass
+class TrainerState:
+    """Counters and requests that both threads see.
+
+    Written by the training thread: ``state``, ``reason``, ``timesteps``,
+    ``episodes``, ``best_lines``, ``sps``. Written by the broker thread (on control
+    requests or I/O errors): ``stop_requested``, ``save_requested``, ``paused``,
+    ``failure``.
+    """
+
+    run: str
+    endpoints: dict[str, str] = field(default_factory=dict)
+    can_save: bool = False
+    state: State = State.STARTING
+    reason: str = ""
+    timesteps: int = 0
+    episodes: int = 0
+    best_lines: int = 0
+    sps: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    stop_requested: bool = False
+    save_requested: bool = False
+    paused: bool = False
+    failure: str = ""
+    wake: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def attention(self) -> bool:
+        """True when the training thread has a request to act on: one check per step."""
+        return self.stop_requested or self.save_requested or self.paused or bool(self.failure)
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+    def request(self, **flags: bool | str) -> None:
+        """Set request flags (broker thread) and wake a paused training thread."""
+        for name, value in flags.items():
+            setattr(self, name, value)
+        self.wake.set()
+
+    def summary(self) -> dict[str, object]:
+        """The fields of a `status` reply and of a `heartbeat`."""
+        return {
+            "state": str(self.state),
+            "reason": self.reason,
+            "run": self.run,
+            "timesteps": self.timesteps,
+            "episodes": self.episodes,
+            "best_lines": self.best_lines,
+            "sps": round(self.sps, 1),
+            "uptime": round(self.uptime(), 3),
+            "endpoints": self.endpoints,
+        }

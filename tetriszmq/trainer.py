@@ -1,0 +1,175 @@
+"""`tetriszmq train`: one run, from config to final checkpoint.
+
+The order of a run: resolve the run directory, bind the sockets (so a port in
+use fails before any work), build or load the model, learn with the stream
+callback, and always finish with a final checkpoint and a ``stopped`` status.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import orjson
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+from tetriszmq import agents, config as cfg
+from tetriszmq.broker import Broker
+from tetriszmq.callback import StreamCallback
+from tetriszmq.checkpoints import Checkpoints, counters_of
+from tetriszmq.envs import make_vec_env
+from tetriszmq.progress import ProgressLine
+from tetriszmq.protocol import State
+from tetriszmq.state import TrainerState
+
+
+class RunError(RuntimeError):
+    """A run that cannot start: the message says why and what to do."""
+
+
+@dataclass
+class RunOptions:
+    run_dir: Path | None = None
+    resume: bool = False
+    quiet: bool = False
+
+
+class StopConditions(BaseCallback):
+    """Ends ``learn()`` on ``train.max_minutes`` or ``train.target_lines``.
+
+    ``target_lines``: stop once any single episode (in any env) has cleared at
+    least that many lines; the episode is counted when it ends.
+    """
+
+    def __init__(self, state: TrainerState, max_minutes: float, target_lines: int) -> None:
+        super().__init__()
+        self.state = state
+        self.deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
+        self.target_lines = target_lines or math.inf
+
+    def _on_step(self) -> bool:
+        state = self.state
+        if state.best_lines >= self.target_lines:
+            state.reason = f"target_lines {self.target_lines} reached"
+            return False
+        if time.monotonic() >= self.deadline:
+            state.reason = "max_minutes reached"
+            return False
+        return True
+
+
+def resolve_run_dir(config: cfg.Config, options: RunOptions) -> Path:
+    """The run's folder. Without --run-dir a new run never overwrites an old one."""
+    if options.run_dir is not None:
+        run_dir = options.run_dir
+        if not options.resume and (run_dir / "checkpoints" / "latest.zip").exists():
+            raise RunError(f"{run_dir} already holds a run: add --resume to continue it, or pick another --run-dir")
+    else:
+        run_dir = Path(config.run.dir) / config.run.name
+        suffix = 1
+        while not options.resume and run_dir.exists():
+            suffix += 1
+            run_dir = Path(config.run.dir) / f"{config.run.name}-{suffix}"
+    if options.resume and not (run_dir / "checkpoints" / "latest.zip").exists():
+        raise RunError(f"--resume: no checkpoint at {run_dir / 'checkpoints' / 'latest.zip'}")
+    return run_dir
+
+
+def train(config: cfg.Config, options: RunOptions) -> int:
+    """Run one training; returns the process exit code."""
+    run_dir = resolve_run_dir(config, options)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(cfg.to_toml(config))
+    torch.set_num_threads(config.agent.torch_threads)
+
+    state = TrainerState(run=f"{config.run.name}-{secrets.token_hex(3)}", can_save=True)
+    publish = config.publish
+    broker = Broker(state, publish.pub, publish.ctl, hwm=publish.hwm, history=publish.history,
+                    journal=run_dir / "metrics.jsonl", heartbeat_every=publish.heartbeat_every)
+    try:
+        broker.start()
+    except OSError as exc:
+        raise RunError(str(exc)) from None
+    checkpoints = Checkpoints(run_dir / "checkpoints", config.train.checkpoint_every)
+    stream = StreamCallback(broker, checkpoints=checkpoints, board_fps=publish.board_fps,
+                            metrics_every=publish.metrics_every)
+    stream.set_state(State.STARTING)
+    _write_run_file(run_dir, state)
+    progress = None if options.quiet else ProgressLine(state, run_dir, config.train.max_timesteps)
+    previous = _stop_on_signals(state)
+    try:
+        model = _model(config, run_dir, options.resume, state)
+        return _learn(model, config, state, stream, progress)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if progress is not None:
+            progress.close()
+        broker.close()
+
+
+def _model(config: cfg.Config, run_dir: Path, resume: bool, state: TrainerState) -> BaseAlgorithm:
+    env = make_vec_env(config.env, config.run.seed)
+    if not resume:
+        return agents.build_model(config.agent, env, config.run.seed)
+    model = agents.load_model(config.agent, run_dir / "checkpoints" / "latest.zip", env)
+    counters = counters_of(model)
+    state.timesteps = model.num_timesteps
+    state.episodes = counters.get("episodes", 0)
+    state.best_lines = counters.get("best_lines", 0)
+    return model
+
+
+def _learn(model: BaseAlgorithm, config: cfg.Config, state: TrainerState, stream: StreamCallback,
+           progress: ProgressLine | None) -> int:
+    remaining = config.train.max_timesteps - model.num_timesteps
+    stops = StopConditions(state, config.train.max_minutes, config.train.target_lines)
+    if progress is not None:
+        progress.start()
+    try:
+        if remaining > 0:
+            model.learn(remaining, callback=CallbackList([stream, stops]), reset_num_timesteps=False)
+        else:
+            state.reason = f"max_timesteps {config.train.max_timesteps} already reached"
+    except Exception as exc:
+        stream.set_state(State.ERROR, f"{type(exc).__name__}: {exc}")
+        print(f"tetriszmq: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        model.get_env().close()
+    stream.set_state(State.STOPPING, state.reason or f"max_timesteps {config.train.max_timesteps} reached")
+    try:
+        stream.save(final=True)
+    except OSError as exc:
+        stream.set_state(State.ERROR, f"final checkpoint failed: {exc}")
+        print(f"tetriszmq: final checkpoint failed: {exc}", file=sys.stderr)
+        return 1
+    stream.set_state(State.STOPPED, state.reason or "max_timesteps reached")
+    return 0
+
+
+def _stop_on_signals(state: TrainerState) -> signal.Handlers | None:
+    """Ctrl-C or SIGTERM stops like a ``stop`` request (checkpoint, exit 0); a second Ctrl-C aborts."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if state.stop_requested:
+            raise KeyboardInterrupt
+        state.reason = f"signal {signal.Signals(signum).name}"
+        state.request(stop_requested=True)
+
+    signal.signal(signal.SIGTERM, handler)
+    return signal.signal(signal.SIGINT, handler)
+
+
+def _write_run_file(run_dir: Path, state: TrainerState) -> None:
+    """``run.json``: who is training here and where to reach it."""
+    (run_dir / "run.json").write_bytes(orjson.dumps(
+        {"run": state.run, "endpoints": state.endpoints, "pid": os.getpid(), "started": time.time()},
+        option=orjson.OPT_INDENT_2))

@@ -215,15 +215,10 @@ class Broker:
             self.state.request(failure=f"cannot write {self.journal_path}: {exc}")
 
     def _heartbeat(self) -> bytes:
-        state = self.state
-        return protocol.encode_body({
-            "t": time.time(),
-            "state": str(state.state),
-            "timesteps": state.timesteps,
-            "episodes": state.episodes,
-            "best_lines": state.best_lines,
-            "uptime": round(state.uptime(), 3),
-        })
+        beat = self.state.summary()
+        del beat["run"], beat["endpoints"]  # the run is in the envelope; endpoints are for `status`
+        beat["t"] = time.time()
+        return protocol.encode_body(beat)
 
     def _answer(self, rep: zmq.Socket) -> None:
         """Reply to exactly one request, whatever it holds, so REP never gets stuck."""

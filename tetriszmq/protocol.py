@@ -75,6 +75,7 @@ class MetricsFields(TypedDict):
     timesteps: int
     episodes: int
     sps: float
+    dropped: int
     scalars: dict[str, float]
 
 
@@ -98,8 +99,11 @@ class BoardFields(TypedDict):
 
 class HeartbeatFields(TypedDict):
     state: str
+    reason: str
     timesteps: int
     episodes: int
+    best_lines: int
+    sps: float
     uptime: float
 
 

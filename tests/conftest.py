@@ -1,0 +1,118 @@
+"""Fixtures that start real trainers on free ports and always reap them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import zmq
+
+from tetriszmq import protocol
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "tests" / "tiny.toml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class TrainerProcess:
+    """A `tetriszmq train` subprocess and where to reach it."""
+
+    proc: subprocess.Popen[bytes]
+    pub: str
+    ctl: str
+    run_dir: Path
+    log: Path
+    args: list[str] = field(default_factory=list)
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_trainer(run_dir: Path, *extra: str, config: Path = TINY, pub: str | None = None,
+                  ctl: str | None = None) -> TrainerProcess:
+    pub = pub or f"tcp://127.0.0.1:{free_port()}"
+    ctl = ctl or f"tcp://127.0.0.1:{free_port()}"
+    args = [sys.executable, "-m", "tetriszmq", "train", "--config", str(config), "--pub", pub, "--ctl", ctl,
+            "--run-dir", str(run_dir), "--quiet", *extra]
+    log = run_dir.parent / f"{run_dir.name}.{time.monotonic_ns()}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return TrainerProcess(proc, pub, ctl, run_dir, log, args)
+
+
+@pytest.fixture
+def trainers(tmp_path: Path) -> Iterator[Callable[..., TrainerProcess]]:
+    """Start trainers with ``trainers(*extra_args, ...)``; all are killed at teardown."""
+    started: list[TrainerProcess] = []
+
+    def start(*extra: str, run_dir: Path | None = None, **kwargs: object) -> TrainerProcess:
+        trainer = start_trainer(run_dir or tmp_path / f"run{len(started)}", *extra, **kwargs)
+        started.append(trainer)
+        return trainer
+
+    yield start
+    for trainer in started:
+        if trainer.proc.poll() is None:
+            trainer.proc.kill()
+        trainer.proc.wait(10)
+
+
+class Subscriber:
+    """A real SUB socket on a trainer's stream."""
+
+    def __init__(self, endpoint: str, topics: tuple[bytes, ...] = (b"",)) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        for topic in topics:
+            self.sock.setsockopt(zmq.SUBSCRIBE, topic)
+        self.sock.connect(endpoint)
+
+    def recv(self, timeout: float = 30.0) -> tuple[protocol.Topic, dict]:
+        if not self.sock.poll(int(timeout * 1000)):
+            raise TimeoutError(f"no message within {timeout}s")
+        return protocol.decode_message(self.sock.recv_multipart())
+
+    def until(self, predicate: Callable[[protocol.Topic, dict], bool], timeout: float = 60.0
+              ) -> list[tuple[protocol.Topic, dict]]:
+        """Every message received up to and including the first that satisfies ``predicate``."""
+        deadline = time.monotonic() + timeout
+        seen = []
+        while True:
+            message = self.recv(max(0.01, deadline - time.monotonic()))
+            seen.append(message)
+            if predicate(*message):
+                return seen
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def subscribe() -> Iterator[Callable[..., Subscriber]]:
+    subs: list[Subscriber] = []
+
+    def make(endpoint: str, topics: tuple[bytes, ...] = (b"",)) -> Subscriber:
+        sub = Subscriber(endpoint, topics)
+        subs.append(sub)
+        return sub
+
+    yield make
+    for sub in subs:
+        sub.close()

@@ -1,0 +1,237 @@
+"""The trainer as a user meets it: a real process, real PUB/REP sockets, real SB3 training."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import typing
+
+import orjson
+import pytest
+import zmq
+from stable_baselines3 import PPO
+
+from tetriszmq import protocol
+from tetriszmq.ctl import request
+from tetriszmq.protocol import Topic
+
+from conftest import ROOT, TINY
+
+LONG = ("--set", "train.max_timesteps=10000000")
+
+
+def wait_for(predicate: typing.Callable[[], bool], timeout: float = 60.0, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(every)
+
+
+def status(trainer, timeout: float = 5.0) -> dict:
+    return request(trainer.ctl, "status", timeout=timeout, retries=10)
+
+
+def check_fields(topic: Topic, payload: dict) -> None:
+    expected = typing.get_type_hints(protocol.FIELDS[topic])
+    missing = set(typing.get_type_hints(protocol.Envelope)) | set(expected)
+    assert missing <= set(payload), f"{topic} lacks {missing - set(payload)}"
+    assert payload["topic"] == topic and payload["v"] == protocol.VERSION
+
+
+def test_stream_carries_every_topic_with_schema_and_gapless_seq(trainers, subscribe):
+    trainer = trainers(*LONG)
+    sub = subscribe(trainer.pub)
+    seen: dict[Topic, dict] = {}
+    seqs: list[int] = []
+
+    def record(topic: Topic, payload: dict) -> bool:
+        seen[topic] = payload
+        seqs.append(payload["seq"])
+        return {Topic.BOARD, Topic.EPISODE, Topic.METRICS, Topic.HEARTBEAT, Topic.STATUS} <= set(seen) \
+            and "train/loss" in seen[Topic.METRICS]["scalars"]
+
+    sub.until(record, timeout=90)
+    for topic, payload in seen.items():
+        check_fields(topic, payload)
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "seq must rise by exactly 1 per message"
+    board = seen[Topic.BOARD]["board"]
+    assert len(board) == protocol.BOARD_ROWS and all(len(row) == protocol.BOARD_COLS for row in board)
+    assert {cell for row in board for cell in row} <= {0, *protocol.PIECE_KINDS}
+    assert any(cell for row in board for cell in row), "the falling piece is drawn"
+    assert all(kind in protocol.PIECE_KINDS for kind in seen[Topic.BOARD]["next"])
+    assert seen[Topic.METRICS]["timesteps"] > 0 and "time/fps" in seen[Topic.METRICS]["scalars"]
+    assert seen[Topic.EPISODE]["length"] > 0
+
+
+def test_topic_filter_receives_only_that_topic(trainers, subscribe):
+    trainer = trainers(*LONG)
+    sub = subscribe(trainer.pub, (protocol.TOPIC_FRAMES[Topic.EPISODE],))
+    topics = {sub.recv(60)[0] for _ in range(3)}
+    assert topics == {Topic.EPISODE}
+
+
+def test_stop_acknowledges_saves_and_exits_zero(trainers, subscribe):
+    trainer = trainers(*LONG)
+    sub = subscribe(trainer.pub, (protocol.TOPIC_FRAMES[Topic.STATUS],))
+    wait_for(lambda: status(trainer)["timesteps"] > 0)
+    reply = request(trainer.ctl, "stop")
+    assert reply == {"ok": True, "state": "stopping"}
+    assert trainer.wait(30) == 0, trainer.output()
+    states = [p["state"] for _, p in sub.until(lambda t, p: p["state"] == "stopped", timeout=10)]
+    assert states[-4:] == ["stopping", "saving", "stopping", "stopped"]
+    model = PPO.load(trainer.run_dir / "checkpoints" / "latest.zip")
+    assert model.num_timesteps > 0
+    assert (trainer.run_dir / "checkpoints" / "final.zip").exists()
+
+
+def test_resume_continues_timesteps_and_episodes(trainers):
+    first = trainers(*LONG)
+    wait_for(lambda: status(first)["episodes"] >= 3)
+    request(first.ctl, "stop")
+    assert first.wait(30) == 0
+    saved = PPO.load(first.run_dir / "checkpoints" / "latest.zip")
+    episodes_before = saved.tetriszmq_counters["episodes"]
+
+    second = trainers("--resume", *LONG, run_dir=first.run_dir)
+    wait_for(lambda: status(second, timeout=10)["state"] == "running")
+    now = status(second)
+    assert now["timesteps"] >= saved.num_timesteps
+    assert now["episodes"] >= episodes_before
+    wait_for(lambda: status(second)["timesteps"] > saved.num_timesteps)
+    request(second.ctl, "stop")
+    assert second.wait(30) == 0
+    resumed = PPO.load(first.run_dir / "checkpoints" / "latest.zip")
+    assert resumed.num_timesteps > saved.num_timesteps
+    assert resumed.tetriszmq_counters["episodes"] >= episodes_before
+
+
+MALFORMED: list[list[bytes]] = [
+    [b"not json"],
+    [b"[1, 2, 3]"],
+    [b'"stop"'],
+    [b"{}"],
+    [b'{"cmd": 7}'],
+    [b'{"cmd": "launch-missiles"}'],
+    [b'{"cmd": "stop", "extra": 1}'],
+    [b'{"cmd": "stop", "v": 99}'],
+    [b"\xff\xfe\x00garbage"],
+    [b'{"cmd": "' + b"x" * 100_000 + b'"}'],
+    [b"[" * 5000 + b"]" * 5000],
+    [b'{"cmd": "stop"}', b"second frame"],
+]
+
+
+def test_malformed_requests_get_error_replies_and_training_goes_on(trainers):
+    trainer = trainers(*LONG)
+    before = status(trainer, timeout=10)["timesteps"]
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(trainer.ctl)
+    try:
+        for frames in MALFORMED:
+            sock.send_multipart(frames)
+            assert sock.poll(5000), f"no reply to {frames[0][:30]!r}"
+            reply = orjson.loads(sock.recv())
+            assert reply["ok"] is False and reply["error"], reply
+    finally:
+        sock.close()
+    wait_for(lambda: status(trainer)["timesteps"] > before)
+    assert trainer.proc.poll() is None
+
+
+def test_pause_holds_timesteps_and_resume_continues(trainers):
+    trainer = trainers(*LONG)
+    wait_for(lambda: status(trainer)["timesteps"] > 0)
+    assert request(trainer.ctl, "pause")["state"] == "paused"
+    wait_for(lambda: status(trainer)["state"] == "paused")
+    held = status(trainer)["timesteps"]
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_FRAMES[Topic.HEARTBEAT])
+    sub.connect(trainer.pub)
+    try:
+        beats = [protocol.decode_message(sub.recv_multipart())[1] for _ in range(3)]
+    finally:
+        sub.close(linger=0)
+    assert all(beat["state"] == "paused" and beat["timesteps"] == held for beat in beats)
+    request(trainer.ctl, "resume")
+    wait_for(lambda: status(trainer)["timesteps"] > held)
+
+
+def test_save_writes_a_loadable_latest_checkpoint(trainers):
+    trainer = trainers(*LONG, "--set", "train.checkpoint_every=0")
+    latest = trainer.run_dir / "checkpoints" / "latest.zip"
+    wait_for(lambda: status(trainer)["timesteps"] > 0)
+    assert not latest.exists()
+    assert request(trainer.ctl, "save") == {"ok": True, "state": "saving"}
+    wait_for(latest.exists)
+    assert PPO.load(latest).num_timesteps > 0
+
+
+def test_snapshot_covers_the_run_up_to_its_seq(trainers, subscribe):
+    trainer = trainers(*LONG)
+    sub = subscribe(trainer.pub, (protocol.TOPIC_FRAMES[Topic.EPISODE],))
+    sub.recv(60)
+    snap = request(trainer.ctl, "snapshot")
+    assert snap["ok"] and snap["run"] == status(trainer)["run"]
+    episodes = [e["episode"] for e in snap["episodes"]]
+    assert episodes == list(range(1, len(episodes) + 1)), "history starts at the first episode, no gaps"
+    assert all(e["seq"] <= snap["seq"] for e in snap["episodes"])
+    assert snap["status"]["state"] in {"running", "saving"}
+    assert len(snap["board"]["board"]) == protocol.BOARD_ROWS
+
+
+def test_headless_run_finishes_and_journals_every_episode(tmp_path):
+    run_dir = tmp_path / "headless"
+    result = subprocess.run(
+        [sys.executable, "-m", "tetriszmq", "train", "--config", str(TINY), "--run-dir", str(run_dir),
+         "--pub", "tcp://127.0.0.1:0", "--ctl", "tcp://127.0.0.1:0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "episodes" in result.stderr, "the progress line is shown"
+    lines = [orjson.loads(line) for line in (run_dir / "metrics.jsonl").read_bytes().splitlines()]
+    episodes = [m["episode"] for m in lines if m["topic"] == "episode"]
+    assert episodes == list(range(1, len(episodes) + 1)) and episodes
+    assert any(m["topic"] == "metrics" for m in lines)
+    assert lines[-1]["topic"] == "status" and lines[-1]["state"] == "stopped"
+    final = PPO.load(run_dir / "checkpoints" / "final.zip")
+    assert final.num_timesteps >= 400
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.zip"))[:1] == ["step_000000128.zip"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_timesteps=-5", "train.max_timesteps: must be >= 1"),
+    ("train.nonsense=1", "unknown key train.nonsense"),
+    ("publish.board_fps='fast'", "publish.board_fps: expected float"),
+    ("env.kind='hexagonal'", "env.kind: must be one of raw, placement"),
+    ("agent.params.warp_speed=9", "agent.params"),
+])
+def test_bad_config_values_fail_before_training_naming_the_key(tmp_path, override, message):
+    run_dir = tmp_path / "bad"
+    result = subprocess.run(
+        [sys.executable, "-m", "tetriszmq", "train", "--config", str(TINY), "--run-dir", str(run_dir),
+         "--pub", "tcp://127.0.0.1:0", "--ctl", "tcp://127.0.0.1:0", "--set", override],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (run_dir / "checkpoints" / "latest.zip").exists()
+
+
+def test_ctl_without_a_trainer_fails_clearly():
+    from conftest import free_port
+
+    result = subprocess.run(
+        [sys.executable, "-m", "tetriszmq", "ctl", "status", "--ctl", f"tcp://127.0.0.1:{free_port()}",
+         "--timeout", "0.3", "--retries", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 3
+    assert "no reply" in result.stderr and "2 attempts" in result.stderr
+
+
+def test_a_port_in_use_is_a_clear_error(trainers):
+    first = trainers(*LONG)
+    status(first, timeout=10)
+    second = trainers(*LONG, pub=first.pub)
+    assert second.wait(60) == 2
+    assert "cannot bind" in second.output()

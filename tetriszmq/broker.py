@@ -106,6 +106,10 @@ class Broker:
             raise self._error
         self.outbox = Outbox(self.ctx, self.address, self.hwm * 10)
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def close(self, timeout: float = 10.0) -> None:
         """Publish everything posted so far, then stop the thread (from the starting thread)."""
         self.outbox.close_broker()

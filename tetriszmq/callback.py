@@ -79,7 +79,7 @@ class StreamCallback(BaseCallback):
     # SB3 hooks --------------------------------------------------------------
 
     def _on_training_start(self) -> None:
-        if self._own_broker:
+        if self._own_broker and not self.broker.running:
             self.broker.start()
         self.state.can_save = self.checkpoints is not None
         self.model.logger.output_formats.append(self.tap)

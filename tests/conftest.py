@@ -45,10 +45,10 @@ class TrainerProcess:
 
 
 def start_trainer(run_dir: Path, *extra: str, config: Path = TINY, pub: str | None = None,
-                  ctl: str | None = None) -> TrainerProcess:
+                  ctl: str | None = None, prefix: list[str] = ()) -> TrainerProcess:
     pub = pub or f"tcp://127.0.0.1:{free_port()}"
     ctl = ctl or f"tcp://127.0.0.1:{free_port()}"
-    args = [sys.executable, "-m", "tetriszmq", "train", "--config", str(config), "--pub", pub, "--ctl", ctl,
+    args = [*prefix, sys.executable, "-m", "tetriszmq", "train", "--config", str(config), "--pub", pub, "--ctl", ctl,
             "--run-dir", str(run_dir), "--quiet", *extra]
     log = run_dir.parent / f"{run_dir.name}.{time.monotonic_ns()}.log"
     with open(log, "wb") as out:

@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 
 from tetriszmq.protocol import Command
+from tetriszmq.security import ClientCurve, SecurityError, make_keys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--run-dir", type=Path, help="run directory (default: <run.dir>/<run.name>)")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress line")
+    train.add_argument("--curve-secret-key", help="encrypt and authenticate with this CURVE secret key file "
+                       "(security.curve_secret_key)")
+    train.add_argument("--curve-allow", help="folder of client public keys allowed in (security.curve_allow)")
+    train.add_argument("--insecure", action="store_true",
+                       help="allow binding a non-loopback address without CURVE (security.insecure)")
     train.set_defaults(func=_train)
 
     ctl = commands.add_parser("ctl", help="send a control request to a running trainer")
@@ -31,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     ctl.add_argument("--ctl", default="tcp://127.0.0.1:5556", help="the trainer's control endpoint")
     ctl.add_argument("--timeout", type=float, default=3.0, help="seconds to wait per attempt")
     ctl.add_argument("--retries", type=int, default=2)
+    _client_curve_arguments(ctl)
     ctl.set_defaults(func=_ctl)
+
+    keys = commands.add_parser("keys", help="create CURVE key pairs: trainer, client, and allowed/")
+    keys.add_argument("directory", type=Path)
+    keys.set_defaults(func=_keys)
 
     args = parser.parse_args(argv)
     return args.func(args)
@@ -44,6 +55,10 @@ def _train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     overrides += [f"publish.{key}={_toml_string(value)}" for key in ("pub", "ctl")
                   if (value := getattr(args, key)) is not None]
+    overrides += [f"security.{key}={_toml_string(value)}" for key in ("curve_secret_key", "curve_allow")
+                  if (value := getattr(args, key)) is not None]
+    if args.insecure:
+        overrides.append("security.insecure=true")
     try:
         config = cfg.load(args.config, overrides)
         return train(config, RunOptions(run_dir=args.run_dir, resume=args.resume, quiet=args.quiet))
@@ -52,16 +67,37 @@ def _train(args: argparse.Namespace) -> int:
         return 2
 
 
+def _client_curve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every CURVE client: the trainer's public key and the client's own pair."""
+    parser.add_argument("--curve-server-key", type=Path, help="the trainer's CURVE public key file")
+    parser.add_argument("--curve-secret-key", type=Path, help="this client's CURVE secret key file")
+
+
+def client_curve(args: argparse.Namespace) -> ClientCurve | None:
+    if bool(args.curve_server_key) != bool(args.curve_secret_key):
+        raise SecurityError("--curve-server-key and --curve-secret-key go together")
+    return ClientCurve(args.curve_server_key, args.curve_secret_key) if args.curve_server_key else None
+
+
 def _ctl(args: argparse.Namespace) -> int:
     from tetriszmq.ctl import NoReply, request
 
     try:
-        reply = request(args.ctl, args.cmd, timeout=args.timeout, retries=args.retries)
-    except NoReply as exc:
+        reply = request(args.ctl, args.cmd, timeout=args.timeout, retries=args.retries, curve=client_curve(args))
+    except (NoReply, SecurityError) as exc:
         print(f"tetriszmq ctl: {exc}", file=sys.stderr)
         return 3
     sys.stdout.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0 if reply.get("ok") else 1
+
+
+def _keys(args: argparse.Namespace) -> int:
+    for path in make_keys(args.directory):
+        print(path)
+    print(f"trainer: --curve-secret-key {args.directory}/trainer.key_secret --curve-allow {args.directory}/allowed\n"
+          f"clients: --curve-server-key {args.directory}/trainer.key --curve-secret-key "
+          f"{args.directory}/client.key_secret")
+    return 0
 
 
 def _toml_string(value: str) -> str:

@@ -77,12 +77,20 @@ class PublishSection:
 
 
 @dataclass
+class SecuritySection:
+    curve_secret_key: str = _limit("", doc="the trainer's CURVE secret key file; empty: no CURVE")
+    curve_allow: str = _limit("", doc="folder of client public keys allowed to connect")
+    insecure: bool = _limit(False, doc="allow binding a non-loopback address without CURVE")
+
+
+@dataclass
 class Config:
     run: RunSection = field(default_factory=RunSection)
     env: EnvSection = field(default_factory=EnvSection)
     agent: AgentSection = field(default_factory=AgentSection)
     train: TrainSection = field(default_factory=TrainSection)
     publish: PublishSection = field(default_factory=PublishSection)
+    security: SecuritySection = field(default_factory=SecuritySection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -112,6 +120,8 @@ def from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError(f"unknown section [{sorted(unknown)[0]}]; known: {', '.join(hints)}")
     sections = {name: _section(name, hints[name], data.get(name, {})) for name in hints}
     config = Config(**sections)
+    if bool(config.security.curve_secret_key) != bool(config.security.curve_allow):
+        raise ConfigError("security.curve_secret_key and security.curve_allow go together")
     if not RUN_ID_PATTERN.match(config.run.name):
         raise ConfigError(f"run.name: {config.run.name!r} must match {RUN_ID_PATTERN.pattern}")
     return config

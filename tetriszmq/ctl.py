@@ -13,6 +13,7 @@ import zmq
 
 from tetriszmq import protocol
 from tetriszmq.protocol import Command
+from tetriszmq.security import ClientCurve
 
 
 class NoReply(TimeoutError):
@@ -20,13 +21,15 @@ class NoReply(TimeoutError):
 
 
 def request(endpoint: str, cmd: Command | str, *, timeout: float = 3.0, retries: int = 2,
-            ctx: zmq.Context | None = None) -> dict[str, Any]:
+            curve: ClientCurve | None = None, ctx: zmq.Context | None = None) -> dict[str, Any]:
     """Send one command and return the decoded reply (``{"ok": ...}``)."""
     ctx = ctx or zmq.Context.instance()
     payload = protocol.encode_request(cmd)
     for _ in range(retries + 1):
         sock = ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(sock)
         try:
             sock.connect(endpoint)
             sock.send(payload)

@@ -29,6 +29,7 @@ from tetriszmq.checkpoints import Checkpoints, counters_of
 from tetriszmq.envs import make_vec_env
 from tetriszmq.progress import ProgressLine
 from tetriszmq.protocol import State
+from tetriszmq.security import SecurityError, ServerCurve, check_exposure
 from tetriszmq.state import TrainerState
 
 
@@ -86,6 +87,7 @@ def resolve_run_dir(config: cfg.Config, options: RunOptions) -> Path:
 
 def train(config: cfg.Config, options: RunOptions) -> int:
     """Run one training; returns the process exit code."""
+    curve = _curve(config)
     run_dir = resolve_run_dir(config, options)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(cfg.to_toml(config))
@@ -94,7 +96,9 @@ def train(config: cfg.Config, options: RunOptions) -> int:
     state = TrainerState(run=f"{config.run.name}-{secrets.token_hex(3)}", can_save=True)
     publish = config.publish
     broker = Broker(state, publish.pub, publish.ctl, hwm=publish.hwm, history=publish.history,
-                    journal=run_dir / "metrics.jsonl", heartbeat_every=publish.heartbeat_every)
+                    journal=run_dir / "metrics.jsonl", heartbeat_every=publish.heartbeat_every,
+                    setup_socket=curve.apply if curve else None)
+    authenticator = curve.start(broker.ctx) if curve else None
     try:
         broker.start()
     except OSError as exc:
@@ -114,6 +118,19 @@ def train(config: cfg.Config, options: RunOptions) -> int:
         if progress is not None:
             progress.close()
         broker.close()
+        if authenticator is not None:
+            authenticator.stop()
+
+
+def _curve(config: cfg.Config) -> ServerCurve | None:
+    """CURVE for both sockets if configured; refuses network exposure without it."""
+    sec = config.security
+    curve = ServerCurve(Path(sec.curve_secret_key), Path(sec.curve_allow)) if sec.curve_secret_key else None
+    try:
+        check_exposure([config.publish.pub, config.publish.ctl], curve is not None, sec.insecure)
+    except SecurityError as exc:
+        raise RunError(str(exc)) from None
+    return curve
 
 
 def _model(config: cfg.Config, run_dir: Path, resume: bool, state: TrainerState) -> BaseAlgorithm:

@@ -1,0 +1,116 @@
+"""CURVE encryption and authentication for the trainer's sockets, and the loopback rule.
+
+A trainer with a CURVE secret key encrypts both its PUB and REP sockets and
+accepts only clients whose public key file is in the allow folder (checked by
+pyzmq's ZAP authenticator). Clients (viewer, `tetriszmq ctl`) present their own
+key pair and the trainer's public key. Without CURVE, binding anything but a
+loopback address is refused unless the user says ``--insecure``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+
+class SecurityError(ValueError):
+    """Keys that cannot be used, or an exposure the user did not ask for."""
+
+
+def make_keys(directory: Path, names: tuple[str, ...] = ("trainer", "client")) -> list[Path]:
+    """Create key pairs ``<name>.key`` / ``<name>.key_secret`` and an ``allowed/`` folder of client keys."""
+    directory.mkdir(parents=True, exist_ok=True)
+    allowed = directory / "allowed"
+    allowed.mkdir(exist_ok=True)
+    written = []
+    for name in names:
+        public, secret = zmq.auth.create_certificates(directory, name)
+        written += [Path(public), Path(secret)]
+        if name != names[0]:
+            shutil.copy(public, allowed / Path(public).name)
+    return written
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for ``tcp://127.x.x.x:P``, ``tcp://localhost:P``, ``tcp://[::1]:P``, ipc:// and inproc://."""
+    parts = urlsplit(endpoint)
+    if parts.scheme in ("ipc", "inproc"):
+        return True
+    host = (parts.hostname or "").strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "*", an interface name or a host name: not provably loopback
+
+
+def _load(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
+    try:
+        public, secret_key = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise SecurityError(f"cannot read CURVE key {path}: {exc}") from None
+    if secret and secret_key is None:
+        raise SecurityError(f"{path} holds no secret key (use the .key_secret file)")
+    return public, secret_key
+
+
+@dataclass
+class ServerCurve:
+    """The trainer's side: its key pair and the folder of allowed client keys."""
+
+    secret_key_file: Path
+    allow_dir: Path
+
+    def start(self, ctx: zmq.Context) -> ThreadAuthenticator:
+        """Start the ZAP authenticator that admits only the allowed client keys."""
+        if not self.allow_dir.is_dir():
+            raise SecurityError(f"--curve-allow {self.allow_dir}: not a folder of client public keys")
+        self.public, self.secret = _load(self.secret_key_file, secret=True)
+        auth = ThreadAuthenticator(ctx)
+        auth.start()
+        auth.configure_curve(domain="*", location=str(self.allow_dir))
+        return auth
+
+    def apply(self, sock: zmq.Socket, endpoint: str = "") -> None:
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+        sock.curve_server = True
+
+
+@dataclass
+class ClientCurve:
+    """A client's side: the trainer's public key and the client's own key pair."""
+
+    server_key_file: Path
+    secret_key_file: Path
+
+    def __post_init__(self) -> None:
+        self.server_public, _ = _load(self.server_key_file, secret=False)
+        self.public, self.secret = _load(self.secret_key_file, secret=True)
+
+    def apply(self, sock: zmq.Socket) -> None:
+        sock.curve_serverkey = self.server_public
+        sock.curve_publickey = self.public
+        sock.curve_secretkey = self.secret
+
+
+def check_exposure(endpoints: list[str], secured: bool, insecure: bool) -> None:
+    """Refuse to bind beyond loopback without CURVE, unless ``insecure``; then warn."""
+    exposed = [e for e in endpoints if not is_loopback(e)]
+    if not exposed or secured:
+        return
+    if not insecure:
+        raise SecurityError(
+            f"refusing to bind {', '.join(exposed)} without CURVE: anyone on the network could watch and "
+            "stop training. Use --curve-secret-key and --curve-allow (see `tetriszmq keys`), or --insecure.")
+    print(f"tetriszmq: WARNING: {', '.join(exposed)} is reachable from the network, unencrypted and "
+          "unauthenticated (--insecure)", file=sys.stderr)

@@ -20,6 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "tiny.toml"
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, every: float = 0.05) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(every)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,17 +16,9 @@ from tetriszmq import protocol
 from tetriszmq.ctl import request
 from tetriszmq.protocol import Topic
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, wait_for
 
 LONG = ("--set", "train.max_timesteps=10000000")
-
-
-def wait_for(predicate: typing.Callable[[], bool], timeout: float = 60.0, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(every)
 
 
 def status(trainer, timeout: float = 5.0) -> dict:

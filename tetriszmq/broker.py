@@ -26,6 +26,7 @@ import zmq
 
 from tetriszmq import protocol
 from tetriszmq.history import RunHistory
+from tetriszmq.journal import open_for_append
 from tetriszmq.protocol import Command, ProtocolError, State, Topic
 from tetriszmq.state import TrainerState
 
@@ -151,9 +152,7 @@ class Broker:
                     sock.bind(endpoint)
                 except zmq.ZMQError as exc:
                     raise OSError(f"cannot bind {endpoint}: {exc}") from None
-            journal = None
-            if self.journal_path is not None:
-                journal = open(self.journal_path, "ab")
+            journal = None if self.journal_path is None else open_for_append(self.journal_path)
         except BaseException:
             for sock in (pull, pub, rep):
                 sock.close(linger=0)

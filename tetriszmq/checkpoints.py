@@ -23,6 +23,8 @@ class Checkpoints:
         self.every = every
         self._next = 0
         directory.mkdir(parents=True, exist_ok=True)
+        for leftover in directory.glob(".*"):  # temp files of a save that was killed
+            leftover.unlink()
 
     @property
     def latest(self) -> Path:
@@ -43,8 +45,12 @@ class Checkpoints:
         """Write ``latest``, plus ``final`` or the due periodic file; returns the main file written."""
         setattr(model, COUNTERS_ATTR, counters)
         tmp = self.directory / f".saving-{os.getpid()}.zip"
-        model.save(tmp)
-        _fsync(tmp)
+        try:
+            model.save(tmp)
+            _fsync(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk must not keep half a checkpoint around
+            raise
         if final:
             _link_over(tmp, self.final)
         if self.due(model.num_timesteps):

@@ -1,0 +1,102 @@
+"""Kills, full disks and torn files: no fault loses a checkpoint or corrupts the journal."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from stable_baselines3 import PPO
+
+from conftest import ROOT, TINY
+from tetriszmq import journal, protocol
+from tetriszmq.protocol import Topic
+
+KILLS = 20
+FAST_CHECKPOINTS = ("--set", "train.max_timesteps=10000000", "--set", "train.checkpoint_every=64")
+
+
+def kill_at_a_random_moment(trainer, subscribe, rng: random.Random) -> str:
+    """SIGKILL the trainer right as it starts saving (odd kills) or at a random time (even kills)."""
+    sub = subscribe(trainer.pub, (protocol.TOPIC_FRAMES[Topic.STATUS], protocol.TOPIC_FRAMES[Topic.HEARTBEAT]))
+    sub.until(lambda topic, p: p["state"] == "running", timeout=90)
+    if rng.random() < 0.5:
+        sub.until(lambda topic, p: topic is Topic.STATUS and p["state"] == "saving", timeout=60)
+        moment = "while saving"
+    else:
+        deadline = rng.uniform(0.05, 1.5)
+        try:
+            sub.until(lambda topic, p: False, timeout=deadline)
+        except TimeoutError:
+            pass
+        moment = f"after {deadline:.2f}s"
+    trainer.proc.kill()
+    trainer.proc.wait(10)
+    return moment
+
+
+def test_repeated_kill_9_always_leaves_a_loadable_latest_and_resume_continues(trainers, subscribe, tmp_path):
+    run_dir = tmp_path / "killed"
+    rng = random.Random(7)
+    timesteps, episodes, moments = 0, 0, []
+    for attempt in range(KILLS):
+        resume = ("--resume",) if (run_dir / "checkpoints" / "latest.zip").exists() else ()
+        trainer = trainers(*resume, *FAST_CHECKPOINTS, run_dir=run_dir)
+        moments.append(kill_at_a_random_moment(trainer, subscribe, rng))
+        latest = run_dir / "checkpoints" / "latest.zip"
+        if not latest.exists():
+            continue  # killed before its first checkpoint: the next start is a fresh run
+        model = PPO.load(latest)
+        assert model.num_timesteps >= timesteps, f"kill {attempt} ({moments[-1]}) went back in time"
+        assert model.tetriszmq_counters["episodes"] >= episodes
+        timesteps, episodes = model.num_timesteps, model.tetriszmq_counters["episodes"]
+        messages = journal.read(run_dir / "metrics.jsonl")
+        assert messages and all(m["v"] == protocol.VERSION for m in messages)
+    assert timesteps > 0 and sum(m == "while saving" for m in moments) >= 5
+    finished = trainers("--resume", "--set", f"train.max_timesteps={timesteps + 200}", run_dir=run_dir)
+    assert finished.wait(120) == 0, finished.output()
+    assert PPO.load(run_dir / "checkpoints" / "final.zip").num_timesteps >= timesteps + 200
+    assert not list((run_dir / "checkpoints").glob(".*")), "temp files of killed saves are cleaned up"
+
+
+def test_journal_reader_skips_only_a_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"v":1,"seq":1}\n{"v":1,"seq":2}\n{"v":1,"se')
+    assert [m["seq"] for m in journal.read(path)] == [1, 2]
+    with journal.open_for_append(path) as appended:
+        appended.write(b'{"v":1,"seq":3}\n')
+    assert [m["seq"] for m in journal.read(path)] == [1, 2, 3]
+    path.write_bytes(b'{"v":1,"seq":1}\ngarbage\n{"v":1,"seq":3}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:2: corrupt line"):
+        journal.read(path)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 1 MiB tmpfs: too small for a checkpoint of the tiny PPO (about 1.6 MB)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {made.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_stops_training_with_a_clear_error(tiny_disk):
+    result = subprocess.run(
+        [sys.executable, "-m", "tetriszmq", "train", "--config", str(TINY), "--run-dir", str(tiny_disk / "run"),
+         "--pub", "tcp://127.0.0.1:0", "--ctl", "tcp://127.0.0.1:0", "--quiet",
+         "--set", "train.max_timesteps=100000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "No space left on device" in result.stderr
+    statuses = [m for m in journal.read(tiny_disk / "run" / "metrics.jsonl") if m["topic"] == "status"]
+    assert statuses[-1]["state"] == "error" and "No space left" in statuses[-1]["reason"]
+    assert not list((tiny_disk / "run" / "checkpoints").glob(".saving-*")), "no half-written checkpoint left"

@@ -1,0 +1,143 @@
+"""Viewer subprocesses and WebSocket clients for the viewer's tests.
+
+Imported by tests/test_viewer.py and tests/test_page.py (the fixtures are
+re-exported there); conftest.py stays the trainer's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from conftest import ROOT, TrainerProcess, free_port
+
+URL_LINE = re.compile(r"open (http://\S+)/#token=(\S+)")
+SNAPSHOT_LISTS = {"episode": "episodes", "metrics": "metrics"}
+
+
+@dataclass
+class ViewerProcess:
+    """A ``python -m viewer`` subprocess and the URL and token it printed."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+    url: str = ""
+    token: str = ""
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def get(self, path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + path, timeout=5) as response:
+            return orjson.loads(response.read())
+
+    def status(self) -> dict[str, Any]:
+        return self.get("/api/status?clients=1")
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Poll until the viewer printed its URL and answers /healthz."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"viewer exited with {self.proc.returncode}:\n{self.output()}")
+            found = URL_LINE.search(self.output())
+            if found:
+                self.url, self.token = found[1], found[2]
+                try:
+                    if self.get("/healthz")["ok"]:
+                        return
+                except (urllib.error.URLError, ConnectionError):
+                    pass
+            time.sleep(0.05)
+        raise TimeoutError(f"viewer not ready within {timeout}s:\n{self.output()}")
+
+
+def start_viewer(log_dir: Path, pub: str, ctl: str, *extra: str, port: int | None = None,
+                 env: dict[str, str] | None = None) -> ViewerProcess:
+    log = log_dir / f"viewer.{time.monotonic_ns()}.log"
+    args = [sys.executable, "-m", "viewer", "--trainer", pub, "--ctl", ctl,
+            "--port", str(port or free_port()), *extra]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    viewer = ViewerProcess(proc, log)
+    viewer.wait_ready()
+    return viewer
+
+
+@pytest.fixture
+def viewers(tmp_path: Path) -> Iterator[Callable[..., ViewerProcess]]:
+    """Start viewers with ``viewers(pub, ctl, *extra_args)``; all are killed at teardown."""
+    started: list[ViewerProcess] = []
+
+    def start(pub: str, ctl: str, *extra: str, port: int | None = None,
+              env: dict[str, str] | None = None) -> ViewerProcess:
+        viewer = start_viewer(tmp_path, pub, ctl, *extra, port=port, env=env)
+        started.append(viewer)
+        return viewer
+
+    yield start
+    for viewer in started:
+        if viewer.proc.poll() is None:
+            viewer.proc.kill()
+        viewer.proc.wait(10)
+
+
+@dataclass
+class Browser:
+    """A WebSocket client like the page: it keeps every message it receives, in order."""
+
+    ws: aiohttp.ClientWebSocketResponse
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    received_at: list[float] = field(default_factory=list)
+
+    async def until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30) -> dict[str, Any]:
+        """Read until a message satisfies ``predicate``; returns it."""
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.ws.receive()
+                if message.type is not aiohttp.WSMsgType.TEXT:
+                    raise ConnectionError(f"socket ended: {message.type.name} {message.data!r} {message.extra!r}")
+                self.received_at.append(time.time())
+                self.messages.append(orjson.loads(message.data))
+                if predicate(self.messages[-1]):
+                    return self.messages[-1]
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["topic"] == "snapshot"]
+
+    def history(self, topic: str) -> list[int]:
+        """Seqs of the episodes or metrics this client holds: its last snapshot's, then live ones."""
+        last = max(i for i, m in enumerate(self.messages) if m["topic"] == "snapshot")
+        seqs = [m["seq"] for m in self.messages[last][SNAPSHOT_LISTS[topic]]]
+        return seqs + [m["seq"] for m in self.messages[last + 1:] if m["topic"] == topic]
+
+
+async def fetch_status(session: aiohttp.ClientSession, viewer: ViewerProcess) -> dict[str, Any]:
+    """``/api/status`` with every client, without blocking the test's event loop."""
+    async with session.get(viewer.url + "/api/status?clients=1") as response:
+        return await response.json()
+
+
+async def connect(session: aiohttp.ClientSession, viewer: ViewerProcess) -> Browser:
+    ws = await session.ws_connect(viewer.url + "/ws", max_msg_size=0, heartbeat=None)
+    return Browser(ws)
+
+
+def journal(trainer: TrainerProcess, topic: str) -> list[int]:
+    """Seqs of one history topic in the trainer's own record (metrics.jsonl): the ground truth."""
+    lines = (trainer.run_dir / "metrics.jsonl").read_bytes().splitlines()
+    return [m["seq"] for m in map(orjson.loads, lines) if m["topic"] == topic]

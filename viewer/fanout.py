@@ -1,0 +1,254 @@
+"""Broadcasting the trainer's stream to many WebSocket clients from one event loop.
+
+Each message is framed once (an unmasked, uncompressed WebSocket text frame
+around the trainer's payload bytes) and the same ``bytes`` goes to every
+client. A healthy client is written to directly on its transport from the
+broadcast loop: no task wake-up, no copy, no per-client encoding. A client
+whose transport buffer is over `Limits.slow_bytes` is *slow*: it is served
+by its own writer task from a latest-wins slot per board/heartbeat and a
+bounded ordered queue for everything else. When that queue overflows the
+client is resynchronised with a fresh snapshot; after `Limits.max_resyncs`
+resyncs in a row, or a write that waits longer than `Limits.send_timeout`,
+it is disconnected. So a slow browser gets fewer frames, never a backlog,
+and costs at most about ``slow_bytes`` plus a queue of references.
+
+Writing to the transport next to aiohttp's own `WebSocketWriter` is safe
+because, without compression, aiohttp writes every frame (including ping,
+pong and close) with synchronous ``transport.write`` calls and no await in
+between, so frames never interleave; and we stop writing once ``ws.closed``
+is set, which aiohttp does before it sends its close frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+
+TEXT, CONTINUATION = 0x1, 0x0
+FIN = 0x80
+LATEST_WINS = frozenset({"board", "heartbeat"})  # state, not history: only the newest matters
+_LEN1, _LEN2, _LEN3 = struct.Struct("!BB"), struct.Struct("!BBH"), struct.Struct("!BBQ")
+
+SnapshotParts = Callable[[], tuple[bytes, ...]]
+
+
+def ws_frame(payload: bytes | memoryview, opcode: int = TEXT, fin: bool = True) -> bytes:
+    """One unmasked server-to-client WebSocket frame (RFC 6455 section 5.2)."""
+    first = (FIN if fin else 0) | opcode
+    size = len(payload)
+    if size < 126:
+        header = _LEN1.pack(first, size)
+    elif size < 1 << 16:
+        header = _LEN2.pack(first, 126, size)
+    else:
+        header = _LEN3.pack(first, 127, size)
+    return header + payload
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much a slow client may cost before it is resynced or dropped."""
+
+    slow_bytes: int = 64 * 1024  # transport buffer above which a client is served by its writer task
+    socket_bytes: int = 128 * 1024  # kernel send buffer: fixed, so a stalled client is noticed early
+    max_queue: int = 512  # ordered messages kept for a slow client before it is resynced
+    max_resyncs: int = 3  # resyncs in a row, without catching up, before it is disconnected
+    send_timeout: float = 10.0  # seconds one write may wait for the client to read
+    chunk: int = 32 * 1024  # snapshot fragment size: a slow client buffers one at a time
+
+
+class Client:
+    """One browser: its transport, its slow-path state and its counters."""
+
+    def __init__(self, ident: int, ws: web.WebSocketResponse, writer: AbstractStreamWriter,
+                 transport: asyncio.Transport, remote: str | None, fanout: Fanout) -> None:
+        self.ident, self.ws, self.writer, self.transport, self.remote = ident, ws, writer, transport, remote
+        self.fanout = fanout
+        self.fast = False  # True: the broadcast writes directly; False: the writer task owns the transport
+        self.resync = True  # a fresh snapshot is due (always first)
+        self.queue: deque[bytes] = deque()
+        self.latest: dict[str, bytes] = {}
+        self.wake = asyncio.Event()
+        self.wake.set()
+        self.failure: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.sent = self.dropped = self.resyncs = self.resyncs_in_a_row = self.ignored = 0
+
+    def push(self, topic: str, frame: bytes) -> None:
+        """Slow path: keep a message for the writer task (latest-wins or bounded queue)."""
+        if topic in LATEST_WINS:
+            if topic == "board" and "board" in self.latest:
+                self.dropped += 1
+            self.latest[topic] = frame
+        elif self.resync:
+            pass  # the snapshot, taken when it is written, will include this message
+        elif len(self.queue) < self.fanout.limits.max_queue:
+            self.queue.append(frame)
+        else:
+            self.request_resync()
+            return
+        self.fast = False
+        self.wake.set()
+
+    def request_resync(self) -> None:
+        """Replace whatever is queued by a fresh snapshot; too many in a row disconnect."""
+        self.resyncs += 1
+        self.resyncs_in_a_row += 1
+        if self.resyncs_in_a_row > self.fanout.limits.max_resyncs:
+            self.fail(f"too slow: resynchronised {self.resyncs_in_a_row - 1} times without catching up")
+            return
+        self.resync, self.fast = True, False
+        self.queue.clear()
+        self.latest.clear()
+        self.wake.set()
+
+    def fail(self, reason: str) -> None:
+        """Stop serving this client now; its handler closes the connection with ``reason``."""
+        if self.failure is None:
+            self.failure = reason
+            self.fanout.detach(self)
+            if self.task is not None:
+                self.task.cancel()
+
+    async def write_loop(self) -> None:
+        """The writer task: drain whatever the broadcast left, then hand back to the fast path."""
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                await self._write_pending()
+                if not self.wake.is_set():
+                    self.fast = True
+                    self.resyncs_in_a_row = 0
+        except TimeoutError:
+            self.fail(f"send timeout: the client read nothing for {self.fanout.limits.send_timeout:g}s")
+        except ConnectionError:
+            self.fail("connection lost")
+
+    async def _write_pending(self) -> None:
+        while True:
+            if self.resync:
+                self.resync = False
+                self.queue.clear()
+                self.latest.clear()
+                await self._write_message(self.fanout.snapshot())
+            elif self.queue:
+                await self._write(self.queue.popleft())
+            elif self.latest:
+                await self._write(self.latest.popitem()[1])
+            else:
+                return
+
+    async def _write_message(self, parts: tuple[bytes, ...]) -> None:
+        """Write one large message as fragments, waiting for the client between them."""
+        chunk = self.fanout.limits.chunk
+        pieces = [memoryview(part)[i:i + chunk] for part in parts if part for i in range(0, len(part), chunk)]
+        last = len(pieces) - 1
+        for i, piece in enumerate(pieces):
+            await self._write(ws_frame(piece, TEXT if i == 0 else CONTINUATION, i == last), count=i == last)
+
+    async def _write(self, frame: bytes, count: bool = True) -> None:
+        if self.ws.closed or self.transport.is_closing():
+            raise ConnectionResetError("closed")
+        self.transport.write(frame)
+        self.sent += count
+        async with asyncio.timeout(self.fanout.limits.send_timeout):
+            await self.writer.drain()
+
+    def stats(self) -> dict[str, Any]:
+        return {"id": self.ident, "remote": self.remote, "fast": self.fast, "sent": self.sent,
+                "dropped": self.dropped, "resyncs": self.resyncs, "ignored": self.ignored, "queued": len(self.queue),
+                "buffered": self.transport.get_write_buffer_size()}
+
+
+class Fanout:
+    """Every connected client, and the broadcast that frames a message once for all of them."""
+
+    def __init__(self, limits: Limits, snapshot: SnapshotParts) -> None:
+        self.limits = limits
+        self.snapshot = snapshot
+        self._clients: dict[int, Client] = {}
+        self._all: tuple[Client, ...] = ()  # iteration order, rebuilt on attach/detach (rare)
+        self._next_id = 0
+        self._batch: list[tuple[str, bytes]] = []
+        self.published = 0
+        self.disconnected: dict[str, int] = {}
+
+    def attach(self, ws: web.WebSocketResponse, writer: AbstractStreamWriter, request: web.Request) -> Client:
+        """Register a prepared WebSocket; its first message will be a snapshot."""
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("client went away during the handshake")
+        transport.set_write_buffer_limits(high=self.limits.slow_bytes)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # without this, Linux lets a stalled reader absorb megabytes in the kernel
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.socket_bytes)
+        self._next_id += 1
+        client = Client(self._next_id, ws, writer, transport, request.remote, self)
+        self._clients[client.ident] = client
+        self._all = tuple(self._clients.values())
+        return client
+
+    def detach(self, client: Client) -> None:
+        if self._clients.pop(client.ident, None) is not None:
+            self._all = tuple(self._clients.values())
+            if client.failure is not None:
+                kind = client.failure.split(":", 1)[0]
+                self.disconnected[kind] = self.disconnected.get(kind, 0) + 1
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Queue one message for every client; it goes out when the current burst ends.
+
+        Messages that arrive together (the hub drains its socket without yielding)
+        are written with one ``transport.write`` per client: under load the cost
+        is per burst, not per message, so the viewer keeps up instead of lagging.
+        """
+        self._batch.append((topic, ws_frame(payload)))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write the burst straight to every fast client; never awaits, never encodes per client."""
+        batch, self._batch = self._batch, []
+        data = batch[0][1] if len(batch) == 1 else b"".join(frame for _, frame in batch)
+        limit = self.limits.slow_bytes
+        self.published += len(batch)
+        for client in self._all:
+            transport = client.transport
+            if client.fast and transport.get_write_buffer_size() <= limit and not (
+                    client.ws.closed or transport.is_closing()):
+                transport.write(data)
+                client.sent += len(batch)
+            else:
+                for topic, frame in batch:
+                    client.push(topic, frame)
+
+    def resync_all(self) -> None:
+        """Send every client a fresh snapshot (a new run started)."""
+        for client in self._all:
+            client.resyncs_in_a_row = 0
+            client.request_resync()
+
+    def clients(self) -> tuple[Client, ...]:
+        return self._all
+
+    def status(self, per_client: bool) -> dict[str, Any]:
+        clients = self._all
+        slow = sum(not c.fast for c in clients)
+        status: dict[str, Any] = {
+            "clients": len(clients), "slow": slow, "published": self.published,
+            "sent": sum(c.sent for c in clients), "dropped": sum(c.dropped for c in clients),
+            "buffered": sum(c.transport.get_write_buffer_size() for c in clients),
+            "queued": sum(len(c.queue) for c in clients), "disconnected": self.disconnected,
+        }
+        if per_client:
+            status["per_client"] = [c.stats() for c in clients]
+        return status

@@ -1,7 +1,8 @@
 """Viewer subprocesses and WebSocket clients for the viewer's tests.
 
-Imported by tests/test_viewer.py and tests/test_page.py (the fixtures are
-re-exported there); conftest.py stays the trainer's.
+Imported by the viewer's tests (the fixtures are re-exported there);
+conftest.py stays the trainer's. A viewer started with a ``prefix`` (another
+network namespace) is reached through tests/viewer_probe.py run in that namespace.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pytest
 from conftest import ROOT, TrainerProcess, free_port
 
 URL_LINE = re.compile(r"open (http://\S+)/#token=(\S+)")
+PROBE = ROOT / "tests" / "viewer_probe.py"
 SNAPSHOT_LISTS = {"episode": "episodes", "metrics": "metrics"}
 
 
@@ -36,11 +38,22 @@ class ViewerProcess:
     log: Path
     url: str = ""
     token: str = ""
+    prefix: tuple[str, ...] = ()  # runs in another network namespace: reach it from there
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def probe(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run tests/viewer_probe.py where the viewer is (see its docstring for ``args``)."""
+        return subprocess.run([*self.prefix, sys.executable, str(PROBE), *args], capture_output=True, text=True,
+                               timeout=timeout)
+
     def get(self, path: str) -> dict[str, Any]:
+        if self.prefix:
+            result = self.probe("get", self.url + path)
+            if result.returncode != 0:
+                raise ConnectionError(result.stderr.strip())
+            return orjson.loads(result.stdout)
         with urllib.request.urlopen(self.url + path, timeout=5) as response:
             return orjson.loads(response.read())
 
@@ -66,15 +79,20 @@ class ViewerProcess:
 
 
 def start_viewer(log_dir: Path, pub: str, ctl: str, *extra: str, port: int | None = None,
-                 env: dict[str, str] | None = None) -> ViewerProcess:
+                 env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> ViewerProcess:
     log = log_dir / f"viewer.{time.monotonic_ns()}.log"
-    args = [sys.executable, "-m", "viewer", "--trainer", pub, "--ctl", ctl,
+    args = [*prefix, sys.executable, "-m", "viewer", "--trainer", pub, "--ctl", ctl,
             "--port", str(port or free_port()), *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    viewer = ViewerProcess(proc, log)
-    viewer.wait_ready()
+    viewer = ViewerProcess(proc, log, prefix=prefix)
+    try:
+        viewer.wait_ready()
+    except BaseException:  # not handed to a fixture yet: reap it here
+        proc.kill()
+        proc.wait(10)
+        raise
     return viewer
 
 
@@ -84,8 +102,8 @@ def viewers(tmp_path: Path) -> Iterator[Callable[..., ViewerProcess]]:
     started: list[ViewerProcess] = []
 
     def start(pub: str, ctl: str, *extra: str, port: int | None = None,
-              env: dict[str, str] | None = None) -> ViewerProcess:
-        viewer = start_viewer(tmp_path, pub, ctl, *extra, port=port, env=env)
+              env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> ViewerProcess:
+        viewer = start_viewer(tmp_path, pub, ctl, *extra, port=port, env=env, prefix=prefix)
         started.append(viewer)
         return viewer
 

@@ -37,8 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     ctl.add_argument("--ctl", default="tcp://127.0.0.1:5556", help="the trainer's control endpoint")
     ctl.add_argument("--timeout", type=float, default=3.0, help="seconds to wait per attempt")
     ctl.add_argument("--retries", type=int, default=2)
-    _client_curve_arguments(ctl)
+    client_curve_arguments(ctl)
     ctl.set_defaults(func=_ctl)
+
+    evaluate = commands.add_parser("eval", help="play seeded games with an agent and report lines per game")
+    _player_arguments(evaluate)
+    evaluate.add_argument("--games", type=int, default=20)
+    evaluate.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    evaluate.set_defaults(func=_eval)
+
+    play = commands.add_parser("play", help="play one game, streamed on PUB like a training run")
+    _player_arguments(play)
+    play.add_argument("--pub", default="tcp://127.0.0.1:5555")
+    play.add_argument("--ctl", default="tcp://127.0.0.1:5556")
+    play.add_argument("--pps", type=float, default=10.0, help="placements per second; 0: as fast as possible")
+    play.add_argument("--insecure", action="store_true", help="allow a non-loopback endpoint without CURVE")
+    play.set_defaults(func=_play)
 
     keys = commands.add_parser("keys", help="create CURVE key pairs: trainer, client, and allowed/")
     keys.add_argument("directory", type=Path)
@@ -67,7 +81,7 @@ def _train(args: argparse.Namespace) -> int:
         return 2
 
 
-def _client_curve_arguments(parser: argparse.ArgumentParser) -> None:
+def client_curve_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of every CURVE client: the trainer's public key and the client's own pair."""
     parser.add_argument("--curve-server-key", type=Path, help="the trainer's CURVE public key file")
     parser.add_argument("--curve-secret-key", type=Path, help="this client's CURVE secret key file")
@@ -89,6 +103,71 @@ def _ctl(args: argparse.Namespace) -> int:
         return 3
     sys.stdout.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0 if reply.get("ok") else 1
+
+
+def _player_arguments(parser: argparse.ArgumentParser) -> None:
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--checkpoint", type=Path, help="a checkpoint of a placement agent (e.g. runs/x/checkpoints/final)")
+    who.add_argument("--agent", choices=["dellacherie"], help="a hand-tuned agent")
+    parser.add_argument("--algo", help="the checkpoint's algorithm (default: from its run's config.toml)")
+    parser.add_argument("--max-pieces", type=int, default=10_000, help="piece cap per game")
+    parser.add_argument("--seed", type=int, default=1, help="game i is seeded seed + i (> 0)")
+
+
+def _player(args: argparse.Namespace):
+    """The policy named on the command line: a hand-tuned agent or a loaded checkpoint."""
+    from tetriszmq.dellacherie import Dellacherie
+    from tetriszmq.evaluate import ModelPolicy
+
+    if args.agent == "dellacherie":
+        return Dellacherie()
+    from tetriszmq import agents, config as cfg
+
+    path = args.checkpoint
+    run_config = path.resolve().parent.parent / "config.toml"
+    algo = args.algo or (cfg.load(run_config).agent.algo if run_config.exists() else "afterstate-dqn")
+    try:
+        return ModelPolicy(agents.algo_class(algo).load(path, device="cpu"))
+    except FileNotFoundError:
+        raise cfg.ConfigError(f"--checkpoint {path}: no such checkpoint") from None
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from tetriszmq.config import ConfigError
+    from tetriszmq.evaluate import evaluate
+
+    try:
+        result = evaluate(_player(args), games=args.games, max_pieces=args.max_pieces, seed=args.seed)
+    except (ConfigError, ValueError) as exc:
+        print(f"tetriszmq eval: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(orjson.dumps(result).decode())
+        return 0
+    print(f"{args.games} games, cap {args.max_pieces:,} pieces, seeds {args.seed}..{args.seed + args.games - 1}")
+    print(f"lines per game: mean {result['mean']:,.1f}  median {result['median']:,.1f}  "
+          f"min {result['min']:,}  max {result['max']:,}")
+    print(f"games that reached the piece cap: {result['capped']} of {args.games}")
+    return 0
+
+
+def _play(args: argparse.Namespace) -> int:
+    from tetriszmq.config import ConfigError
+    from tetriszmq.placement_env import PlacementTetris
+    from tetriszmq.play import play
+    from tetriszmq.security import check_exposure
+
+    try:
+        check_exposure([args.pub, args.ctl], secured=False, insecure=args.insecure)
+        policy = _player(args)
+        env = PlacementTetris(features=policy.feature_names, max_pieces=args.max_pieces)
+        print(f"tetriszmq play: streaming on {args.pub}, control on {args.ctl}", file=sys.stderr)
+        result = play(policy, env, pub=args.pub, ctl=args.ctl, seed=args.seed, pps=args.pps)
+    except (ConfigError, SecurityError, OSError, ValueError) as exc:
+        print(f"tetriszmq play: {exc}", file=sys.stderr)
+        return 2
+    print(orjson.dumps(result).decode())
+    return 0
 
 
 def _keys(args: argparse.Namespace) -> int:

@@ -12,7 +12,10 @@ import sys
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from tetriszmq.cli import client_curve_arguments, client_curve
+from tetriszmq.security import SecurityError, is_loopback
 from viewer.app import Settings, create_app
 from viewer.fanout import Limits
 from viewer.hub import HubSettings
@@ -24,16 +27,20 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         ctl = args.ctl or default_ctl(args.trainer)
-    except ValueError as exc:
+        curve = client_curve(args)
+        check_host(args.host, args.insecure)
+    except ValueError as exc:  # SecurityError included
         print(f"tetriszmq-viewer: {exc}", file=sys.stderr)
         return 2
     settings = Settings(
-        hub=HubSettings(trainer=args.trainer, ctl=ctl, history=args.history, offline_after=args.offline_after),
+        hub=HubSettings(trainer=args.trainer, ctl=ctl, history=args.history, offline_after=args.offline_after,
+                        curve=curve),
         limits=Limits(send_timeout=args.send_timeout),
         host=args.host, port=args.port,
         token=args.token or os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(18),
     )
     logging.basicConfig(level=logging.WARNING, format="tetriszmq-viewer: %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(_drop_client_faults)
     try:
         asyncio.run(_serve(settings))
     except OSError as exc:
@@ -42,13 +49,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _drop_client_faults(record: logging.LogRecord) -> bool:
+    """Keep aiohttp's tracebacks for our own bugs, not for requests that failed through the client's fault.
+
+    A request that was not valid HTTP already got its 400, and a client that left is gone; logging a
+    traceback for each would let anyone who can connect fill the viewer's log.
+    """
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, (HttpProcessingError, ConnectionError))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tetriszmq-viewer",
                                      description="Watch a tetriszmq trainer live in the browser.")
     parser.add_argument("--trainer", default="tcp://127.0.0.1:5555", help="the trainer's PUB endpoint")
     parser.add_argument("--ctl", help="the trainer's control (REP) endpoint; default: --trainer's port + 1")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1 only)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on (default: 127.0.0.1 only; anything else needs --insecure)")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a --host beyond loopback: the page is plain HTTP, readable by anyone who can "
+                        "reach it")
+    client_curve_arguments(parser)
     parser.add_argument("--token", help=f"control token (default: ${TOKEN_ENV}, else random per start)")
     parser.add_argument("--history", type=int, default=20_000, help="episodes and metrics kept for late joiners")
     parser.add_argument("--offline-after", type=float, default=3.0,
@@ -64,6 +86,20 @@ def default_ctl(trainer: str) -> str:
     if parts.scheme != "tcp" or parts.port is None:
         raise ValueError(f"cannot guess the control endpoint of {trainer}; pass --ctl")
     return f"tcp://{parts.netloc.rsplit(':', 1)[0]}:{parts.port + 1}"
+
+
+def check_host(host: str, insecure: bool) -> None:
+    """Refuse to serve the page beyond loopback unless ``insecure``; then warn."""
+    if is_loopback(f"tcp://[{host}]:0" if ":" in host else f"tcp://{host}:0"):
+        return
+    where = host or "every address"
+    if not insecure:
+        raise SecurityError(
+            f"refusing to serve on {where}: the page is plain HTTP, so anyone who can reach it could watch the run, "
+            "and the control token would cross the network unencrypted. Keep the default 127.0.0.1 and use an "
+            "SSH tunnel (ssh -L 8080:127.0.0.1:8080 host), or pass --insecure.")
+    print(f"tetriszmq-viewer: WARNING: serving on {where} over plain HTTP (--insecure): anyone who can reach it "
+          "can watch the run; control still needs the token, which travels unencrypted", file=sys.stderr)
 
 
 async def _serve(settings: Settings) -> None:

@@ -111,16 +111,18 @@ async def control(request: web.Request) -> web.Response:
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     if not given:
         return _error(401, "control needs the viewer's token: send 'Authorization: Bearer <token>'")
-    if not hmac.compare_digest(given.encode(), request.app[SETTINGS].token.encode()):
+    # Header bytes that are not UTF-8 arrive as surrogates: encode them back rather than fail.
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), request.app[SETTINGS].token.encode()):
         return _error(403, "wrong control token")
     try:
         cmd = _parse_command(await request.read())
     except ValueError as exc:
         return _error(400, str(exc))
+    hub = request.app[HUB]
     try:
-        reply = await request.app[HUB].control(cmd)
+        reply = await hub.control(cmd)
     except NoReply as exc:
-        return _error(504, f"{exc}: is the trainer running?")
+        return _error(504, f"{exc}: {hub.handshake or 'is the trainer running?'}")
     return _json(reply, 200 if reply.get("ok") else 409)
 
 

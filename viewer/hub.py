@@ -25,10 +25,12 @@ from typing import Any, Protocol
 import orjson
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from tetriszmq import protocol
 from tetriszmq.history import RunHistory
 from tetriszmq.protocol import Command, ProtocolError, Topic
+from tetriszmq.security import ClientCurve
 
 log = logging.getLogger("viewer.hub")
 
@@ -39,6 +41,8 @@ _TOPICS = frozenset(Topic)
 _HISTORY_TOPICS = frozenset({Topic.STATUS, Topic.EPISODE, Topic.METRICS})
 LATEST_WINS = frozenset({Topic.BOARD, Topic.HEARTBEAT})  # state, not history: only the newest matters
 MAX_HELD = 20_000  # live messages held while a snapshot is in flight
+_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
 class NoReply(TimeoutError):
@@ -69,10 +73,11 @@ class HubSettings:
     offline_after: float = 3.0
     request_timeout: float = 2.0
     request_retries: int = 2
+    curve: ClientCurve | None = None  # the trainer's public key and ours, for its SUB and REQ sockets
 
 
 async def request(ctx: zmq.asyncio.Context, endpoint: str, cmd: Command | str, *, timeout: float,
-                  retries: int) -> dict[str, Any]:
+                  retries: int, curve: ClientCurve | None = None) -> dict[str, Any]:
     """Send one control command with the lazy-pirate pattern and return the decoded reply.
 
     A REQ socket that lost its reply cannot send again, so every attempt uses a
@@ -82,6 +87,8 @@ async def request(ctx: zmq.asyncio.Context, endpoint: str, cmd: Command | str, *
     for _ in range(retries + 1):
         sock = ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(sock)
         try:
             sock.connect(endpoint)
             await sock.send(payload)
@@ -122,6 +129,7 @@ class Hub:
         self.heartbeat: bytes | None = None
         self.link = Link.WAITING
         self.last_heard = 0.0
+        self.handshake: str | None = None  # why the trainer's side refused our connection, if it did
         self.held: list[_Held] | None = None  # not None while a snapshot is in flight
         self.counters = {"messages": 0, "malformed": 0, "gaps": 0, "snapshots": 0, "snapshot_failures": 0}
         self._history_version = 0
@@ -140,9 +148,13 @@ class Hub:
         sub.setsockopt(zmq.HEARTBEAT_IVL, 2000)  # notice a vanished remote trainer and reconnect
         sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
+        if self.settings.curve is not None:
+            self.settings.curve.apply(sub)
+        monitor = sub.get_monitor_socket(_HANDSHAKE_EVENTS)
         sub.connect(self.settings.trainer)
         self._tasks = [asyncio.create_task(self._receive(sub), name="hub-receive"),
-                       asyncio.create_task(self._watch_link(), name="hub-watch-link")]
+                       asyncio.create_task(self._watch_link(), name="hub-watch-link"),
+                       asyncio.create_task(self._watch_handshakes(monitor), name="hub-watch-handshakes")]
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *([self._snapshot_task] if self._snapshot_task else [])]
@@ -154,7 +166,8 @@ class Hub:
     async def control(self, cmd: Command) -> dict[str, Any]:
         """Forward one command to the trainer's REP and return its reply."""
         s = self.settings
-        return await request(self.ctx, s.ctl, cmd, timeout=s.request_timeout, retries=s.request_retries)
+        return await request(self.ctx, s.ctl, cmd, timeout=s.request_timeout, retries=s.request_retries,
+                             curve=s.curve)
 
     # What late joiners need ----------------------------------------------------
 
@@ -196,7 +209,7 @@ class Hub:
         history = self.history
         return {
             "trainer": self.settings.trainer, "ctl": self.settings.ctl, "link": str(self.link),
-            "last_heard": self.last_heard or None, "run": self.run,
+            "last_heard": self.last_heard or None, "handshake": self.handshake, "run": self.run,
             "seq": None if history is None else history.seq,
             "episodes": 0 if history is None else len(history.episodes),
             "metrics": 0 if history is None else len(history.metrics),
@@ -342,6 +355,18 @@ class Hub:
             if self.link is Link.ONLINE and time.time() - self.last_heard > self.settings.offline_after:
                 self._set_link(Link.OFFLINE)
 
+    async def _watch_handshakes(self, monitor: zmq.asyncio.Socket) -> None:
+        """Keep why the trainer refused us (wrong or missing CURVE keys): otherwise that looks like silence."""
+        try:
+            while True:
+                event = parse_monitor_message(await monitor.recv_multipart())
+                problem = handshake_problem(event["event"], event["value"])
+                if problem is not None and problem != self.handshake:
+                    log.warning("trainer %s: %s", self.settings.trainer, problem)
+                self.handshake = problem
+        finally:
+            monitor.close(linger=0)
+
     def _set_link(self, link: Link) -> None:
         self.link = link
         log.info("trainer %s is %s", self.settings.trainer, link)
@@ -361,6 +386,20 @@ def _envelope(frames: list[bytes]) -> tuple[Topic, str, int]:
     if not isinstance(run, str) or not protocol.RUN_ID_PATTERN.match(run) or type(seq) is not int:
         raise ProtocolError("payload lacks a valid run and seq")
     return topic, run, seq
+
+
+def handshake_problem(event: int, value: int) -> str | None:
+    """What a ZMTP handshake event means for the user; None when the handshake succeeded."""
+    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        return None
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"the trainer refused this viewer's CURVE key (ZAP status {value}: not on its --curve-allow list?)"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return ("security mismatch: the trainer uses CURVE and this viewer does not, or the reverse "
+                "(--curve-server-key, --curve-secret-key); restart the viewer with matching options")
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return f"handshake protocol error {value:#x}"
+    return "the CURVE handshake failed: is --curve-server-key the trainer's public key?"
 
 
 def _fragment(payload: bytes | None) -> orjson.Fragment | None:

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,10 +77,15 @@ def trainers(tmp_path: Path) -> Iterator[Callable[..., TrainerProcess]]:
         return trainer
 
     yield start
-    for trainer in started:
-        if trainer.proc.poll() is None:
-            trainer.proc.kill()
-        trainer.proc.wait(10)
+    reap(trainer.proc for trainer in started)
+
+
+def reap(processes: Iterable[subprocess.Popen[bytes]]) -> None:
+    """Kill whatever is still running and collect every exit status."""
+    for proc in processes:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
 
 
 class Subscriber:

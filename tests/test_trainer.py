@@ -71,8 +71,9 @@ def test_stop_acknowledges_saves_and_exits_zero(trainers, subscribe):
     reply = request(trainer.ctl, "stop")
     assert reply == {"ok": True, "state": "stopping"}
     assert trainer.wait(30) == 0, trainer.output()
-    states = [p["state"] for _, p in sub.until(lambda t, p: p["state"] == "stopped", timeout=10)]
-    assert states[-4:] == ["stopping", "saving", "stopping", "stopped"]
+    statuses = [p for _, p in sub.until(lambda t, p: p["state"] == "stopped", timeout=10)]
+    assert [p["state"] for p in statuses[-4:]] == ["stopping", "saving", "stopping", "stopped"]
+    assert statuses[-1]["reason"] == "stop requested"
     model = PPO.load(trainer.run_dir / "checkpoints" / "latest.zip")
     assert model.num_timesteps > 0
     assert (trainer.run_dir / "checkpoints" / "final.zip").exists()

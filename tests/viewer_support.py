@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from conftest import ROOT, TrainerProcess, free_port
+from conftest import ROOT, TrainerProcess, free_port, reap
 
 URL_LINE = re.compile(r"open (http://\S+)/#token=(\S+)")
 PROBE = ROOT / "tests" / "viewer_probe.py"
@@ -108,10 +108,7 @@ def viewers(tmp_path: Path) -> Iterator[Callable[..., ViewerProcess]]:
         return viewer
 
     yield start
-    for viewer in started:
-        if viewer.proc.poll() is None:
-            viewer.proc.kill()
-        viewer.proc.wait(10)
+    reap(viewer.proc for viewer in started)
 
 
 @dataclass

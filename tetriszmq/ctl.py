@@ -26,15 +26,33 @@ def request(endpoint: str, cmd: Command | str, *, timeout: float = 3.0, retries:
     ctx = ctx or zmq.Context.instance()
     payload = protocol.encode_request(cmd)
     for _ in range(retries + 1):
-        sock = ctx.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
-        if curve is not None:
-            curve.apply(sock)
-        try:
-            sock.connect(endpoint)
+        with req_socket(ctx, endpoint, curve) as sock:
             sock.send(payload)
             if sock.poll(int(timeout * 1000), zmq.POLLIN):
-                return orjson.loads(sock.recv())
-        finally:
-            sock.close()
-    raise NoReply(f"no reply from {endpoint} after {retries + 1} attempts of {timeout:g}s: is the trainer running?")
+                return decode_reply(sock.recv())
+    raise no_reply(endpoint, retries, timeout)
+
+
+def req_socket(ctx: zmq.Context, endpoint: str, curve: ClientCurve | None) -> zmq.Socket:
+    """A fresh REQ socket for one attempt: no lingering, CURVE if given, connected."""
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        curve.apply(sock)
+    sock.connect(endpoint)
+    return sock
+
+
+def no_reply(endpoint: str, retries: int, timeout: float) -> NoReply:
+    return NoReply(f"no reply from {endpoint} after {retries + 1} attempts of {timeout:g}s: is the trainer running?")
+
+
+def decode_reply(raw: bytes) -> dict[str, Any]:
+    """A trainer's reply, or an ``ok: false`` one saying why it could not be read."""
+    try:
+        reply = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        reply = None
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        return {"ok": False, "error": f"malformed reply from the trainer: {raw[:80]!r}"}
+    return reply

@@ -91,7 +91,7 @@ def env_factory(section: EnvSection) -> Callable[[], gym.Env]:
 
 
 def check_features(names: list[str]) -> None:
-    from tetriszmq.placement_env import FEATURES
+    from tetriszmq.features import FEATURES
 
     unknown = [n for n in names if n not in FEATURES]
     if unknown:

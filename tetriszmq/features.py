@@ -1,11 +1,12 @@
 """Board features of many afterstates at once, chosen by name.
 
-The placement environment scores every candidate placement each step, so each
-feature is a numpy expression over a stack of boards ``(N, 20, 10)`` (row 0 at
-the top, True = filled) rather than a loop over one board. Intermediate arrays
-(column heights, hole mask, ...) are computed once per stack and shared.
+The placement environment scores all ~34 candidate placements every step, so
+a board is stored as 10 column bitmasks (bit ``r`` = row ``r`` counted from the
+top, bit 20 = the floor, always set) and every feature is a handful of integer
+operations over an ``(N, 10)`` array: about 5x cheaper than the same features
+over ``(N, 20, 10)`` boolean boards (~45 us vs ~250 us for all of them, 34 boards).
 
-Definitions (the Dellacherie / Thiery-Scherrer "BCTS" set plus the classic four):
+Definitions (the classic four, plus the Dellacherie / Thiery-Scherrer "BCTS" set):
 
 - ``lines``: rows the placement cleared.
 - ``holes``: empty cells with a filled cell somewhere above them in the column.
@@ -16,7 +17,7 @@ Definitions (the Dellacherie / Thiery-Scherrer "BCTS" set plus the classic four)
 - ``eroded_cells``: lines cleared x cells of the placed piece in those lines.
 - ``row_transitions``: filled/empty changes along each row, walls counted as
   filled, over the rows from the highest filled cell down (empty rows above the
-  stack would add a constant 2 each and so reward a taller stack).
+  stack would add a constant 2 each, and so reward a taller stack).
 - ``column_transitions``: filled/empty changes down each column, the floor
   counted as filled.
 - ``cumulative_wells``: a well cell is empty with filled cells (or walls) left
@@ -29,12 +30,14 @@ Definitions (the Dellacherie / Thiery-Scherrer "BCTS" set plus the classic four)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Callable, Sequence
 
 import numpy as np
 
 ROWS, COLS = 20, 10
+PLAYFIELD = (1 << ROWS) - 1  # the 20 row bits of a column mask
+FLOOR = 1 << ROWS
 
 # name -> (upper bound for the observation space, typical magnitude for scaling network inputs)
 _SPEC: dict[str, tuple[float, float]] = {
@@ -46,9 +49,9 @@ _SPEC: dict[str, tuple[float, float]] = {
     "landing_height": (ROWS + 4, 20),
     "eroded_cells": (16, 16),
     "row_transitions": (ROWS * (COLS + 1), 50),
-    "column_transitions": ((ROWS + 1) * COLS, 50),
+    "column_transitions": (ROWS * COLS, 50),
     "cumulative_wells": (COLS * ROWS * (ROWS + 1) // 2, 20),
-    "hole_depth": (ROWS * COLS * ROWS, 20),
+    "hole_depth": (COLS * (ROWS // 2) ** 2, 20),
     "rows_with_holes": (ROWS, 10),
 }
 FEATURES: tuple[str, ...] = tuple(_SPEC)
@@ -78,87 +81,115 @@ def typical_scales(names: Sequence[str]) -> np.ndarray:
     return np.array([_SPEC[n][1] for n in names], dtype=np.float32)
 
 
+def column_masks(filled: np.ndarray) -> np.ndarray:
+    """``(..., 20, 10)`` bool boards -> ``(..., 10)`` int64 column bitmasks, floor bit set."""
+    weights = np.left_shift(1, np.arange(ROWS, dtype=np.int64))[:, None]
+    return (filled * weights).sum(axis=-2) | FLOOR
+
+
+def board_features(filled: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """Features of one ``(20, 10)`` board as it stands (no placement: lines, landing, eroded are 0)."""
+    zero = np.zeros(1)
+    return Afterstates(column_masks(filled)[None], zero, zero, zero).compute(names)[0]
+
+
 @dataclass
 class Afterstates:
     """A stack of boards left by N placements, with what the placements themselves did.
 
-    :param boards: ``(N, 20, 10)`` bool, after full rows were cleared.
+    :param cols: ``(N, 10)`` int64 column bitmasks after full rows were cleared.
     :param lines: ``(N,)`` rows cleared by each placement.
     :param landing_height: ``(N,)`` see the module docstring.
     :param eroded_cells: ``(N,)`` see the module docstring.
     """
 
-    boards: np.ndarray
+    cols: np.ndarray
     lines: np.ndarray
     landing_height: np.ndarray
     eroded_cells: np.ndarray
 
     @cached_property
-    def heights(self) -> np.ndarray:
-        top = self.boards.argmax(axis=1)
-        return np.where(self.boards.any(axis=1), ROWS - top, 0)
+    def above_top(self) -> np.ndarray:
+        """Bits of the empty rows above each column's top filled cell (or above the floor)."""
+        return (self.cols & -self.cols) - 1
 
     @cached_property
-    def hole_mask(self) -> np.ndarray:
-        """Empty cells under their column's top filled cell."""
-        under_top = np.arange(ROWS)[None, :, None] >= (ROWS - self.heights)[:, None, :]
-        return under_top & ~self.boards
+    def heights(self) -> np.ndarray:
+        return ROWS - np.bitwise_count(self.above_top).astype(np.int64)
+
+    @cached_property
+    def holes(self) -> np.ndarray:
+        """Bits of the holes of each column."""
+        return ~self.cols & ~self.above_top & PLAYFIELD
+
+    @cached_property
+    def walled(self) -> np.ndarray:
+        """Columns with a full wall column on each side: ``(N, 12)``."""
+        wall = np.full((len(self.cols), 1), PLAYFIELD | FLOOR)
+        return np.concatenate([wall, self.cols, wall], axis=1)
 
     def compute(self, names: Sequence[str]) -> np.ndarray:
         """``(N, len(names))`` float32 feature matrix."""
         return np.stack([_COMPUTE[n](self) for n in names], axis=1).astype(np.float32)
 
 
-def _holes(a: Afterstates) -> np.ndarray:
-    return a.heights.sum(axis=1) - a.boards.sum(axis=(1, 2))
-
-
-def _bumpiness(a: Afterstates) -> np.ndarray:
-    return np.abs(np.diff(a.heights, axis=1)).sum(axis=1)
+def _count(bits: np.ndarray) -> np.ndarray:
+    """Set bits summed over the columns of each board."""
+    return np.bitwise_count(bits).sum(axis=1, dtype=np.int64)
 
 
 def _row_transitions(a: Afterstates) -> np.ndarray:
-    b = a.boards
-    inner = (b[:, :, 1:] != b[:, :, :-1]).sum(axis=(1, 2))
-    at_walls = (~b[:, :, 0]).sum(axis=1) + (~b[:, :, -1]).sum(axis=1)
+    changes = _count((a.walled[:, 1:] ^ a.walled[:, :-1]) & PLAYFIELD)
     empty_rows_above_stack = ROWS - a.heights.max(axis=1)
-    return inner + at_walls - 2 * empty_rows_above_stack
-
-
-def _column_transitions(a: Afterstates) -> np.ndarray:
-    b = a.boards
-    return (b[:, 1:, :] != b[:, :-1, :]).sum(axis=(1, 2)) + (~b[:, -1, :]).sum(axis=1)
+    return changes - 2 * empty_rows_above_stack
 
 
 def _cumulative_wells(a: Afterstates) -> np.ndarray:
-    b = a.boards
-    wall = np.ones(b.shape[:2] + (1,), dtype=bool)
-    left = np.concatenate([wall, b[:, :, :-1]], axis=2)
-    right = np.concatenate([b[:, :, 1:], wall], axis=2)
-    well = left & right & ~b
-    run = np.cumsum(well, axis=1)
-    # depth within the current run: the count so far minus the count at the last non-well cell
-    depth = run - np.maximum.accumulate(np.where(well, 0, run), axis=1)
-    return depth.sum(axis=(1, 2))
+    wells = a.walled[:, :-2] & a.walled[:, 2:] & ~a.cols & PLAYFIELD
+    return _well_table()[wells].sum(axis=1, dtype=np.int64)
 
 
 def _hole_depth(a: Afterstates) -> np.ndarray:
-    filled_above = np.cumsum(a.boards, axis=1)
-    return np.where(a.hole_mask, filled_above, 0).sum(axis=(1, 2))
+    return _hole_depth_table()[a.cols & PLAYFIELD].sum(axis=1, dtype=np.int64)
+
+
+# Two counts over pairs of cells in a column, which a few bit operations cannot
+# do but a 1 MB lookup table over all 2^20 columns can; each is built on first use (~0.1 s).
+
+@cache
+def _hole_depth_table() -> np.ndarray:
+    """Indexed by a column's 20 row bits: the (hole, filled cell above it) pairs."""
+    cols = np.arange(1 << ROWS, dtype=np.int64) | FLOOR
+    holes = ~cols & ~((cols & -cols) - 1) & PLAYFIELD
+    total = np.zeros(1 << ROWS, dtype=np.int64)
+    for d in range(1, ROWS):
+        total += np.bitwise_count(holes & (cols << d))  # holes with a filled cell d rows above
+    return total.astype(np.uint8)
+
+
+@cache
+def _well_table() -> np.ndarray:
+    """Indexed by a column's well cells: each counts 1 + the unbroken well cells above it."""
+    wells = np.arange(1 << ROWS, dtype=np.int64)
+    total = np.zeros(1 << ROWS, dtype=np.int64)
+    run = wells  # bit r: rows r, r-1, ..., r-k+1 are all well cells
+    for k in range(1, ROWS + 1):
+        total += np.bitwise_count(run)
+        run = run & (wells << k)
+    return total.astype(np.uint8)
 
 
 _COMPUTE: dict[str, Callable[[Afterstates], np.ndarray]] = {
     "lines": lambda a: a.lines,
-    "holes": _holes,
-    "bumpiness": _bumpiness,
+    "holes": lambda a: _count(a.holes),
+    "bumpiness": lambda a: np.abs(np.diff(a.heights, axis=1)).sum(axis=1),
     "aggregate_height": lambda a: a.heights.sum(axis=1),
     "max_height": lambda a: a.heights.max(axis=1),
     "landing_height": lambda a: a.landing_height,
     "eroded_cells": lambda a: a.eroded_cells,
     "row_transitions": _row_transitions,
-    "column_transitions": _column_transitions,
+    "column_transitions": lambda a: _count((a.cols ^ (a.cols >> 1)) & PLAYFIELD),
     "cumulative_wells": _cumulative_wells,
     "hole_depth": _hole_depth,
-    "rows_with_holes": lambda a: a.hole_mask.any(axis=2).sum(axis=1),
+    "rows_with_holes": lambda a: np.bitwise_count(np.bitwise_or.reduce(a.holes, axis=1)),
 }
-assert tuple(_COMPUTE) == FEATURES

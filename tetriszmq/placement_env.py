@@ -30,10 +30,11 @@ from tetriszmq.features import (
     COLS,
     DEFAULT_FEATURES,
     FEATURES,
+    PLAYFIELD,
     ROWS,
     Afterstates,
     check_names,
-    typical_scales,
+    column_masks,
     upper_bounds,
 )
 
@@ -58,6 +59,7 @@ class PieceTable:
     slot: np.ndarray  # (40,) action id -> index into `actions`, -1 when illegal
     rows: np.ndarray  # (K, 4) row of each cell inside the rotated matrix
     cols: np.ndarray  # (K, 4) playfield column of each cell
+    col_bits: np.ndarray  # (K, 10) int64 the cells as column bitmasks, the matrix's top row at bit 0
     middle: np.ndarray  # (K,) middle row of the piece inside its matrix, for landing height
     mask: np.ndarray  # (40,) int8
     spawn_rows: np.ndarray  # (4,) cells of the unrotated piece where it spawns
@@ -76,7 +78,9 @@ def _piece_table(index: int) -> PieceTable:
             actions.append(action)
             rows.append(r)
             cols.append(c)
-    actions_arr, rows_arr = np.array(actions), np.array(rows)
+    actions_arr, rows_arr, cols_arr = np.array(actions), np.array(rows), np.array(cols)
+    col_bits = np.zeros((len(actions), COLS), dtype=np.int64)
+    np.bitwise_or.at(col_bits, (np.arange(len(actions))[:, None], cols_arr), np.left_shift(1, rows_arr))
     slot = np.full(N_ACTIONS, -1)
     slot[actions_arr] = np.arange(len(actions))
     mask = np.zeros(N_ACTIONS, dtype=np.int8)
@@ -87,7 +91,8 @@ def _piece_table(index: int) -> PieceTable:
         actions=actions_arr,
         slot=slot,
         rows=rows_arr,
-        cols=np.array(cols),
+        cols=cols_arr,
+        col_bits=col_bits,
         middle=(rows_arr.min(axis=1) + rows_arr.max(axis=1)) / 2,
         mask=mask,
         spawn_rows=spawn_rows,
@@ -115,7 +120,6 @@ class PlacementTetris(gym.Env):
         render_mode: str | None = None,
     ) -> None:
         self.feature_names = check_names(features or DEFAULT_FEATURES)
-        self.feature_scales = typical_scales(self.feature_names)
         self.max_pieces = max_pieces or 0
         self.render_mode = render_mode
         n = len(self.feature_names)
@@ -203,14 +207,15 @@ class PlacementTetris(gym.Env):
 
     def _observe(self) -> dict[str, np.ndarray]:
         piece, filled = self._piece, self.board > 0
-        self._landing_row, self._blocked = landing_rows(piece, filled)
-        afterstates = place_all(piece, filled, self._landing_row)
+        cols = column_masks(filled)
+        self._landing_row, self._blocked = landing_rows(piece, filled, cols)
+        afterstates = place_all(piece, cols, self._landing_row)
         features = np.zeros((N_ACTIONS, len(self.feature_names)), dtype=np.float32)
         features[piece.actions] = afterstates.compute(self.feature_names)
         return {"features": features, "mask": piece.mask.copy()}
 
 
-def landing_rows(piece: PieceTable, filled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def landing_rows(piece: PieceTable, filled: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row of each legal placement after a hard drop, and whether it is blocked (game over).
 
     A piece that starts above the surface of its columns lands one row above the
@@ -218,7 +223,7 @@ def landing_rows(piece: PieceTable, filled: np.ndarray) -> tuple[np.ndarray, np.
     replay tetris-gymnasium exactly: game over if the piece overlaps the stack at
     row 0, else a row-by-row drop, which may slide it into a cave under an overhang.
     """
-    surface = np.where(filled.any(axis=0), filled.argmax(axis=0), ROWS)
+    surface = np.bitwise_count((cols & -cols) - 1).astype(np.int64)  # top filled row, 20 when empty
     rows = (surface[piece.cols] - 1 - piece.rows).min(axis=1)
     blocked = np.zeros(len(rows), dtype=bool)
     for slot in np.flatnonzero(rows < 0):
@@ -237,38 +242,40 @@ def _fits(filled: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> bool:
     return rows.max() < ROWS and not filled[rows, cols].any()
 
 
-def place_all(piece: PieceTable, filled: np.ndarray, landing_row: np.ndarray) -> Afterstates:
-    """Boards after every legal placement (full rows cleared), as one stack.
+def place_all(piece: PieceTable, cols: np.ndarray, landing_row: np.ndarray) -> Afterstates:
+    """Boards after every legal placement (full rows cleared), as one stack of column masks.
 
     A blocked placement is drawn where it would rest, its cells above the top cut
     off, so that its features look like the near-full board that ends the game.
     """
-    n = len(piece.actions)
-    boards = np.repeat(filled[None], n, axis=0)
-    rows = landing_row[:, None] + piece.rows
-    index = np.broadcast_to(np.arange(n)[:, None], rows.shape)
-    inside = rows >= 0
-    boards[index[inside], rows[inside], piece.cols[inside]] = True
-    full = boards.all(axis=2)
-    lines = full.sum(axis=1)
-    cells_in_full_rows = (np.take_along_axis(full, np.maximum(rows, 0), axis=1) & inside).sum(axis=1)
-    if lines.any():
-        boards = _clear_rows(boards, full, lines)
+    shift = landing_row[:, None]
+    if shift.min() >= 0:
+        placed = piece.col_bits << shift
+    else:
+        placed = np.where(shift >= 0, piece.col_bits << np.maximum(shift, 0), piece.col_bits >> np.maximum(-shift, 0))
+    after = cols | placed
+    full = np.bitwise_and.reduce(after, axis=1) & PLAYFIELD
+    lines = np.bitwise_count(full).astype(np.int64)
+    eroded_cells = lines * np.bitwise_count(placed & full[:, None]).sum(axis=1)
+    if full.any():
+        after = _clear_rows(after, full)
     return Afterstates(
-        boards=boards,
+        cols=after,
         lines=lines,
         landing_height=ROWS - landing_row - piece.middle,
-        eroded_cells=lines * cells_in_full_rows,
+        eroded_cells=eroded_cells,
     )
 
 
-def _clear_rows(boards: np.ndarray, full: np.ndarray, lines: np.ndarray) -> np.ndarray:
-    """Drop full rows from every board of the stack at once.
+def _clear_rows(cols: np.ndarray, full: np.ndarray) -> np.ndarray:
+    """Remove the full rows of every board of the stack, top-most first.
 
-    A stable sort moves each board's full rows to the top and keeps the others in
-    order; the moved rows are then emptied.
+    Removing row r shifts the rows above it down one bit and leaves the rows
+    below (and so the next full row) where they are.
     """
-    order = np.argsort(~full, axis=1, kind="stable")
-    boards = np.take_along_axis(boards, order[:, :, None], axis=1)
-    keep = np.arange(ROWS)[None, :] >= lines[:, None]
-    return boards & keep[:, :, None]
+    while full.any():
+        top = full & -full  # the highest remaining full row, 0 where none is left
+        above = np.where(top, top - 1, 0)[:, None]
+        cols = ((cols & above) << 1) | (cols & ~(above | top[:, None]))
+        full = full ^ top
+    return cols

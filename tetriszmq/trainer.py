@@ -162,14 +162,15 @@ def _learn(model: BaseAlgorithm, config: cfg.Config, state: TrainerState, stream
         return 1
     finally:
         model.get_env().close()
-    stream.set_state(State.STOPPING, state.reason or f"max_timesteps {config.train.max_timesteps} reached")
+    why = state.reason or f"max_timesteps {config.train.max_timesteps} reached"
+    stream.set_state(State.STOPPING, why)
     try:
         stream.save(final=True)
     except OSError as exc:
         stream.set_state(State.ERROR, f"final checkpoint failed: {exc}")
         print(f"tetriszmq: final checkpoint failed: {exc}", file=sys.stderr)
         return 1
-    stream.set_state(State.STOPPED, state.reason or "max_timesteps reached")
+    stream.set_state(State.STOPPED, why)
     return 0
 
 

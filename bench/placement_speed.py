@@ -1,0 +1,60 @@
+"""Placements per second: PlacementTetris vs tetris-gymnasium's grouped wrapper with feature vectors.
+
+Both play uniformly random legal placements from the same seeds, resetting at
+game over, so both pay for the early, low boards and the late, tall ones alike.
+Timings on a shared machine are noisy: compare ratios, run twice.
+
+    python bench/placement_speed.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import tetris_gymnasium.envs  # noqa: F401  (registers the env id)
+from tetris_gymnasium.wrappers.grouped import GroupedActionsObservations
+from tetris_gymnasium.wrappers.observation import FeatureVectorObservation
+
+from tetriszmq.features import DEFAULT_FEATURES, FEATURES
+from tetriszmq.placement_env import PlacementTetris
+
+
+def grouped_features() -> gym.Env:
+    env = gym.make("tetris_gymnasium/Tetris")
+    return GroupedActionsObservations(env, observation_wrappers=[FeatureVectorObservation(env)])
+
+
+def placements_per_second(make_env: Callable[[], gym.Env], seconds: float, seed: int = 1) -> float:
+    env = make_env()
+    rng = np.random.default_rng(seed)
+    _, info = env.reset(seed=seed)
+    placements, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        legal = np.flatnonzero(info["action_mask"])
+        _, _, terminated, truncated, info = env.step(int(legal[rng.integers(len(legal))]))
+        placements += 1
+        if terminated or truncated:
+            _, info = env.reset()
+    return placements / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="about 3 seconds in all")
+    args = parser.parse_args()
+    seconds = 1.0 if args.quick else 10.0
+    ours = placements_per_second(lambda: PlacementTetris(features=DEFAULT_FEATURES), seconds)
+    ours_all = placements_per_second(lambda: PlacementTetris(features=FEATURES), seconds)
+    grouped = placements_per_second(grouped_features, seconds)
+    print(f"PlacementTetris, {len(DEFAULT_FEATURES)} default features: {ours:9,.0f} placements/s")
+    print(f"PlacementTetris, all {len(FEATURES)} features:       {ours_all:9,.0f} placements/s")
+    print(f"grouped + FeatureVectorObservation:      {grouped:9,.0f} placements/s")
+    print(f"ratio (default features / grouped):      {ours / grouped:9,.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Afterstate DQN trains through SB3's own loop, never plays an illegal placement, and survives save/load."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from tetriszmq.afterstate_dqn import AfterstateDQN, masked_values
+from tetriszmq.dellacherie import Dellacherie
+from tetriszmq.evaluate import ModelPolicy, evaluate
+from tetriszmq.features import DELLACHERIE_FEATURES
+from tetriszmq.placement_env import PlacementTetris
+
+FEATURES = ("lines", "holes", "bumpiness", "aggregate_height")
+SMALL = dict(learning_starts=100, batch_size=32, buffer_size=2_000, train_freq=1, target_update_interval=100,
+             exploration_steps=300, net_arch=(16, 16))
+
+
+class LegalityLog(gym.Wrapper):
+    """Counts the placements the agent chose that the mask forbade."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.steps = self.illegal = 0
+        self._mask = np.zeros(0)
+
+    def reset(self, **kwargs: Any):
+        obs, info = self.env.reset(**kwargs)
+        self._mask = obs["mask"]
+        return obs, info
+
+    def step(self, action):
+        self.steps += 1
+        self.illegal += int(self._mask[int(action)] == 0)
+        obs, *rest = self.env.step(action)
+        self._mask = obs["mask"]
+        return (obs, *rest)
+
+
+def vec_env(max_pieces: int = 50) -> DummyVecEnv:
+    env = DummyVecEnv([lambda: Monitor(LegalityLog(PlacementTetris(features=FEATURES, max_pieces=max_pieces)))])
+    env.seed(1)
+    return env
+
+
+@pytest.fixture(scope="module")
+def trained() -> AfterstateDQN:
+    th.set_num_threads(1)
+    model = AfterstateDQN(env=vec_env(), seed=1, **SMALL)
+    return model.learn(600)
+
+
+def test_a_short_run_updates_the_network_and_only_plays_legal_placements(trained):
+    log = trained.env.envs[0].env  # Monitor -> LegalityLog
+    assert log.steps == 600
+    assert log.illegal == 0  # warm-up and epsilon-random steps included
+    assert trained._n_updates == 500
+    assert trained.policy.feature_names == FEATURES
+
+
+def test_greedy_choice_ignores_illegal_placements_even_when_they_score_best(trained):
+    rng = np.random.default_rng(0)
+    obs = {"features": rng.random((64, 40, len(FEATURES)), dtype=np.float32) * 10,
+           "mask": (rng.random((64, 40)) < 0.3).astype(np.int8)}
+    obs["mask"][:, 0] = 1
+    values = trained.policy.q_net(th.as_tensor(obs["features"])).detach().numpy()
+    assert (obs["mask"][np.arange(64), values.argmax(axis=1)] == 0).any()  # unmasked, it would cheat
+    actions, _ = trained.predict(obs, deterministic=True)
+    assert obs["mask"][np.arange(64), actions].all()
+    legal_best = np.where(obs["mask"] > 0, values, -np.inf).argmax(axis=1)
+    assert np.array_equal(actions, legal_best)
+
+
+def test_masked_values_leave_only_legal_placements_for_the_max():
+    values = th.tensor([[5.0, 1.0, 3.0]])
+    assert masked_values(values, th.tensor([[0, 1, 1]])).amax(dim=1).item() == 3.0
+
+
+def test_save_and_load_give_the_same_greedy_actions(trained, tmp_path):
+    trained.save(tmp_path / "model.zip")
+    loaded = AfterstateDQN.load(tmp_path / "model.zip")  # no env: feature names come from the checkpoint
+    assert loaded.policy.feature_names == FEATURES
+    assert loaded.game_over_penalty == trained.game_over_penalty
+    env = PlacementTetris(features=FEATURES)
+    obs, _ = env.reset(seed=5)
+    for _ in range(40):
+        action = trained.predict(obs, deterministic=True)[0]
+        assert action == loaded.predict(obs, deterministic=True)[0]
+        obs, _, terminated, _, _ = env.step(action)
+        if terminated:
+            obs, _ = env.reset()
+
+
+def test_evaluation_of_a_model_is_reproducible_and_uses_its_features(trained):
+    policy = ModelPolicy(trained)
+    assert policy.feature_names == FEATURES
+    first = evaluate(trained, games=2, max_pieces=60, seed=3)
+    assert first == evaluate(policy, games=2, max_pieces=60, seed=3)
+    assert len(first["lines"]) == 2 and first["min"] <= first["median"] <= first["max"]
+
+
+def test_dellacherie_clears_almost_every_row_it_can_on_a_capped_game():
+    result = evaluate(Dellacherie(), games=1, max_pieces=300, seed=1)
+    assert Dellacherie().feature_names == DELLACHERIE_FEATURES
+    assert result["capped"] == 1  # never lost
+    assert result["lines"][0] >= 110  # 300 pieces hold 120 rows' worth of cells
+
+
+def test_per_episode_training_with_several_envs_is_refused_at_construction():
+    envs = DummyVecEnv([lambda: PlacementTetris(features=FEATURES)] * 2)
+    with pytest.raises(ValueError, match="n_envs"):
+        AfterstateDQN(env=envs, train_freq=(1, "episode"))
+    AfterstateDQN(env=envs, train_freq=16)

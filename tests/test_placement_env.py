@@ -1,0 +1,219 @@
+"""PlacementTetris plays exactly like tetris-gymnasium's grouped wrapper, only faster.
+
+The reference is the installed tetris-gymnasium: its `GroupedActionsObservations`
+for whole games and its own `collision` for landing rows, so a change of
+either side shows up here as a mismatch at a named placement.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import tetris_gymnasium.envs  # noqa: F401  (registers the env id)
+from gymnasium.utils.env_checker import check_env
+from tetris_gymnasium.envs.tetris import Tetris
+from tetris_gymnasium.wrappers.grouped import GroupedActionsObservations
+
+from tetriszmq.dellacherie import Dellacherie
+from tetriszmq.features import DELLACHERIE_FEATURES, FEATURES, board_features, column_masks
+from tetriszmq.placement_env import N_ACTIONS, PIECES, PlacementTetris, landing_rows, place_all
+
+PAD = 4
+
+
+def parse(rows: list[str]) -> np.ndarray:
+    """A 20x10 bool board whose bottom rows are drawn with X (filled) and . (empty)."""
+    board = np.zeros((20, 10), dtype=bool)
+    board[20 - len(rows):] = [[c == "X" for c in row] for row in rows]
+    return board
+
+
+def reference() -> gym.Env:
+    return GroupedActionsObservations(gym.make("tetris_gymnasium/Tetris"))
+
+
+def tallest(obs: dict, rng: np.random.Generator) -> int:
+    """Stack as high as possible (noisily): drives games into both kinds of game over."""
+    score = obs["features"][:, 0] + 3 * rng.random(N_ACTIONS)
+    return int(np.argmax(np.where(obs["mask"] > 0, score, -np.inf)))
+
+
+def mostly_dellacherie(obs: dict, rng: np.random.Generator, expert: Dellacherie = Dellacherie()) -> int:
+    """Clear lines for long stretches, with random slips that leave holes and overhangs."""
+    if rng.random() < 0.15:
+        return int(rng.choice(np.flatnonzero(obs["mask"])))
+    return expert(obs)
+
+
+@pytest.mark.parametrize(("seed", "policy"), [(1, mostly_dellacherie), (2, mostly_dellacherie), (3, tallest), (4, tallest)])
+def test_every_placement_matches_the_grouped_wrapper(seed, policy):
+    ref, ours = reference(), PlacementTetris(features=DELLACHERIE_FEATURES)  # landing_height first
+    rng = np.random.default_rng(seed)
+    _, ref_info = ref.reset(seed=seed)
+    obs, info = ours.reset(seed=seed)
+    lines = games = blocked_game_overs = 0
+    for i in range(350):
+        base = ref.unwrapped
+        assert np.array_equal(ref_info["action_mask"], info["action_mask"]), f"mask at placement {i}"
+        assert np.array_equal(base.board[:20, PAD:-PAD], ours.board), f"board at placement {i}"
+        assert ours.board_frame()["board"] == base.crop_padding(base.project_tetromino()).tolist(), f"frame at {i}"
+        action = policy(obs, rng)
+        before = ours.board.copy()
+        _, ref_reward, ref_over, _, ref_info = ref.step(action)
+        obs, reward, terminated, truncated, info = ours.step(action)
+        assert type(reward) is float
+        assert (reward, terminated, info["lines_cleared"]) == (ref_reward, ref_over, ref_info["lines_cleared"]), i
+        assert not truncated
+        lines += info["lines_cleared"]
+        if terminated:
+            games += 1
+            blocked_game_overs += np.array_equal(before, ours.board)  # the piece never locked
+            _, ref_info = ref.reset()  # no seed: both continue their random generator
+            obs, info = ours.reset()
+    if policy is tallest:  # the rare rules were exercised: game over by a blocked placement and at spawn
+        assert 0 < blocked_game_overs < games
+    else:
+        assert lines > 50
+
+
+def test_landing_rows_match_tetris_gymnasiums_drop_on_ragged_tall_boards():
+    """Near the top, pieces may start inside the stack (game over) or in a cave under an overhang."""
+    base = gym.make("tetris_gymnasium/Tetris").unwrapped
+    base.reset(seed=1)
+    rng = np.random.default_rng(0)
+    caves = 0
+    for _ in range(40):
+        filled = rng.random((20, 10)) < np.linspace(0.15, 0.6, 20)[:, None]
+        base.board[:20, PAD:-PAD] = filled
+        for index, piece in enumerate(PIECES):
+            rows, blocked = landing_rows(piece, filled, column_masks(filled))
+            for slot, action in enumerate(piece.actions):
+                expected_row, expected_blocked = _tetris_gymnasium_drop(base, index, action)
+                assert blocked[slot] == expected_blocked
+                if not expected_blocked:
+                    assert rows[slot] == expected_row
+                    caves += filled[:expected_row, piece.cols[slot]].any()  # landed under a filled cell
+    assert caves > 0
+
+
+def _tetris_gymnasium_drop(base: Tetris, index: int, action: int) -> tuple[int, bool]:
+    """The grouped wrapper's placement, as its step then its base env's commit perform it."""
+    col, rotation = divmod(int(action), 4)
+    tetromino = base.tetrominoes[index]
+    for _ in range(rotation):
+        tetromino = base.rotate(tetromino)
+    x = col + base.padding - tetromino.matrix.shape[1] // 2
+    if base.collision(tetromino, x, 0):
+        return -1, True
+    y = 0
+    while not base.collision(tetromino, x, y + 1):
+        y += 1
+    return y, False
+
+
+def test_same_seed_same_pieces_and_other_seeds_differ():
+    def frames(seed: int) -> list[dict]:
+        env = PlacementTetris()
+        obs, _ = env.reset(seed=seed)
+        seen = [env.board_frame()]
+        for _ in range(10):
+            obs, _, terminated, _, _ = env.step(first_legal(obs))
+            if terminated:
+                break
+            seen.append(env.board_frame())
+        return seen
+
+    assert frames(7) == frames(7)
+    assert frames(7) != frames(8)
+
+
+def first_legal(obs: dict) -> int:
+    return int(np.flatnonzero(obs["mask"])[0])
+
+
+WELLS_AND_TRANSITIONS = [
+    ".XX.......",
+    ".XXX.X....",
+    ".XXX.X....",
+]
+HOLES = [
+    "X.........",
+    "X.........",
+    "..........",
+    "XX........",
+    "..........",
+]
+
+
+def test_well_and_transition_counts_on_a_hand_made_board():
+    values = dict(zip(FEATURES, board_features(parse(WELLS_AND_TRANSITIONS), FEATURES)))
+    assert values["cumulative_wells"] == (1 + 2 + 3) + (1 + 2)  # column 0 against the wall, column 4
+    assert values["row_transitions"] == 4 + 6 + 6  # only the three stack rows count
+    assert values["column_transitions"] == 10  # every column: one change, at its top or at the floor
+    assert values["aggregate_height"] == 3 + 3 + 2 + 2
+    assert values["bumpiness"] == 3 + 0 + 1 + 2 + 2 + 2
+    assert values["max_height"] == 3
+    assert values["holes"] == values["hole_depth"] == values["rows_with_holes"] == 0
+
+
+def test_hole_counts_on_a_hand_made_board():
+    values = dict(zip(FEATURES, board_features(parse(HOLES), FEATURES)))
+    assert values["holes"] == 3  # column 0: rows 17 and 19; column 1: row 19
+    assert values["hole_depth"] == 2 + 3 + 1  # filled cells above each hole
+    assert values["rows_with_holes"] == 2
+    assert values["column_transitions"] == 5 + 3 + 8
+    assert values["bumpiness"] == 3 + 2
+    assert values["aggregate_height"] == 5 + 2
+
+
+def test_a_flat_i_piece_completing_a_row_reports_lines_erosion_and_landing():
+    filled = parse(["XXX....XXX", "XXX....XXX"])
+    piece = PIECES[0]  # I
+    rows, blocked = landing_rows(piece, filled, column_masks(filled))
+    after = place_all(piece, column_masks(filled), rows)
+    slot = piece.slot[5 * 4 + 0]  # flat, centred on column 5: cells in columns 3..6
+    assert not blocked[slot]
+    values = dict(zip(FEATURES, after.compute(FEATURES)[slot]))
+    assert (values["lines"], values["eroded_cells"], values["landing_height"]) == (1, 4, 1)
+    assert values["aggregate_height"] == 6  # one row of XXX....XXX is left
+    assert values["row_transitions"] == 2
+
+
+def test_step_reports_rewards_stats_and_frames_the_trainer_reads():
+    env = PlacementTetris(max_pieces=30)
+    obs, info = env.reset(seed=3)
+    assert env.observation_space.contains(obs)
+    frame = env.board_frame()
+    assert len(frame["board"]) == 20 and all(len(row) == 10 for row in frame["board"])
+    assert sum(v > 0 for row in frame["board"] for v in row) == 4  # the falling piece, at its spawn
+    assert len(frame["next"]) == 4 and all(2 <= k <= 8 for k in frame["next"]) and frame["hold"] is None
+    total, lines = 0.0, 0
+    for _ in range(30):
+        obs, reward, terminated, truncated, info = env.step(first_legal(obs))
+        total += reward
+        lines += info["lines_cleared"]
+        if terminated or truncated:
+            break
+    assert info["episode_stats"] == {"reward": total, "lines": lines, "pieces": env.board_frame()["step"]}
+    assert env.board_frame()["score"] == total
+
+
+def test_piece_cap_truncates_and_illegal_placement_ends_the_game():
+    env = PlacementTetris(features=DELLACHERIE_FEATURES, max_pieces=25)
+    obs, _ = env.reset(seed=1)
+    expert = Dellacherie()
+    for piece in range(1, 26):
+        obs, _, terminated, truncated, info = env.step(expert(obs))
+        assert not terminated and truncated == (piece == 25)
+    assert info["episode_stats"]["pieces"] == 25
+
+    obs, _ = env.reset(seed=1)
+    illegal = int(np.flatnonzero(obs["mask"] == 0)[0])
+    _, reward, terminated, _, info = env.step(illegal)
+    assert (reward, terminated) == (-0.1, True)  # the grouped wrapper's penalty, and its default: game over
+    assert info["episode_stats"]["pieces"] == 1
+
+
+def test_passes_gymnasiums_env_checker():
+    check_env(PlacementTetris(max_pieces=50), skip_render_check=True)

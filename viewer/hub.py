@@ -30,6 +30,7 @@ from zmq.utils.monitor import parse_monitor_message
 from tetriszmq import protocol
 from tetriszmq.history import RunHistory
 from tetriszmq.protocol import Command, ProtocolError, Topic
+from tetriszmq.ctl import NoReply, decode_reply, no_reply, req_socket
 from tetriszmq.security import ClientCurve
 
 log = logging.getLogger("viewer.hub")
@@ -43,10 +44,6 @@ LATEST_WINS = frozenset({Topic.BOARD, Topic.HEARTBEAT})  # state, not history: o
 MAX_HELD = 20_000  # live messages held while a snapshot is in flight
 _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-
-
-class NoReply(TimeoutError):
-    """The trainer did not answer a control request on any attempt."""
 
 
 class Link(StrEnum):
@@ -85,29 +82,11 @@ async def request(ctx: zmq.asyncio.Context, endpoint: str, cmd: Command | str, *
     """
     payload = protocol.encode_request(cmd)
     for _ in range(retries + 1):
-        sock = ctx.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
-        if curve is not None:
-            curve.apply(sock)
-        try:
-            sock.connect(endpoint)
+        with req_socket(ctx, endpoint, curve) as sock:
             await sock.send(payload)
             if await sock.poll(int(timeout * 1000), zmq.POLLIN):
-                return _reply(await sock.recv())
-        finally:
-            sock.close()
-    raise NoReply(f"no reply from {endpoint} after {retries + 1} attempts of {timeout:g}s")
-
-
-def _reply(raw: bytes) -> dict[str, Any]:
-    """A trainer's reply, or an ``ok: false`` one saying why it could not be read."""
-    try:
-        reply = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        reply = None
-    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
-        return {"ok": False, "error": f"malformed reply from the trainer: {raw[:80]!r}"}
-    return reply
+                return decode_reply(await sock.recv())
+    raise no_reply(endpoint, retries, timeout)
 
 
 @dataclass

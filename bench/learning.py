@@ -65,6 +65,8 @@ def row(name: str, result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.toml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, as for `tetriszmq train`")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--games", type=int, default=20)
     parser.add_argument("--max-pieces", type=int, default=10_000)
@@ -73,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.minutes, args.games, args.max_pieces = 0.1, 2, 200
-    config = cfg.load(args.config)
+    config = cfg.load(args.config, args.overrides)
 
     speed = env_speed(2.0 if args.quick else 10.0)
     with tempfile.TemporaryDirectory(prefix="tetriszmq-learning-") as tmp:
@@ -83,7 +85,8 @@ def main() -> None:
         learned = evaluate(ModelPolicy(model), args.games, args.max_pieces, args.seed)
     reference = evaluate(Dellacherie(), args.games, args.max_pieces, args.seed)
 
-    print(f"\nconfig {args.config.name}: {config.agent.algo} on {config.env.kind}, {args.minutes:g} min of training")
+    print(f"\nconfig {args.config.name} {' '.join(args.overrides)}: {config.agent.algo} on {config.env.kind}, "
+          f"{args.minutes:g} min of training")
     print(f"environment alone:  {speed:,.0f} placements/s (random legal placements, all features)")
     print(f"training, end to end: {timesteps / seconds:,.0f} placements/s ({timesteps:,} in {seconds:,.0f} s, "
           "streaming on, nobody subscribed)")

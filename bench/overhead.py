@@ -26,9 +26,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import zmq
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -137,6 +139,36 @@ def no_callback() -> tuple[object, Callable[[], None]]:
     return None, lambda: None
 
 
+class EmptyCallback(BaseCallback):
+    def _on_step(self) -> bool:
+        return True
+
+
+def callback_cost(config: cfg.Config, calls: int) -> dict[str, float]:
+    """Microseconds per ``on_step`` of an empty callback and of `StreamCallback` (no subscriber).
+
+    The throughput ratios above carry a few percent of run-to-run noise; this isolates the
+    callback's own per-step cost, board frames at the configured cap included.
+    """
+    env = make_vec_env(config.env, config.run.seed)
+    model = agents.build_model(config.agent, env, config.run.seed)
+    model.set_logger(configure(None, []))
+    costs = {}
+    for name, callback in (("empty callback", EmptyCallback()),
+                           ("StreamCallback", StreamCallback(pub=free_endpoint(), ctl=free_endpoint(),
+                                                             board_fps=config.publish.board_fps))):
+        callback.init_callback(model)
+        callback.on_training_start({}, {})
+        callback.update_locals({"dones": np.zeros(env.num_envs, bool), "infos": [{}] * env.num_envs})
+        start = time.perf_counter()
+        for _ in range(calls):
+            callback.on_step()
+        costs[name] = (time.perf_counter() - start) / calls * 1e6
+        callback.on_training_end()
+    env.close()
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.toml")
@@ -171,6 +203,11 @@ def main() -> None:
             ratios[name].append(rate / base)
         print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{n.split()[0]} {r[-1]:.0f}/s" for n, r in rates.items()),
               flush=True)
+    costs = callback_cost(config, 20_000 if args.quick else 300_000)
+    step_us = 1e6 / statistics.median(rates["a  no callback"])
+    print(f"\nper-step cost, {'; '.join(f'{n}: {c:.2f} us' for n, c in costs.items())}; "
+          f"difference {costs['StreamCallback'] - costs['empty callback']:.2f} us "
+          f"= {(costs['StreamCallback'] - costs['empty callback']) / step_us:.2%} of a {step_us:.0f} us training step")
     print(f"\nconfig {args.config.name}: {config.agent.algo} on {config.env.kind}, {args.steps} steps per run, "
           f"{args.rounds} interleaved rounds, board cap {fps:g}/s")
     print(f"{'variant':<36} {'steps/s (median)':>17} {'ratio to a (median)':>20} {'min ratio':>10}")

@@ -1,0 +1,29 @@
+"""The bench scripts run and print their tables (quick mode; no assertion on any figure)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+SCRIPTS = {
+    "overhead": (["bench/overhead.py", "--quick", "--config", "configs/ppo.toml"], r"variant\s+steps/s \(median\)"),
+    "transport": (["bench/transport.py", "--quick"], r"rate\s+messages\s+p50 ms\s+p99 ms\s+max ms"),
+    "latency": (["bench/latency.py", "--quick"], r"server\s+clients\s+samples\s+p50 ms\s+p99 ms\s+max ms"),
+    "fanout": (["bench/fanout.py", "--quick"], r"server\s+clients\s+min %\s+p5 %\s+med %"),
+    "placement_speed": (["bench/placement_speed.py", "--quick"], r"placements/s"),
+    "learning": (["bench/learning.py", "--quick"], r"agent\s+mean\s+median\s+min\s+max\s+capped"),
+}
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_the_bench_script_runs_in_quick_mode_and_prints_its_table(name: str) -> None:
+    args, header = SCRIPTS[name]
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(header, done.stdout), done.stdout[-3000:]
+    table = done.stdout[re.search(header, done.stdout).end():]
+    assert re.search(r"^\s*\S+.*\d", table, re.M), "the table has no rows"

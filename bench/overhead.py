@@ -1,7 +1,8 @@
 """What does streaming cost training? Throughput of the same config and seed, per publishing set-up.
 
-Variants, each a fresh model trained for the same number of steps, interleaved round by round so
-that machine drift cancels; every figure is a ratio to (a) from the same round:
+Variants, each a fresh model trained for the same number of steps (the same seed, so the same
+work), interleaved round by round and rotated so that no variant always runs first; every figure
+is a ratio to (a) from the same round. A last line isolates the callback's own per-step cost:
 
   a  no callback
   b  StreamCallback, nobody subscribed
@@ -194,13 +195,14 @@ def main() -> None:
     ratios: dict[str, list[float]] = {name: [] for name in variants}
     rates: dict[str, list[float]] = {name: [] for name in variants}
     run_once(config, min(args.steps, 500), no_callback)  # warm-up: imports, allocator, caches
+    names = list(variants)
     for round_ in range(args.rounds):
-        base = None
-        for name, make in variants.items():
-            rate = run_once(config, args.steps, make)
-            base = base or rate
-            rates[name].append(rate)
-            ratios[name].append(rate / base)
+        order = names[round_ % len(names):] + names[:round_ % len(names)]  # no variant always runs first
+        for name in order:
+            rates[name].append(run_once(config, args.steps, variants[name]))
+        base = rates[names[0]][-1]
+        for name in names:
+            ratios[name].append(rates[name][-1] / base)
         print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{n.split()[0]} {r[-1]:.0f}/s" for n, r in rates.items()),
               flush=True)
     costs = callback_cost(config, 20_000 if args.quick else 300_000)

@@ -107,6 +107,13 @@ class Broker:
             raise self._error
         self.outbox = Outbox(self.ctx, self.address, self.hwm * 10)
 
+    def set_state(self, new: State, reason: str = "") -> None:
+        """Change the trainer's state and announce it (from the thread that started the broker)."""
+        state = self.state
+        state.state, state.reason = new, reason
+        self.outbox.post(Topic.STATUS, {"state": str(new), "reason": reason,
+                                        "timesteps": state.timesteps, "episodes": state.episodes})
+
     @property
     def running(self) -> bool:
         return self._thread.is_alive()
@@ -206,14 +213,15 @@ class Broker:
             self._write(journal, payload + b"\n")
 
     def _write(self, journal: IO[bytes], line: bytes) -> None:
-        try:
-            journal.write(line)
-        except OSError as exc:
-            self.state.request(failure=f"cannot write {self.journal_path}: {exc}")
+        self._journal_io(journal.write, line)
 
     def _flush(self, journal: IO[bytes]) -> None:
+        self._journal_io(journal.flush)
+
+    def _journal_io(self, operation: Callable[..., object], *args: bytes) -> None:
+        """A journal write or flush; a failure ends training instead of silently losing metrics."""
         try:
-            journal.flush()
+            operation(*args)
         except OSError as exc:
             self.state.request(failure=f"cannot write {self.journal_path}: {exc}")
 

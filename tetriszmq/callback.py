@@ -113,12 +113,7 @@ class StreamCallback(BaseCallback):
     # What the trainer and the hooks share ------------------------------------
 
     def set_state(self, new: State, reason: str = "") -> None:
-        state = self.state
-        state.state, state.reason = new, reason
-        self.broker.outbox.post(Topic.STATUS, {
-            "state": str(new), "reason": reason,
-            "timesteps": state.timesteps, "episodes": state.episodes,
-        })
+        self.broker.set_state(new, reason)
 
     def save(self, *, final: bool = False) -> None:
         """Checkpoint now, telling subscribers; an I/O error propagates and ends training."""

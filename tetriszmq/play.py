@@ -29,11 +29,7 @@ def play(policy: Policy, env: PlacementTetris, *, pub: str, ctl: str, seed: int,
     broker = Broker(state, pub, ctl, setup_socket=setup_socket)
     broker.start()
     outbox = broker.outbox
-
-    def status(new: State, reason: str = "") -> None:
-        state.state, state.reason = new, reason
-        outbox.post(Topic.STATUS, {"state": str(new), "reason": reason, "timesteps": state.timesteps,
-                                   "episodes": state.episodes})
+    status = broker.set_state
 
     period = 1.0 / pps if pps else 0.0
     obs, _ = env.reset(seed=seed)

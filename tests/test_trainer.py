@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -176,12 +177,14 @@ def test_snapshot_covers_the_run_up_to_its_seq(trainers, subscribe):
 
 
 def test_headless_run_finishes_and_journals_every_episode(tmp_path):
-    run_dir = tmp_path / "headless"
+    run_dir, scratch = tmp_path / "headless", tmp_path / "tmp"
+    scratch.mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "tetriszmq", "train", "--config", str(TINY), "--run-dir", str(run_dir),
          "--pub", "tcp://127.0.0.1:0", "--ctl", "tcp://127.0.0.1:0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stderr
+    assert not list(scratch.glob("SB3-*")), "SB3's default logger would leave a folder per run"
     assert "episodes" in result.stderr, "the progress line is shown"
     lines = [orjson.loads(line) for line in (run_dir / "metrics.jsonl").read_bytes().splitlines()]
     episodes = [m["episode"] for m in lines if m["topic"] == "episode"]

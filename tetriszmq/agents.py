@@ -11,6 +11,7 @@ import importlib
 from pathlib import Path
 
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv
 
 from tetriszmq.config import AgentSection, ConfigError
@@ -35,11 +36,21 @@ def build_model(agent: AgentSection, env: VecEnv, seed: int) -> BaseAlgorithm:
     cls = algo_class(agent.algo)
     policy = agent.policy or ALGOS[agent.algo][1]
     try:
-        return cls(policy, env, seed=seed, device=agent.device, verbose=0, **agent.params)
+        model = cls(policy, env, seed=seed, device=agent.device, verbose=0, **agent.params)
     except (TypeError, ValueError, KeyError, AssertionError) as exc:
         raise ConfigError(f"agent.params / agent.policy rejected by {cls.__name__}: {exc}") from None
+    return _with_silent_logger(model)
 
 
 def load_model(agent: AgentSection, path: Path, env: VecEnv | None) -> BaseAlgorithm:
     """Load a checkpoint saved by `tetriszmq.checkpoints`, attached to ``env``."""
-    return algo_class(agent.algo).load(path, env=env, device=agent.device)
+    return _with_silent_logger(algo_class(agent.algo).load(path, env=env, device=agent.device))
+
+
+def _with_silent_logger(model: BaseAlgorithm) -> BaseAlgorithm:
+    """A logger with no outputs of its own: `StreamCallback` taps it to publish SB3's values.
+
+    Without one, every ``learn()`` lets SB3 make a ``/tmp/SB3-<date>`` folder that nothing writes to.
+    """
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = {
-    "overhead": (["bench/overhead.py", "--quick", "--config", "configs/ppo.toml"], r"variant\s+steps/s \(median\)"),
+    "overhead": (["bench/overhead.py", "--quick", "--config", "configs/ppo.toml"], r"variant\s+steps/s\s+wall ratio"),
     "transport": (["bench/transport.py", "--quick"], r"rate\s+messages\s+p50 ms\s+p99 ms\s+max ms"),
     "latency": (["bench/latency.py", "--quick"], r"server\s+clients\s+samples\s+p50 ms\s+p99 ms\s+max ms"),
     "fanout": (["bench/fanout.py", "--quick"], r"server\s+clients\s+min %\s+p5 %\s+med %"),

@@ -2,7 +2,9 @@
 
 Prints throughput (a publisher sending as fast as it can to one SUB process) and one-way latency
 (p50/p99/max, at the default 30 frames/s and at 1,000 frames/s), both measured with a real board
-message sealed by `tetriszmq.protocol`, the same bytes the trainer sends.
+message sealed by `tetriszmq.protocol`, the same bytes the trainer sends. A last row takes the
+same hop out of a real trainer (`tetriszmq train` on the default config): its boards are staged by a
+training thread that never waits and published by the broker thread, which must win the GIL from it.
 
 Usage: python bench/transport.py [--quick]
 """
@@ -12,14 +14,17 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import orjson
 import zmq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from tetriszmq import protocol  # noqa: E402
 from tetriszmq.protocol import Topic  # noqa: E402
@@ -82,6 +87,31 @@ def run(count: int, rate: float | None) -> tuple[float, list[float]]:
     return elapsed, delays
 
 
+def trainer_hop(seconds: float) -> list[float]:
+    """Seconds from `t` to receipt of the boards a real trainer publishes over ``seconds`` of training."""
+    pub, ctl = free_endpoint(), free_endpoint()
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, FRAME)
+    sub.connect(pub)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = subprocess.Popen(
+            [sys.executable, "-m", "tetriszmq", "train", "--config", str(ROOT / "configs" / "default.toml"),
+             "--run-dir", run_dir, "--pub", pub, "--ctl", ctl, "--quiet"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            if not sub.poll(120_000):
+                raise SystemExit("the trainer published no board within 120 s")
+            delays, end = [], time.monotonic() + seconds
+            while time.monotonic() < end and sub.poll(5000):
+                _, payload = sub.recv_multipart()
+                delays.append(time.time() - orjson.loads(payload)["t"])
+        finally:
+            trainer.terminate()
+            trainer.wait(60)
+            sub.close(linger=0)
+    return delays
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -102,6 +132,9 @@ def main() -> None:
         _, delays = run(count, rate)
         ms = [d * 1000 for d in delays]
         print(f"{rate:>8.0f}/s {count:>9} {pct(ms, 0.5):>8.3f} {pct(ms, 0.99):>8.3f} {max(ms):>8.3f}")
+    ms = [d * 1000 for d in trainer_hop(3 if args.quick else 30)]
+    print(f"{'trainer':>10} {len(ms):>9} {pct(ms, 0.5):>8.3f} {pct(ms, 0.99):>8.3f} {max(ms):>8.3f}"
+          "   (a real training process, boards at its default 30/s)")
 
 
 if __name__ == "__main__":

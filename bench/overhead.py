@@ -6,10 +6,12 @@ figure per variant:
 
 - wall ratio: steps per second against (a) of the same round. On a shared 2-core VM these drift by
   several percent between runs, more than the effect to be measured;
-- cost booked inside the run (`CostAccount`): the training thread's time in the callback, and the
-  CPU time of the process's other threads (the broker, ZMQ's I/O threads, mp.Queue's feeder), as
-  shares of the run's wall time. The bound is the ratio to (a) if all of that were lost to training;
-  it does not move with the machine's load the way wall-clock rates do.
+- cost booked inside the run (`CostAccount`): the training thread's time in the callback, the CPU
+  time of the process's other Python threads (the broker, mp.Queue's feeder) and of libzmq's I/O
+  threads, as shares of the run's wall time. The bound is the ratio to (a) if the callback's time
+  and the other Python threads' (they hold the GIL) were all lost to training; libzmq's threads run
+  without the GIL, on the second core. It moves far less with the machine's load than wall-clock
+  rates do.
 
 A last line isolates the callback's own per-step cost.
 
@@ -97,14 +99,20 @@ class QueueCallback(BaseCallback):
         return True
 
 
-def other_threads_cpu() -> dict[int, float]:
-    """CPU seconds so far of every thread of this process but the calling one (Linux schedstat, ns)."""
+def other_threads_cpu() -> dict[tuple[int, bool], float]:
+    """CPU seconds so far of every thread of this process but the calling one (Linux schedstat, ns).
+
+    Keyed by (thread id, whether it is one of libzmq's own threads): those run C++ without the
+    GIL, so on a second core they cost training nothing; Python threads (the broker, mp.Queue's
+    feeder) hold the GIL while they run.
+    """
     me = threading.get_native_id()
     seconds = {}
     for task in Path("/proc/self/task").iterdir():
         try:
             if int(task.name) != me:
-                seconds[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
+                libzmq = (task / "comm").read_text().startswith("ZMQbg/")
+                seconds[int(task.name), libzmq] = int((task / "schedstat").read_text().split()[0]) / 1e9
         except (FileNotFoundError, ProcessLookupError):
             pass  # a thread that ended between listing and reading
     return seconds
@@ -114,16 +122,17 @@ class CostAccount(CallbackList):
     """Wraps the callback under test and books, inside the real run, what publishing costs.
 
     ``in_callback``: seconds the training thread spent in the callback's ``on_step``;
-    ``other_cpu``: CPU seconds of the process's other threads while training ran (broker,
-    ZMQ I/O, mp.Queue's feeder), read before the callback's own ``on_training_end`` stops them.
-    At worst all of it holds the GIL, so their sum bounds the throughput lost; unlike the
-    wall-clock ratios it does not move with the machine's load.
+    ``gil_cpu`` and ``zmq_cpu``: CPU seconds of the process's other Python threads (broker,
+    mp.Queue's feeder) and of libzmq's I/O threads while training ran, read before the
+    callback's own ``on_training_end`` stops them. Training can lose at most the callback's
+    time plus the Python threads' (they take the GIL from it); unlike the wall-clock ratios,
+    these do not move with the machine's load.
     """
 
     def __init__(self, callback: BaseCallback | None) -> None:
         super().__init__([callback] if callback is not None else [])
-        self.in_callback = self.other_cpu = 0.0
-        self._cpu_at_start: dict[int, float] = {}
+        self.in_callback = self.gil_cpu = self.zmq_cpu = 0.0
+        self._cpu_at_start: dict[tuple[int, bool], float] = {}
 
     def _on_training_start(self) -> None:
         super()._on_training_start()
@@ -136,8 +145,12 @@ class CostAccount(CallbackList):
         return go_on
 
     def _on_training_end(self) -> None:
-        cpu = other_threads_cpu()
-        self.other_cpu = sum(s - self._cpu_at_start.get(tid, 0.0) for tid, s in cpu.items())
+        for key, seconds in other_threads_cpu().items():
+            used = seconds - self._cpu_at_start.get(key, 0.0)
+            if key[1]:
+                self.zmq_cpu += used
+            else:
+                self.gil_cpu += used
         super()._on_training_end()
 
 
@@ -145,7 +158,13 @@ class CostAccount(CallbackList):
 class Run:
     rate: float  # training steps per second, wall clock
     in_callback: float  # share of learn()'s wall time spent in the callback
-    other_cpu: float  # other threads' CPU time as a share of learn()'s wall time
+    gil_cpu: float  # other Python threads' CPU time, as a share of learn()'s wall time
+    zmq_cpu: float  # libzmq's I/O threads' CPU time, likewise
+
+    @property
+    def cost(self) -> float:
+        """What training can lose: its own time in the callback and the time others held the GIL."""
+        return self.in_callback + self.gil_cpu
 
 
 def run_once(config: cfg.Config, steps: int, make_callback: Callable[[], tuple[object, Callable[[], None]]]) -> Run:
@@ -159,7 +178,8 @@ def run_once(config: cfg.Config, steps: int, make_callback: Callable[[], tuple[o
     elapsed = time.perf_counter() - start
     cleanup()
     env.close()
-    return Run(model.num_timesteps / elapsed, account.in_callback / elapsed, account.other_cpu / elapsed)
+    return Run(model.num_timesteps / elapsed, account.in_callback / elapsed, account.gil_cpu / elapsed,
+               account.zmq_cpu / elapsed)
 
 
 def stream(board_fps: float, subscribers: int) -> Callable[[], tuple[object, Callable[[], None]]]:
@@ -271,17 +291,20 @@ def main() -> None:
     print(f"\nconfig {args.config.name}: {config.agent.algo} on {config.env.kind}, {args.steps} steps per run, "
           f"{args.rounds} interleaved rounds, board cap {fps:g}/s; medians over rounds")
     print("wall ratio: steps/s against (a) in the same round. Booked inside each run, as shares of its wall time:")
-    print("in callback (training thread), other threads' CPU; bound: the ratio if all of that, beyond (a)'s, were lost")
+    print("the training thread's time in the callback, other Python threads' CPU (they hold the GIL), libzmq's")
+    print("I/O threads' CPU (C++, no GIL: another core's); bound: the ratio if callback and GIL time beyond (a)'s were lost")
     print(f"{'variant':<36} {'steps/s':>8} {'wall ratio':>11} {'(min)':>7} {'in callback':>12} "
-          f"{'other CPU':>10} {'bound':>7}")
-    base_cost = statistics.median(r.in_callback + r.other_cpu for r in base)
+          f"{'GIL threads':>12} {'zmq I/O':>8} {'bound':>7}")
+    base_cost = statistics.median(r.cost for r in base)
     for name in variants:
         rows = runs[name]
         wall = [r.rate / b.rate for r, b in zip(rows, base)]
-        cost = statistics.median(r.in_callback + r.other_cpu for r in rows) - base_cost
+        cost = statistics.median(r.cost for r in rows) - base_cost
         print(f"{name:<36} {statistics.median(r.rate for r in rows):>8,.0f} {statistics.median(wall):>11.3f} "
               f"{min(wall):>7.3f} {statistics.median(r.in_callback for r in rows):>12.2%} "
-              f"{statistics.median(r.other_cpu for r in rows):>10.2%} {1 / (1 + max(cost, 0.0)):>7.3f}")
+              f"{statistics.median(r.gil_cpu for r in rows):>12.2%} {statistics.median(r.zmq_cpu for r in rows):>8.2%} "
+              f"{1 / (1 + max(cost, 0.0)):>7.3f}")
+
 
 if __name__ == "__main__":
     mp.set_start_method("spawn")

@@ -16,6 +16,7 @@ from tetris_gymnasium.envs.tetris import Tetris
 from tetris_gymnasium.wrappers.grouped import GroupedActionsObservations
 
 from tetriszmq.dellacherie import Dellacherie
+from tetriszmq.envs import LinesReward
 from tetriszmq.features import DELLACHERIE_FEATURES, FEATURES, board_features, column_masks
 from tetriszmq.placement_env import N_ACTIONS, PIECES, PlacementTetris, landing_rows, place_all
 
@@ -217,3 +218,21 @@ def test_piece_cap_truncates_and_illegal_placement_ends_the_game():
 
 def test_passes_gymnasiums_env_checker():
     check_env(PlacementTetris(max_pieces=50), skip_render_check=True)
+
+
+def test_lines_reward_pays_per_line_and_keeps_the_games_own_score():
+    plain = PlacementTetris(features=DELLACHERIE_FEATURES, max_pieces=300)
+    shaped = LinesReward(PlacementTetris(features=DELLACHERIE_FEATURES, max_pieces=300))
+    player = Dellacherie()
+    (obs, _), _ = plain.reset(seed=3), shaped.reset(seed=3)
+    paid: dict[int, float] = {}
+    done = False
+    while not done:
+        action = player(obs)
+        obs, score, terminated, truncated, info = plain.step(action)
+        _, reward, *_, shaped_info = shaped.step(action)
+        assert reward == (score if terminated else 1.0 + 10 * info["lines_cleared"])
+        paid[info["lines_cleared"]] = reward
+        done = terminated or truncated
+    assert paid[0] == 1.0 and len(paid) > 1, "Dellacherie clears lines within 300 pieces"
+    assert shaped_info["episode_stats"] == info["episode_stats"], "the game's own score and lines are reported"

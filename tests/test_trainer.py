@@ -201,6 +201,7 @@ def test_headless_run_finishes_and_journals_every_episode(tmp_path):
     ("train.nonsense=1", "unknown key train.nonsense"),
     ("publish.board_fps='fast'", "publish.board_fps: expected float"),
     ("env.kind='hexagonal'", "env.kind: must be one of raw, placement"),
+    ("env.reward='lines'", "env.reward: 'lines' needs env.kind = 'placement'"),
     ("agent.params.warp_speed=9", "agent.params"),
 ])
 def test_bad_config_values_fail_before_training_naming_the_key(tmp_path, override, message):

@@ -183,7 +183,9 @@ class AfterstateDQN(DQN):
     update of 512 afterstates per episode (as nuno-faria/tetris-ai does) trains
     often while games are short and seldom once they last thousands of pieces,
     which steadies the late, easily-forgotten phase; per-step training peaked
-    sooner and then collapsed. Plus:
+    sooner and then collapsed. The buffer keeps 1.5M steps (up to 1.4 GB, all of
+    a 10-minute run): a 300k one dropped the early game overs, and the network
+    then learnt that taller boards were worth more, stacked and died. Plus:
 
     :param exploration_steps: epsilon falls linearly to its final value over this
         many environment steps, whatever total ``learn`` is given (a Tetris run is
@@ -202,7 +204,7 @@ class AfterstateDQN(DQN):
         policy: str | type[AfterstatePolicy] = "AfterstatePolicy",
         env: GymEnv | str | None = None,
         learning_rate: float | Schedule = 3e-4,
-        buffer_size: int = 300_000,
+        buffer_size: int = 1_500_000,
         learning_starts: int = 1_000,
         batch_size: int = 512,
         gamma: float = 0.95,

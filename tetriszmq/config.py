@@ -46,6 +46,9 @@ class EnvSection:
     vec_env: str = _limit("dummy", choices=("dummy", "subproc"))
     max_pieces: int = _limit(0, min=0, doc="truncate training episodes after this many pieces; 0: never")
     features: list[str] = _limit([], doc="placement features by name; empty: the default set")
+    reward: str = _limit("score", choices=("score", "lines"),
+                         doc="what training maximises: score: tetris-gymnasium's (+1 per piece, 10 x lines^2); "
+                             "lines: +1 per piece, 10 per line (placement only)")
 
 
 @dataclass

@@ -76,17 +76,33 @@ def make_raw_env(max_pieces: int = 0) -> gym.Env:
     return TetrisStats(gym.make(ENV_ID), max_pieces)
 
 
-def make_placement_env(features: list[str], max_pieces: int = 0) -> gym.Env:
+class LinesReward(gym.Wrapper):
+    """+1 per piece and 10 per line, in place of 10 x lines^2: no premium for risky multi-line clears.
+
+    The stream and the evaluation still report the game's own score and lines (``episode_stats``).
+    """
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if not terminated:
+            reward = 1.0 + BOARD_COLS * info["lines_cleared"]
+        return obs, reward, terminated, truncated, info
+
+
+def make_placement_env(features: list[str], max_pieces: int = 0, reward: str = "score") -> gym.Env:
     from tetriszmq.placement_env import PlacementTetris
 
-    return PlacementTetris(features=features or None, max_pieces=max_pieces)
+    env = PlacementTetris(features=features or None, max_pieces=max_pieces)
+    return LinesReward(env) if reward == "lines" else env
 
 
 def env_factory(section: EnvSection) -> Callable[[], gym.Env]:
     """A picklable-enough constructor for one monitored env of the configured kind."""
     if section.kind == "placement":
         check_features(section.features)
-        return lambda: Monitor(make_placement_env(section.features, section.max_pieces))
+        return lambda: Monitor(make_placement_env(section.features, section.max_pieces, section.reward))
+    if section.reward != "score":
+        raise ConfigError(f"env.reward: {section.reward!r} needs env.kind = 'placement'")
     return lambda: Monitor(make_raw_env(section.max_pieces))
 
 

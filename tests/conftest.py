@@ -18,6 +18,7 @@ from tetriszmq import protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "tiny.toml"
+TRAINING = ("running", "saving")  # states of a trainer that is training: tiny.toml checkpoints every 128 steps
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, every: float = 0.05) -> None:

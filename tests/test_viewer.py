@@ -12,11 +12,13 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import zmq
 from conftest import free_port
+
 from tetriszmq.broker import Broker
 from tetriszmq.protocol import Topic
 from tetriszmq.state import TrainerState
-from viewer.hub import Hub, HubSettings, Link
+from viewer.hub import Hub, HubSettings, Link, handshake_problem
 from viewer_support import ViewerProcess, connect, fetch_status, journal, viewers  # noqa: F401  (fixture)
 
 LONG = ("--set", "train.max_timesteps=100000")
@@ -299,3 +301,13 @@ def test_a_gap_in_the_stream_is_filled_from_the_trainers_snapshot():
         asyncio.run(body())
     finally:
         broker.close()
+
+
+def test_a_failed_handshake_is_explained_by_which_side_uses_curve():
+    """A plain viewer's failure without detail is the mismatch too (the trainer may hang up first)."""
+    no_detail, mismatch = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+    assert handshake_problem(zmq.EVENT_HANDSHAKE_SUCCEEDED, 0, curve=True) is None
+    assert "security mismatch" in handshake_problem(no_detail, 0, curve=False)
+    assert "security mismatch" in handshake_problem(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, mismatch, curve=True)
+    assert "--curve-server-key the trainer's public key" in handshake_problem(no_detail, 0, curve=True)
+    assert "refused this viewer's CURVE key" in handshake_problem(zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400, curve=True)

@@ -339,7 +339,7 @@ class Hub:
         try:
             while True:
                 event = parse_monitor_message(await monitor.recv_multipart())
-                problem = handshake_problem(event["event"], event["value"])
+                problem = handshake_problem(event["event"], event["value"], curve=self.settings.curve is not None)
                 if problem is not None and problem != self.handshake:
                     log.warning("trainer %s: %s", self.settings.trainer, problem)
                 self.handshake = problem
@@ -367,13 +367,18 @@ def _envelope(frames: list[bytes]) -> tuple[Topic, str, int]:
     return topic, run, seq
 
 
-def handshake_problem(event: int, value: int) -> str | None:
-    """What a ZMTP handshake event means for the user; None when the handshake succeeded."""
+def handshake_problem(event: int, value: int, *, curve: bool) -> str | None:
+    """What a ZMTP handshake event means for the user; None when the handshake succeeded.
+
+    :param curve: whether this viewer uses CURVE. Without it, a handshake that fails without
+        detail (the trainer hung up first, as it may on a busy machine) is the mismatch too.
+    """
     if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
         return None
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return f"the trainer refused this viewer's CURVE key (ZAP status {value}: not on its --curve-allow list?)"
-    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+    mismatch = event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+    if mismatch or not curve and event != zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
         return ("security mismatch: the trainer uses CURVE and this viewer does not, or the reverse "
                 "(--curve-server-key, --curve-secret-key); restart the viewer with matching options")
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:

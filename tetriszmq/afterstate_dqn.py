@@ -179,13 +179,12 @@ class AfterstateDQN(DQN):
 
     Takes every `DQN` keyword argument (``learning_rate``, ``buffer_size``,
     ``batch_size``, ``gamma``, ``train_freq``, ``target_update_interval``,
-    ``exploration_*``, ...) with defaults measured on placement Tetris. One
-    update of 512 afterstates per episode (as nuno-faria/tetris-ai does) trains
-    often while games are short and seldom once they last thousands of pieces,
-    which steadies the late, easily-forgotten phase; per-step training peaked
-    sooner and then collapsed. The buffer keeps 1.5M steps (up to 1.4 GB, all of
-    a 10-minute run): a 300k one dropped the early game overs, and the network
-    then learnt that taller boards were worth more, stacked and died. Plus:
+    ``exploration_*``, ...) with defaults measured on placement Tetris
+    (docs/PERFORMANCE.md): one update of 512 afterstates every 128 placements,
+    the target network synced every 8,000, and a buffer of 1.5M steps (up to
+    1.4 GB, all of a 10-minute run). With a 300k buffer the early game overs
+    left it, the network learnt that taller boards were worth more, stacked and
+    died; frequent updates then only made that collapse come sooner. Plus:
 
     :param exploration_steps: epsilon falls linearly to its final value over this
         many environment steps, whatever total ``learn`` is given (a Tetris run is
@@ -208,9 +207,9 @@ class AfterstateDQN(DQN):
         learning_starts: int = 1_000,
         batch_size: int = 512,
         gamma: float = 0.95,
-        train_freq: int | tuple[int, str] | list = (1, "episode"),
+        train_freq: int | tuple[int, str] | list = (128, "step"),
         gradient_steps: int = 1,
-        target_update_interval: int = 2_000,
+        target_update_interval: int = 8_000,
         exploration_fraction: float = 0.1,
         exploration_initial_eps: float = 1.0,
         exploration_final_eps: float = 1e-3,

@@ -2,11 +2,12 @@
 
 The training thread never touches the network. It stages ``(topic, body)``
 pairs (`Outbox.stage`, an orjson encode and a list append) and hands them over
-in one multipart message on an inproc PUSH socket (`Outbox.flush`, a few
-microseconds, never blocking). Each hand-off wakes the broker thread, which
-then takes the GIL from the training thread, so the callback flushes on a
-fixed cadence (30 per second) rather than per message. The broker thread, fed
-by the matching PULL socket:
+as one frame on an inproc PUSH socket (`Outbox.flush`, a few microseconds,
+never blocking). Each hand-off wakes the broker thread, and every ZMQ call it
+then makes releases and retakes the GIL, taking it back from the training
+thread each time. So the callback flushes on a fixed cadence (30 per second)
+rather than per message, and a batch travels as a single frame. The broker
+thread, fed by the matching PULL socket:
 
 - stamps each message with the envelope and the run's next ``seq`` (one
   thread assigns ``seq``, so it is gap-free and ordered across topics),
@@ -21,11 +22,12 @@ by the matching PULL socket:
 
 from __future__ import annotations
 
+import struct
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 import zmq
 
@@ -35,7 +37,10 @@ from tetriszmq.journal import open_for_append
 from tetriszmq.protocol import Command, ProtocolError, State, Topic
 from tetriszmq.state import TrainerState
 
-_CLOSE = b"close"
+_CLOSE = b""  # a flush never sends an empty batch
+_TOPICS = tuple(Topic)
+_CODES = {topic: code for code, topic in enumerate(_TOPICS)}
+_RECORD = struct.Struct("<BI")  # one staged message: topic code, body length; then the body
 _BATCH = 256  # hand-offs drained per wake-up before the REP socket gets a turn
 _JOURNALED = frozenset({Topic.STATUS, Topic.METRICS, Topic.EPISODE})
 MAX_WIRE_REQUEST = 1 << 20  # larger requests drop the connection instead of being read
@@ -52,20 +57,21 @@ class Outbox:
         self._sock.setsockopt(zmq.SNDHWM, hwm)
         self._sock.setsockopt(zmq.LINGER, 2000)
         self._sock.connect(address)
-        self._staged: list[bytes] = []  # topic frame, body, topic frame, body, ...
+        self._staged: list[bytes] = []  # record header, body, record header, body, ...
         self.dropped = 0
 
     def stage(self, topic: Topic, fields: dict[str, Any]) -> None:
         """Encode one message, stamped now, for the next `flush`."""
         fields["t"] = time.time()
-        self._staged += (protocol.TOPIC_FRAMES[topic], protocol.encode_body(fields))
+        body = protocol.encode_body(fields)
+        self._staged += (_RECORD.pack(_CODES[topic], len(body)), body)
 
     def flush(self) -> None:
         """Hand everything staged to the broker at once; drops (and counts) instead of blocking."""
         if not self._staged:
             return
         try:
-            self._sock.send_multipart(self._staged, zmq.NOBLOCK)
+            self._sock.send(b"".join(self._staged), zmq.NOBLOCK)
         except zmq.Again:
             self.dropped += len(self._staged) // 2
         self._staged = []
@@ -213,11 +219,13 @@ class Broker:
         """Forward up to `_BATCH` hand-offs of staged messages; False once the close sentinel arrives."""
         try:
             for _ in range(_BATCH):
-                frames = pull.recv_multipart(zmq.NOBLOCK)
-                if frames[0] == _CLOSE:
+                batch = pull.recv(zmq.NOBLOCK)
+                if batch == _CLOSE:
                     return False
-                for i in range(0, len(frames), 2):
-                    self._publish(pub, journal, protocol.topic_of(frames[i]), frames[i + 1])
+                for topic, body in _records(batch):
+                    self._publish(pub, journal, topic, body)
+                if not pull.get(zmq.EVENTS) & zmq.POLLIN:  # holds the GIL, unlike a recv ending in Again
+                    break
         except zmq.Again:
             pass
         finally:
@@ -286,3 +294,12 @@ class Broker:
         state.request(save_requested=True)
         return {"state": str(State.SAVING)}
 
+
+def _records(batch: bytes) -> Iterator[tuple[Topic, bytes]]:
+    """The (topic, body) pairs of one hand-off, in the order they were staged."""
+    at = 0
+    while at < len(batch):
+        code, size = _RECORD.unpack_from(batch, at)
+        at += _RECORD.size
+        yield _TOPICS[code], batch[at:at + size]
+        at += size

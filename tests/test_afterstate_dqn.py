@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -53,6 +54,7 @@ def vec_env(max_pieces: int = 50) -> DummyVecEnv:
 def trained() -> AfterstateDQN:
     th.set_num_threads(1)
     model = AfterstateDQN(env=vec_env(), seed=1, **SMALL)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default leaves a /tmp/SB3-* folder
     return model.learn(600)
 
 

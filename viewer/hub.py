@@ -378,7 +378,7 @@ def handshake_problem(event: int, value: int, *, curve: bool) -> str | None:
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return f"the trainer refused this viewer's CURVE key (ZAP status {value}: not on its --curve-allow list?)"
     mismatch = event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
-    if mismatch or not curve and event != zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+    if mismatch or (not curve and event != zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
         return ("security mismatch: the trainer uses CURVE and this viewer does not, or the reverse "
                 "(--curve-server-key, --curve-secret-key); restart the viewer with matching options")
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:

@@ -2,7 +2,7 @@
 
 One measured run (`run_case`) is four kinds of process on loopback:
 
-- the **publisher**: `tetriszmq.broker.Broker` fed through `Outbox.post`, exactly as the trainer
+- the **publisher**: `tetriszmq.stream.broker.Broker` fed through `Outbox.post`, exactly as the trainer
   feeds it (same bytes, same ``t`` stamp, heartbeats from the broker thread, ``snapshot`` answered
   on REP), posting board frames at 30/s, an episode every 0.5 s and metrics every second;
 - the **server**: the real viewer (``python -m viewer``, as users start it), or the naive
@@ -112,9 +112,9 @@ def publisher(pub: str, ctl: str, fps: float, pipe: Connection) -> None:
 
     Answers ``("count", t0, t1)`` with the number of boards posted with ``t`` in [t0, t1).
     """
-    from tetriszmq.broker import Broker
-    from tetriszmq.protocol import State, Topic
-    from tetriszmq.state import TrainerState
+    from tetriszmq.stream.broker import Broker
+    from tetriszmq.stream.protocol import State, Topic
+    from tetriszmq.stream.state import TrainerState
 
     state = TrainerState(run=f"bench-{random.randrange(1 << 24):06x}", state=State.RUNNING)
     broker = Broker(state, pub, ctl, heartbeat_every=0.5)

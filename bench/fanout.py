@@ -17,8 +17,23 @@ from __future__ import annotations
 
 import argparse
 
-from common import (CLIENTS, CLIENTS_CPU, CLOSED, CPU, LOAD, MACHINE, RSS, SERVER, SHARES, SOCKET, WAITED, Result,
-                    Table, legend, run_case)
+from common import (
+    CLIENTS,
+    CLIENTS_CPU,
+    CLOSED,
+    CPU,
+    LOAD,
+    MACHINE,
+    RSS,
+    SERVER,
+    SHARES,
+    SOCKET,
+    WAITED,
+    Result,
+    Table,
+    legend,
+    run_case,
+)
 
 LADDER = (250, 500, 1000, 2000, 3000)
 KEPT_SHARE = 95.0  # % of the boards every client must receive

@@ -1,7 +1,7 @@
 """End-to-end latency: from the trainer's `t` stamp to a WebSocket client, through the viewer.
 
 For 1, 100 and 1,000 connected clients, the viewer (``python -m viewer``) relays a real stream
-(`tetriszmq.broker.Broker` fed by `Outbox.post`, boards at 30/s) to client processes on loopback;
+(`tetriszmq.stream.broker.Broker` fed by `Outbox.post`, boards at 30/s) to client processes on loopback;
 each board's latency is its arrival minus its `t`, at the client's socket (kernel stamp) and when
 the client process read it. The naive aiohttp broadcaster (`bench/common.py`) is measured the same
 way in the same run. Setup and measurement: `bench/common.py`.
@@ -16,8 +16,23 @@ from __future__ import annotations
 import argparse
 import math
 
-from common import (CLIENTS, CLIENTS_CPU, CPU, LOAD, MACHINE, READ, SAMPLES, SERVER, SHARES, SOCKET, WAITED, Result,
-                    Table, legend, run_case)
+from common import (
+    CLIENTS,
+    CLIENTS_CPU,
+    CPU,
+    LOAD,
+    MACHINE,
+    READ,
+    SAMPLES,
+    SERVER,
+    SHARES,
+    SOCKET,
+    WAITED,
+    Result,
+    Table,
+    legend,
+    run_case,
+)
 
 TARGETS_MS = {100: 20.0, 1000: 50.0}  # p99
 

@@ -22,10 +22,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tetriszmq import agents, config as cfg  # noqa: E402
-from tetriszmq.dellacherie import Dellacherie  # noqa: E402
+from tetriszmq import agents  # noqa: E402
+from tetriszmq import config as cfg
 from tetriszmq.evaluate import ModelPolicy, evaluate  # noqa: E402
-from tetriszmq.placement_env import PlacementTetris  # noqa: E402
+from tetriszmq.tetris.dellacherie import Dellacherie  # noqa: E402
+from tetriszmq.tetris.placement_env import PlacementTetris  # noqa: E402
 from tetriszmq.trainer import RunOptions, train  # noqa: E402
 
 

@@ -48,9 +48,10 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tetriszmq import agents, config as cfg  # noqa: E402
-from tetriszmq.callback import StreamCallback  # noqa: E402
-from tetriszmq.envs import make_vec_env  # noqa: E402
+from tetriszmq import agents  # noqa: E402
+from tetriszmq import config as cfg
+from tetriszmq.stream.callback import StreamCallback  # noqa: E402
+from tetriszmq.tetris.envs import make_vec_env  # noqa: E402
 
 
 def free_endpoint() -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -19,8 +19,8 @@ import tetris_gymnasium.envs  # noqa: F401  (registers the env id)
 from tetris_gymnasium.wrappers.grouped import GroupedActionsObservations
 from tetris_gymnasium.wrappers.observation import FeatureVectorObservation
 
-from tetriszmq.features import DEFAULT_FEATURES, FEATURES
-from tetriszmq.placement_env import PlacementTetris
+from tetriszmq.tetris.features import DEFAULT_FEATURES, FEATURES
+from tetriszmq.tetris.placement_env import PlacementTetris
 
 
 def grouped_features() -> gym.Env:

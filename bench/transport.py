@@ -2,7 +2,7 @@
 
 Prints throughput (a publisher sending as fast as it can to one SUB process) and one-way latency
 (p50/p99/max, at the default 30 frames/s and at 1,000 frames/s), both measured with a real board
-message sealed by `tetriszmq.protocol`, the same bytes the trainer sends. A last row takes the
+message sealed by `tetriszmq.stream.protocol`, the same bytes the trainer sends. A last row takes the
 same hop out of a real trainer (`tetriszmq train` on the default config): its boards are staged by a
 training thread that never waits and published by the broker thread, which must win the GIL from it.
 
@@ -26,8 +26,8 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tetriszmq import protocol  # noqa: E402
-from tetriszmq.protocol import Topic  # noqa: E402
+from tetriszmq.stream import protocol  # noqa: E402
+from tetriszmq.stream.protocol import Topic  # noqa: E402
 
 FRAME = protocol.TOPIC_FRAMES[Topic.BOARD]
 

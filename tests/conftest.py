@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tetriszmq import protocol
+from tetriszmq.stream import protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "tiny.toml"

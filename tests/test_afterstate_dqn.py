@@ -12,11 +12,11 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from tetriszmq.afterstate_dqn import AfterstateDQN, masked_values
-from tetriszmq.dellacherie import Dellacherie
+from tetriszmq.agents.afterstate_dqn import AfterstateDQN, masked_values
 from tetriszmq.evaluate import ModelPolicy, evaluate
-from tetriszmq.features import DELLACHERIE_FEATURES
-from tetriszmq.placement_env import PlacementTetris
+from tetriszmq.tetris.dellacherie import Dellacherie
+from tetriszmq.tetris.features import DELLACHERIE_FEATURES
+from tetriszmq.tetris.placement_env import PlacementTetris
 
 FEATURES = ("lines", "holes", "bumpiness", "aggregate_height")
 SMALL = dict(learning_starts=100, batch_size=32, buffer_size=2_000, train_freq=1, target_update_interval=100,

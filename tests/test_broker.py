@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
-
-from tetriszmq.broker import Broker
-from tetriszmq.ctl import request
-from tetriszmq.protocol import Topic
-from tetriszmq.state import TrainerState
-
 from conftest import free_port
+
+from tetriszmq.stream.broker import Broker
+from tetriszmq.stream.control import request
+from tetriszmq.stream.protocol import Topic
+from tetriszmq.stream.state import TrainerState
 
 
 def test_one_flush_publishes_every_staged_message_in_order_with_its_own_seq(tmp_path: Path, subscribe):

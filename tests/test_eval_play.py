@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import orjson
-
 from conftest import ROOT, free_port
-from tetriszmq import protocol
-from tetriszmq.ctl import request
-from tetriszmq.protocol import Topic
+
+from tetriszmq.stream import protocol
+from tetriszmq.stream.control import request
+from tetriszmq.stream.protocol import Topic
 
 
 def tetriszmq(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

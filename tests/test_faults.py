@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, TINY
 from stable_baselines3 import PPO
 
-from conftest import ROOT, TINY
-from tetriszmq import journal, protocol
-from tetriszmq.protocol import Topic
+from tetriszmq.stream import journal, protocol
+from tetriszmq.stream.protocol import Topic
 
 KILLS = 20
 FAST_CHECKPOINTS = ("--set", "train.max_timesteps=10000000", "--set", "train.checkpoint_every=64")

@@ -8,10 +8,11 @@ from pathlib import Path
 import orjson
 import pytest
 import zmq
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from conftest import TRAINING, start_trainer, wait_for
-from tetriszmq.ctl import request
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tetriszmq.stream.control import request
 
 REQUESTS = 10_000
 json_values = st.recursive(

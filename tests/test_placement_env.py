@@ -15,10 +15,10 @@ from gymnasium.utils.env_checker import check_env
 from tetris_gymnasium.envs.tetris import Tetris
 from tetris_gymnasium.wrappers.grouped import GroupedActionsObservations
 
-from tetriszmq.dellacherie import Dellacherie
-from tetriszmq.envs import LinesReward
-from tetriszmq.features import DELLACHERIE_FEATURES, FEATURES, board_features, column_masks
-from tetriszmq.placement_env import N_ACTIONS, PIECES, PlacementTetris, landing_rows, place_all
+from tetriszmq.tetris.dellacherie import Dellacherie
+from tetriszmq.tetris.envs import LinesReward
+from tetriszmq.tetris.features import DELLACHERIE_FEATURES, FEATURES, board_features, column_masks
+from tetriszmq.tetris.placement_env import N_ACTIONS, PIECES, PlacementTetris, landing_rows, place_all
 
 PAD = 4
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from conftest import ROOT, TRAINING, free_port
 from netns import Host, two_hosts, unavailable_reason
-from tetriszmq.security import make_keys
+
+from tetriszmq.stream.security import make_keys
 
 LONG = ("--set", "train.max_timesteps=10000000")
 

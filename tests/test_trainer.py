@@ -10,13 +10,12 @@ import typing
 import orjson
 import pytest
 import zmq
+from conftest import ROOT, TINY, wait_for
 from stable_baselines3 import PPO
 
-from tetriszmq import protocol
-from tetriszmq.ctl import request
-from tetriszmq.protocol import Topic
-
-from conftest import ROOT, TINY, wait_for
+from tetriszmq.stream import protocol
+from tetriszmq.stream.control import request
+from tetriszmq.stream.protocol import Topic
 
 LONG = ("--set", "train.max_timesteps=10000000")
 

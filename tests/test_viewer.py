@@ -14,12 +14,12 @@ import orjson
 import pytest
 import zmq
 from conftest import free_port
-
-from tetriszmq.broker import Broker
-from tetriszmq.protocol import Topic
-from tetriszmq.state import TrainerState
-from viewer.hub import Hub, HubSettings, Link, handshake_problem
 from viewer_support import ViewerProcess, connect, fetch_status, journal, viewers  # noqa: F401  (fixture)
+
+from tetriszmq.stream.broker import Broker
+from tetriszmq.stream.protocol import Topic
+from tetriszmq.stream.state import TrainerState
+from viewer.hub import Hub, HubSettings, Link, handshake_problem
 
 LONG = ("--set", "train.max_timesteps=100000")
 

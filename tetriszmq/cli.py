@@ -8,8 +8,8 @@ from pathlib import Path
 
 import orjson
 
-from tetriszmq.protocol import Command
-from tetriszmq.security import ClientCurve, SecurityError, make_keys
+from tetriszmq.stream.protocol import Command
+from tetriszmq.stream.security import ClientCurve, SecurityError, make_keys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +94,7 @@ def client_curve(args: argparse.Namespace) -> ClientCurve | None:
 
 
 def _ctl(args: argparse.Namespace) -> int:
-    from tetriszmq.ctl import NoReply, request
+    from tetriszmq.stream.control import NoReply, request
 
     try:
         reply = request(args.ctl, args.cmd, timeout=args.timeout, retries=args.retries, curve=client_curve(args))
@@ -116,12 +116,13 @@ def _player_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _player(args: argparse.Namespace):
     """The policy named on the command line: a hand-tuned agent or a loaded checkpoint."""
-    from tetriszmq.dellacherie import Dellacherie
     from tetriszmq.evaluate import ModelPolicy
+    from tetriszmq.tetris.dellacherie import Dellacherie
 
     if args.agent == "dellacherie":
         return Dellacherie()
-    from tetriszmq import agents, config as cfg
+    from tetriszmq import agents
+    from tetriszmq import config as cfg
 
     path = args.checkpoint
     run_config = path.resolve().parent.parent / "config.toml"
@@ -153,9 +154,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _play(args: argparse.Namespace) -> int:
     from tetriszmq.config import ConfigError
-    from tetriszmq.placement_env import PlacementTetris
     from tetriszmq.play import play
-    from tetriszmq.security import check_exposure
+    from tetriszmq.stream.security import check_exposure
+    from tetriszmq.tetris.placement_env import PlacementTetris
 
     try:
         check_exposure([args.pub, args.ctl], secured=False, insecure=args.insecure)

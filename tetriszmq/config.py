@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tetriszmq.protocol import RUN_ID_PATTERN
+from tetriszmq.stream.protocol import RUN_ID_PATTERN
 
 
 class ConfigError(ValueError):

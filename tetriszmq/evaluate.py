@@ -6,13 +6,14 @@ arguments play the same pieces, and two policies can be compared game by game.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from tetriszmq.features import DEFAULT_FEATURES
-from tetriszmq.placement_env import PlacementTetris
+from tetriszmq.tetris.features import DEFAULT_FEATURES
+from tetriszmq.tetris.placement_env import PlacementTetris
 
 Observation = dict[str, np.ndarray]
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from tetriszmq.broker import Broker
-from tetriszmq.placement_env import PlacementTetris
-from tetriszmq.protocol import State, Topic
-from tetriszmq.state import TrainerState
+from tetriszmq.stream.broker import Broker
+from tetriszmq.stream.protocol import State, Topic
+from tetriszmq.stream.state import TrainerState
+from tetriszmq.tetris.placement_env import PlacementTetris
 
 MIN_FRAME_GAP = 1 / 60  # board frames at most 60/s when playing flat out
 Policy = Callable[[dict[str, np.ndarray]], int]

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from tetriszmq.state import TrainerState
+from tetriszmq.stream.state import TrainerState
 
 
 class ProgressLine:

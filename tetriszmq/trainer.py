@@ -22,15 +22,16 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
-from tetriszmq import agents, config as cfg
-from tetriszmq.broker import Broker
-from tetriszmq.callback import StreamCallback
-from tetriszmq.checkpoints import Checkpoints, counters_of
-from tetriszmq.envs import make_vec_env
+from tetriszmq import agents
+from tetriszmq import config as cfg
 from tetriszmq.progress import ProgressLine
-from tetriszmq.protocol import State
-from tetriszmq.security import SecurityError, ServerCurve, check_exposure
-from tetriszmq.state import TrainerState
+from tetriszmq.stream.broker import Broker
+from tetriszmq.stream.callback import StreamCallback
+from tetriszmq.stream.checkpoints import Checkpoints, counters_of
+from tetriszmq.stream.protocol import State
+from tetriszmq.stream.security import SecurityError, ServerCurve, check_exposure
+from tetriszmq.stream.state import TrainerState
+from tetriszmq.tetris.envs import make_vec_env
 
 
 class RunError(RuntimeError):

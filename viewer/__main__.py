@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from tetriszmq.cli import client_curve_arguments, client_curve
-from tetriszmq.security import SecurityError, is_loopback
+from tetriszmq.cli import client_curve, client_curve_arguments
+from tetriszmq.stream.security import SecurityError, is_loopback
 from viewer.app import Settings, create_app
 from viewer.fanout import Limits
 from viewer.hub import HubSettings

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from tetriszmq.protocol import Command
+from tetriszmq.stream.protocol import Command
 from viewer.fanout import Client, Fanout, Limits
 from viewer.hub import Hub, HubSettings, NoReply
 

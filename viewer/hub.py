@@ -27,11 +27,11 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from tetriszmq import protocol
-from tetriszmq.history import RunHistory
-from tetriszmq.protocol import Command, ProtocolError, Topic
-from tetriszmq.ctl import NoReply, decode_reply, no_reply, req_socket
-from tetriszmq.security import ClientCurve
+from tetriszmq.stream import protocol
+from tetriszmq.stream.control import NoReply, decode_reply, no_reply, req_socket
+from tetriszmq.stream.history import RunHistory
+from tetriszmq.stream.protocol import Command, ProtocolError, Topic
+from tetriszmq.stream.security import ClientCurve
 
 log = logging.getLogger("viewer.hub")
 

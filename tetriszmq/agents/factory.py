@@ -20,7 +20,7 @@ ALGOS: dict[str, tuple[str, str]] = {
     "ppo": ("stable_baselines3:PPO", "MultiInputPolicy"),
     "a2c": ("stable_baselines3:A2C", "MultiInputPolicy"),
     "dqn": ("stable_baselines3:DQN", "MultiInputPolicy"),
-    "afterstate-dqn": ("tetriszmq.afterstate_dqn:AfterstateDQN", "AfterstatePolicy"),
+    "afterstate-dqn": ("tetriszmq.agents.afterstate_dqn:AfterstateDQN", "AfterstatePolicy"),
 }
 
 
@@ -43,7 +43,7 @@ def build_model(agent: AgentSection, env: VecEnv, seed: int) -> BaseAlgorithm:
 
 
 def load_model(agent: AgentSection, path: Path, env: VecEnv | None) -> BaseAlgorithm:
-    """Load a checkpoint saved by `tetriszmq.checkpoints`, attached to ``env``."""
+    """Load a checkpoint saved by `tetriszmq.stream.checkpoints`, attached to ``env``."""
     return _with_silent_logger(algo_class(agent.algo).load(path, env=env, device=agent.device))
 
 

@@ -12,7 +12,8 @@ stream callback, whatever its kind:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -20,7 +21,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from tetriszmq.config import ConfigError, EnvSection
-from tetriszmq.protocol import BOARD_COLS, BOARD_ROWS
+from tetriszmq.stream.protocol import BOARD_COLS, BOARD_ROWS
 
 PAD = 4  # tetris-gymnasium pads the playfield with 4 wall columns each side and 4 floor rows
 ENV_ID = "tetris_gymnasium/Tetris"
@@ -90,7 +91,7 @@ class LinesReward(gym.Wrapper):
 
 
 def make_placement_env(features: list[str], max_pieces: int = 0, reward: str = "score") -> gym.Env:
-    from tetriszmq.placement_env import PlacementTetris
+    from tetriszmq.tetris.placement_env import PlacementTetris
 
     env = PlacementTetris(features=features or None, max_pieces=max_pieces)
     return LinesReward(env) if reward == "lines" else env
@@ -107,7 +108,7 @@ def env_factory(section: EnvSection) -> Callable[[], gym.Env]:
 
 
 def check_features(names: list[str]) -> None:
-    from tetriszmq.features import FEATURES
+    from tetriszmq.tetris.features import FEATURES
 
     unknown = [n for n in names if n not in FEATURES]
     if unknown:

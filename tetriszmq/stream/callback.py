@@ -2,7 +2,7 @@
 
 Add it to any ``model.learn(callback=...)``. Per step it does a handful of
 attribute reads and one clock read. Board frames, metrics and episodes are
-staged and handed to the broker thread (see `tetriszmq.broker`), which does
+staged and handed to the broker thread (see `tetriszmq.stream.broker`), which does
 all network and disk I/O, in one batch per `FLUSH_PERIOD`: each hand-off
 wakes that thread, and a woken thread competes for the GIL, so the number of
 hand-offs, not of messages, is what publishing costs training. Control
@@ -21,10 +21,10 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter
 
-from tetriszmq.broker import Broker
-from tetriszmq.checkpoints import Checkpoints
-from tetriszmq.protocol import State, Topic
-from tetriszmq.state import TrainerState
+from tetriszmq.stream.broker import Broker
+from tetriszmq.stream.checkpoints import Checkpoints
+from tetriszmq.stream.protocol import State, Topic
+from tetriszmq.stream.state import TrainerState
 
 FLUSH_PERIOD = 1 / 30  # seconds between hand-offs to the broker: an episode reaches subscribers this late at most
 

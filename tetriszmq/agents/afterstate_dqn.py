@@ -15,7 +15,8 @@ penalty, gamma 0.95-0.99, epsilon decaying to 1e-3.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch as th
@@ -28,7 +29,7 @@ from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
 from torch import nn
 from torch.nn import functional as F
 
-from tetriszmq.features import typical_scales
+from tetriszmq.tetris.features import typical_scales
 
 # --- network ---------------------------------------------------------------------------------
 
@@ -239,6 +240,18 @@ class AfterstateDQN(DQN):
             raise ValueError("train_freq per episode needs one env: with n_envs > 1 give steps, e.g. 16")
         if _init_setup_model:
             self._setup_model()
+
+    @classmethod
+    def load(cls, path: Any, env: GymEnv | None = None, device: th.device | str = "auto",
+             custom_objects: dict[str, Any] | None = None, **kwargs: Any) -> AfterstateDQN:
+        """SB3's load, with this module's classes given by name rather than unpickled by module path.
+
+        A checkpoint pickles ``policy_class`` and ``replay_buffer_class`` with the module they
+        lived in; naming them here keeps checkpoints loadable when the package layout moves.
+        """
+        ours = {"policy_class": AfterstatePolicy, "replay_buffer_class": AfterstateReplayBuffer}
+        return super().load(path, env=env, device=device, custom_objects={**ours, **(custom_objects or {})},
+                            **kwargs)
 
     def _on_step(self) -> None:
         super()._on_step()

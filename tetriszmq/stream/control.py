@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 import zmq
 
-from tetriszmq import protocol
-from tetriszmq.protocol import Command
-from tetriszmq.security import ClientCurve
+from tetriszmq.stream import protocol
+from tetriszmq.stream.protocol import Command
+from tetriszmq.stream.security import ClientCurve
 
 
 class NoReply(TimeoutError):

@@ -26,16 +26,17 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 import zmq
 
-from tetriszmq import protocol
-from tetriszmq.history import RunHistory
-from tetriszmq.journal import open_for_append
-from tetriszmq.protocol import Command, ProtocolError, State, Topic
-from tetriszmq.state import TrainerState
+from tetriszmq.stream import protocol
+from tetriszmq.stream.history import RunHistory
+from tetriszmq.stream.journal import open_for_append
+from tetriszmq.stream.protocol import Command, ProtocolError, State, Topic
+from tetriszmq.stream.state import TrainerState
 
 _CLOSE = b""  # a flush never sends an empty batch
 _TOPICS = tuple(Topic)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tetriszmq.features import DELLACHERIE_FEATURES
+from tetriszmq.tetris.features import DELLACHERIE_FEATURES
 
 WEIGHTS: dict[str, float] = {
     "landing_height": -1.0,

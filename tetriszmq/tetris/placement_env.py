@@ -6,7 +6,7 @@ its ``GroupedActionsObservations`` wrapper, with the same action indexing
 (``col * 4 + rotation``) and legal mask. The wrapper checks collisions row by
 row for every candidate; here the landing row of all candidates comes from the
 column heights in one numpy expression, and the afterstate features of all
-candidates are computed as one stack (see `tetriszmq.features`).
+candidates are computed as one stack (see `tetriszmq.tetris.features`).
 
 Observation: ``{"features": (40, F) float32, "mask": (40,) int8}`` where row
 ``a`` holds the features of the board placement ``a`` would leave (zeros when
@@ -15,8 +15,9 @@ Observation: ``{"features": (40, F) float32, "mask": (40,) int8}`` where row
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -26,7 +27,7 @@ from tetris_gymnasium.components.tetromino_randomizer import BagRandomizer
 from tetris_gymnasium.envs.tetris import Tetris
 from tetris_gymnasium.mappings.rewards import RewardsMapping
 
-from tetriszmq.features import (
+from tetriszmq.tetris.features import (
     COLS,
     DEFAULT_FEATURES,
     FEATURES,
@@ -106,7 +107,7 @@ PIECES: tuple[PieceTable, ...] = tuple(_piece_table(i) for i in range(len(Tetris
 class PlacementTetris(gym.Env):
     """One step = one piece placed; observation = features of every candidate afterstate.
 
-    :param features: feature names (see `tetriszmq.features.FEATURES`); None: the default set.
+    :param features: feature names (see `tetriszmq.tetris.features.FEATURES`); None: the default set.
     :param max_pieces: truncate an episode after this many pieces; 0 or None: never.
     :param render_mode: None or "ansi".
     """

@@ -29,9 +29,9 @@ Definitions (the classic four, plus the Dellacherie / Thiery-Scherrer "BCTS" set
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache, cached_property
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from tetriszmq.protocol import Topic
+from tetriszmq.stream.protocol import Topic
 
 
 class RunHistory:

@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from tetriszmq.protocol import State
+from tetriszmq.stream.protocol import State
 
 
 @dataclass

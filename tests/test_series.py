@@ -107,10 +107,11 @@ def test_a_resumed_run_continues_and_drops_what_the_crashed_process_wrote_after_
     series = RunSeries(SMALL)
     for n in range(1, 31):  # process A wrote up to episode 30 (timesteps 300), last checkpoint at 200
         series.add(episode(n, run="a-1"))
-    series.add({"v": 1, "topic": "status", "run": "b-2", "seq": 1, "state": "starting", "reason": "",
-                "timesteps": 200, "episodes": 20, "t": 2000.0})
+    for seq, (state, timesteps) in enumerate([("starting", 0), ("running", 200)], 1):  # as trainer.py announces
+        series.add({"v": 1, "topic": "status", "run": "b-2", "seq": seq, "state": state, "reason": "",
+                    "timesteps": timesteps, "episodes": 20, "t": 2000.0})
     for n in range(21, 26):
-        series.add(episode(n, run="b-2", seq=n))
+        series.add(episode(n, run="b-2", seq=n + 2))
     assert decoded(series.episodes)["episodes"] == list(range(1, 26))
 
 

@@ -254,6 +254,7 @@ class RunSeries:
         self.metrics = Table(self.limits)
         self.seen: dict[str, int] = {}  # trainer process run id -> last seq taken
         self.process: str | None = None  # the run id of the latest process
+        self._continues = False  # the latest process continues an earlier one and has not said where yet
         self.corrupt = 0  # lines of metrics.jsonl that were not JSON objects
 
     def add(self, message: dict[str, Any]) -> bool:
@@ -262,11 +263,15 @@ class RunSeries:
         if not isinstance(run, str) or type(seq) is not int or seq <= self.seen.get(run, -1):
             return False
         self.seen[run] = seq
-        if run != self.process:
-            if self.process is not None and isinstance(message.get("timesteps"), int):
-                self._resumed_at(message["timesteps"])
-            self.process = run
         topic = message.get("topic")
+        if run != self.process:
+            self.process, self._continues = run, self.process is not None
+        if self._continues and not (topic == "status" and message.get("state") == "starting"):
+            # A resumed trainer announces "starting" before it loads the checkpoint: its counters
+            # are only right from its next message on ("running", at the checkpoint's timesteps).
+            self._continues = False
+            if isinstance(message.get("timesteps"), int):
+                self._resumed_at(message["timesteps"])
         if topic == "episode":
             self.episodes.append(_x(message, "episode"), {k: message.get(k) for k in EPISODE_COLUMNS})
         elif topic == "metrics":

@@ -230,3 +230,9 @@ def test_an_empty_or_odd_journal_summarises_to_nothing(tmp_path: Path, content: 
     (tmp_path / "metrics.jsonl").write_bytes(content)
     journal = read_journal(tmp_path / "metrics.jsonl")
     assert (journal.episodes, journal.state, journal.terminal) == (0, None, False)
+
+
+def test_a_runs_folder_that_does_not_exist_yet_lists_nothing_until_a_run_appears(tmp_path: Path, finished_run: Path):
+    assert listed(tmp_path / "runs") == {}
+    copy_run(finished_run, tmp_path / "runs" / "first")
+    assert list(listed(tmp_path / "runs")) == ["first"]

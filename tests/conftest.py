@@ -131,3 +131,20 @@ def subscribe() -> Iterator[Callable[..., Subscriber]]:
     yield make
     for sub in subs:
         sub.close()
+
+
+def train_to_end(run_dir: Path, *extra: str) -> Path:
+    """Train tests/tiny.toml into ``run_dir`` to its end (a few seconds); fail with the trainer's output."""
+    trainer = start_trainer(run_dir, *extra)
+    try:
+        code = trainer.wait(120)
+    finally:
+        reap([trainer.proc])
+    assert code == 0, trainer.output()
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory of a finished real training (tiny.toml); copy it before changing it."""
+    return train_to_end(tmp_path_factory.mktemp("finished") / "tiny")

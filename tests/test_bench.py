@@ -16,6 +16,7 @@ SCRIPTS = {
     "fanout": (["bench/fanout.py", "--quick"], r"server\s+clients\s+min %\s+p5 %\s+med %"),
     "placement_speed": (["bench/placement_speed.py", "--quick"], r"placements/s"),
     "learning": (["bench/learning.py", "--quick"], r"agent\s+mean\s+median\s+min\s+max\s+capped"),
+    "catalogue": (["bench/catalogue.py", "--quick"], r"figure\s+value"),
 }
 
 

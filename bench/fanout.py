@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import (
+from harness.load import (
     CLIENTS,
     CLIENTS_CPU,
     CLOSED,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from common import (
+from harness.load import (
     CLIENTS,
     CLIENTS_CPU,
     CPU,

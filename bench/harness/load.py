@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 FPS = 30.0  # the trainer's default `publish.board_fps`

@@ -89,6 +89,7 @@ def tiny_disk(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow  # a real trainer process
 def test_a_full_disk_stops_training_with_a_clear_error(tiny_disk):
     result = subprocess.run(
         [sys.executable, "-m", "tetriszmq", "train", "--config", str(TINY), "--run-dir", str(tiny_disk / "run"),

@@ -14,7 +14,7 @@ import orjson
 import pytest
 import zmq
 from conftest import free_port
-from viewer_support import ViewerProcess, connect, fetch_status, journal, viewers  # noqa: F401  (fixture)
+from viewer_support import ViewerProcess, connect, fetch_status, journal
 
 from tetriszmq.stream.broker import Broker
 from tetriszmq.stream.protocol import Topic

@@ -15,7 +15,7 @@ EPISODE_EVERY, METRICS_EVERY = 0.5, 1.0
 
 
 def publisher(pub: str, ctl: str, fps: float, pipe: Connection) -> None:
-    """The trainer's I/O path without the training: Broker + Outbox.post at the default rates.
+    """Post boards, episodes and metrics until told "stop" on ``pipe``.
 
     Answers ``("count", t0, t1)`` with the number of boards posted with ``t`` in [t0, t1).
     """

@@ -17,6 +17,7 @@ from tetriszmq.stream.protocol import Command, Topic
 from viewer.hub import Hub, HubSettings
 
 RUN = "run-1"
+LISTS = {Topic.EPISODE: "episodes", Topic.METRICS: "metrics"}  # where a snapshot reply keeps them
 
 
 def frames(topic: Topic, seq: int, run: str = RUN) -> list[bytes]:
@@ -72,8 +73,8 @@ def snapshot(seq: int, *items: tuple[Topic, int], run: str = RUN) -> dict[str, A
     reply: dict[str, Any] = {"ok": True, "run": run, "seq": seq, "status": None, "board": None,
                              "episodes": [], "metrics": []}
     for topic, item_seq in items:
-        if topic in (Topic.EPISODE, Topic.METRICS):
-            reply[f"{topic}s" if topic is Topic.EPISODE else "metrics"].append(stored(topic, item_seq, run))
+        if topic in LISTS:
+            reply[LISTS[topic]].append(stored(topic, item_seq, run))
         else:
             reply[str(topic)] = stored(topic, item_seq, run)
     return reply

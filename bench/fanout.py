@@ -3,11 +3,11 @@
 1. A ladder of 250, 500, 1,000, 2,000 and 3,000 reading clients on a fresh viewer each. A step is
    kept when every client received at least 95% of the boards posted in the window and no
    connection was closed; the ladder stops at the first step that is not. The naive aiohttp
-   broadcaster (`bench/common.py`) climbs the same ladder in the same run.
+   broadcaster (`bench/harness/`) climbs the same ladder in the same run.
 2. 1,000 connections of which 10% are stalled (handshake done, then never read): the other 900's
    latency and frame share against the 1,000-client step, and the server's memory over time.
 
-Setup and measurement: `bench/common.py`. Targets (issue 6): 1,000 clients at 30 frames/s with the
+Setup and measurement: `bench/harness/`. Targets (issue 6): 1,000 clients at 30 frames/s with the
 viewer under one core; goal 3,000.
 
 Usage: python bench/fanout.py [--seconds S] [--stalled-seconds S] [--max N] [--quick]
@@ -17,23 +17,9 @@ from __future__ import annotations
 
 import argparse
 
-from common import (
-    CLIENTS,
-    CLIENTS_CPU,
-    CLOSED,
-    CPU,
-    LOAD,
-    MACHINE,
-    RSS,
-    SERVER,
-    SHARES,
-    SOCKET,
-    WAITED,
-    Result,
-    Table,
-    legend,
-    run_case,
-)
+from harness import tables
+from harness.case import Result, run_case
+from harness.tables import Table, legend
 
 LADDER = (250, 500, 1000, 2000, 3000)
 KEPT_SHARE = 95.0  # % of the boards every client must receive
@@ -58,7 +44,8 @@ def main() -> None:
     print(legend())
     print("min/p5/med %: boards received over boards posted in the window, per client: the slowest, the slowest "
           "5%'s best, the median; closed: connections the server closed")
-    table = Table(SERVER, CLIENTS, SHARES, CLOSED, SOCKET, CPU, RSS, WAITED, CLIENTS_CPU, MACHINE, LOAD)
+    table = Table(tables.SERVER, tables.CLIENTS, tables.SHARES, tables.CLOSED, tables.SOCKET, tables.CPU, tables.RSS,
+                  tables.WAITED, tables.CLIENTS_CPU, tables.MACHINE, tables.LOAD)
 
     print(f"\n1. the ladder, {seconds:g} s per step")
     table.header()

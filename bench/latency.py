@@ -3,8 +3,8 @@
 For 1, 100 and 1,000 connected clients, the viewer (``python -m viewer``) relays a real stream
 (`tetriszmq.stream.broker.Broker` fed by `Outbox.post`, boards at 30/s) to client processes on loopback;
 each board's latency is its arrival minus its `t`, at the client's socket (kernel stamp) and when
-the client process read it. The naive aiohttp broadcaster (`bench/common.py`) is measured the same
-way in the same run. Setup and measurement: `bench/common.py`.
+the client process read it. The naive aiohttp broadcaster (`bench/harness/`) is measured the same
+way in the same run. Setup and measurement: `bench/harness/`.
 
 Targets (issue 6): p99 under 20 ms at 100 clients, under 50 ms at 1,000.
 
@@ -16,23 +16,9 @@ from __future__ import annotations
 import argparse
 import math
 
-from common import (
-    CLIENTS,
-    CLIENTS_CPU,
-    CPU,
-    LOAD,
-    MACHINE,
-    READ,
-    SAMPLES,
-    SERVER,
-    SHARES,
-    SOCKET,
-    WAITED,
-    Result,
-    Table,
-    legend,
-    run_case,
-)
+from harness import tables
+from harness.case import Result, run_case
+from harness.tables import Table, legend
 
 TARGETS_MS = {100: 20.0, 1000: 50.0}  # p99
 
@@ -45,7 +31,8 @@ def main() -> None:
     counts, seconds = ((1, 20), 1.0) if args.quick else ((1, 100, 1000), args.seconds)
     pauses = {"warmup": 0.5, "grace": 0.5} if args.quick else {}
     print(legend())
-    table = Table(SERVER, CLIENTS, SAMPLES, SOCKET, READ, SHARES[0], CPU, WAITED, CLIENTS_CPU, MACHINE, LOAD)
+    table = Table(tables.SERVER, tables.CLIENTS, tables.SAMPLES, tables.SOCKET, tables.READ, tables.SHARES[0],
+                  tables.CPU, tables.WAITED, tables.CLIENTS_CPU, tables.MACHINE, tables.LOAD)
     table.header()
     results: dict[tuple[str, int], Result] = {}
     for count in counts:

@@ -12,22 +12,19 @@ Usage: python bench/learning.py [--minutes 10] [--games 20] [--max-pieces 10000]
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from harness import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tetriszmq import agents  # noqa: E402
+from tetriszmq import agents
 from tetriszmq import config as cfg
-from tetriszmq.evaluate import ModelPolicy, evaluate  # noqa: E402
-from tetriszmq.tetris.dellacherie import Dellacherie  # noqa: E402
-from tetriszmq.tetris.placement_env import PlacementTetris  # noqa: E402
-from tetriszmq.trainer import RunOptions, train  # noqa: E402
+from tetriszmq.evaluate import ModelPolicy, evaluate
+from tetriszmq.tetris.dellacherie import Dellacherie
+from tetriszmq.tetris.placement_env import PlacementTetris
+from tetriszmq.trainer import RunOptions, train
 
 
 def env_speed(seconds: float, seed: int = 1) -> float:

@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing as mp
-import socket
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,21 +41,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import zmq
+from harness import ROOT
+from harness.processes import free_endpoint
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tetriszmq import agents  # noqa: E402
+from tetriszmq import agents
 from tetriszmq import config as cfg
-from tetriszmq.stream.callback import StreamCallback  # noqa: E402
-from tetriszmq.tetris.envs import make_vec_env  # noqa: E402
-
-
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+from tetriszmq.stream.callback import StreamCallback
+from tetriszmq.tetris.envs import make_vec_env
 
 
 def subscriber(endpoint: str, ready: mp.Event, stop: mp.Event) -> None:
@@ -293,13 +284,14 @@ def main() -> None:
           f"{args.rounds} interleaved rounds, board cap {fps:g}/s; medians over rounds")
     print("wall ratio: steps/s against (a) in the same round. Booked inside each run, as shares of its wall time:")
     print("the training thread's time in the callback, other Python threads' CPU (they hold the GIL), libzmq's")
-    print("I/O threads' CPU (C++, no GIL: another core's); bound: the ratio if callback and GIL time beyond (a)'s were lost")
+    print("I/O threads' CPU (C++, no GIL: another core's); bound: the ratio if callback and GIL time beyond (a)'s "
+          "were lost")
     print(f"{'variant':<36} {'steps/s':>8} {'wall ratio':>11} {'(min)':>7} {'in callback':>12} "
           f"{'GIL threads':>12} {'zmq I/O':>8} {'bound':>7}")
     base_cost = statistics.median(r.cost for r in base)
     for name in variants:
         rows = runs[name]
-        wall = [r.rate / b.rate for r, b in zip(rows, base)]
+        wall = [r.rate / b.rate for r, b in zip(rows, base, strict=True)]
         cost = statistics.median(r.cost for r in rows) - base_cost
         print(f"{name:<36} {statistics.median(r.rate for r in rows):>8,.0f} {statistics.median(wall):>11.3f} "
               f"{min(wall):>7.3f} {statistics.median(r.in_callback for r in rows):>12.2%} "

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import gymnasium as gym
+import harness  # noqa: F401  (this checkout's tetriszmq, ahead of an installed one)
 import numpy as np
 import tetris_gymnasium.envs  # noqa: F401  (registers the env id)
 from tetris_gymnasium.wrappers.grouped import GroupedActionsObservations

@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import orjson
 import zmq
+from harness import ROOT
+from harness.processes import free_endpoint
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tetriszmq.stream import protocol  # noqa: E402
-from tetriszmq.stream.protocol import Topic  # noqa: E402
+from tetriszmq.stream import protocol
+from tetriszmq.stream.protocol import Topic
 
 FRAME = protocol.TOPIC_FRAMES[Topic.BOARD]
 
@@ -37,12 +34,6 @@ def board_payload(seq: int) -> bytes:
     body = protocol.encode_body({"t": time.time(), "board": board, "next": [2, 3, 4, 5], "hold": None,
                                  "episode": 1, "step": seq, "lines": 0, "score": 0.0})
     return protocol.seal(protocol.envelope_prefix(Topic.BOARD, "bench-000000"), seq, body)
-
-
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def sink(endpoint: str, count: int, ready: mp.Event, out: mp.Queue) -> None:

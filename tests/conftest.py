@@ -1,9 +1,14 @@
-"""Fixtures that start real trainers on free ports and always reap them."""
+"""Fixtures that start real trainers on free ports and always reap them; the suite's markers.
+
+Shared fixtures reach test modules only through this file: its own (`trainers`, `subscribe`) and
+those of the plugins named in `pytest_plugins` (`viewers` from viewer_support.py; `hosts`, `keys`,
+`secured_trainer` from netns.py). Free ports and waits come from bench/harness/processes.py, one
+definition for tests and benches (pyproject puts bench/ on the tests' path).
+"""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,27 +18,30 @@ from pathlib import Path
 
 import pytest
 import zmq
+from harness import ROOT
+from harness.processes import free_endpoint, free_port, wait_for
 
 from tetriszmq.stream import protocol
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["ROOT", "TINY", "TRAINING", "free_endpoint", "free_port", "wait_for"]  # what test modules import
+
+pytest_plugins = ["viewer_support", "netns"]
+
 TINY = ROOT / "tests" / "tiny.toml"
 TRAINING = ("running", "saving")  # states of a trainer that is training: tiny.toml checkpoints every 128 steps
+# A test that requests one of these (directly or through another fixture) starts real processes.
+SLOW_FIXTURES = frozenset({"trainers", "viewers"})
+NETNS_FIXTURES = frozenset({"hosts"})
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, every: float = 0.05) -> None:
-    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(every)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by the fixtures they use, so a new test that starts a trainer is `slow` without being told."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & NETNS_FIXTURES:
+            item.add_marker(pytest.mark.netns)
+        if used & (SLOW_FIXTURES | NETNS_FIXTURES):
+            item.add_marker(pytest.mark.slow)
 
 
 @dataclass
@@ -56,8 +64,8 @@ class TrainerProcess:
 
 def start_trainer(run_dir: Path, *extra: str, config: Path = TINY, pub: str | None = None,
                   ctl: str | None = None, prefix: list[str] = ()) -> TrainerProcess:
-    pub = pub or f"tcp://127.0.0.1:{free_port()}"
-    ctl = ctl or f"tcp://127.0.0.1:{free_port()}"
+    pub = pub or free_endpoint()
+    ctl = ctl or free_endpoint()
     args = [*prefix, sys.executable, "-m", "tetriszmq", "train", "--config", str(config), "--pub", pub, "--ctl", ctl,
             "--run-dir", str(run_dir), "--quiet", *extra]
     log = run_dir.parent / f"{run_dir.name}.{time.monotonic_ns()}.log"

@@ -58,6 +58,7 @@ def trained() -> AfterstateDQN:
     return model.learn(600)
 
 
+@pytest.mark.slow  # trains a model
 def test_a_short_run_updates_the_network_and_only_plays_legal_placements(trained):
     log = trained.env.envs[0].env  # Monitor -> LegalityLog
     assert log.steps == 600
@@ -66,6 +67,7 @@ def test_a_short_run_updates_the_network_and_only_plays_legal_placements(trained
     assert trained.policy.feature_names == FEATURES
 
 
+@pytest.mark.slow  # trains a model
 def test_greedy_choice_ignores_illegal_placements_even_when_they_score_best(trained):
     rng = np.random.default_rng(0)
     obs = {"features": rng.random((64, 40, len(FEATURES)), dtype=np.float32) * 10,
@@ -84,6 +86,7 @@ def test_masked_values_leave_only_legal_placements_for_the_max():
     assert masked_values(values, th.tensor([[0, 1, 1]])).amax(dim=1).item() == 3.0
 
 
+@pytest.mark.slow  # trains a model
 def test_save_and_load_give_the_same_greedy_actions(trained, tmp_path):
     trained.save(tmp_path / "model.zip")
     loaded = AfterstateDQN.load(tmp_path / "model.zip")  # no env: feature names come from the checkpoint
@@ -99,6 +102,7 @@ def test_save_and_load_give_the_same_greedy_actions(trained, tmp_path):
             obs, _ = env.reset()
 
 
+@pytest.mark.slow  # trains a model
 def test_evaluation_of_a_model_is_reproducible_and_uses_its_features(trained):
     policy = ModelPolicy(trained)
     assert policy.feature_names == FEATURES

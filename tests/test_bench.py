@@ -9,6 +9,8 @@ import sys
 import pytest
 from conftest import ROOT
 
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
+
 SCRIPTS = {
     "overhead": (["bench/overhead.py", "--quick", "--config", "configs/ppo.toml"], r"variant\s+steps/s\s+wall ratio"),
     "transport": (["bench/transport.py", "--quick"], r"rate\s+messages\s+p50 ms\s+p99 ms\s+max ms"),

@@ -6,11 +6,14 @@ import subprocess
 import sys
 
 import orjson
+import pytest
 from conftest import ROOT, free_port
 
 from tetriszmq.stream import protocol
 from tetriszmq.stream.control import request
 from tetriszmq.stream.protocol import Topic
+
+pytestmark = pytest.mark.slow  # real `tetriszmq eval` and `play` processes
 
 
 def tetriszmq(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

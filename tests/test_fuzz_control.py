@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from tetriszmq.stream.control import request
 
+pytestmark = pytest.mark.slow  # real trainer processes
+
 REQUESTS = 10_000
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

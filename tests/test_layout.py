@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 from conftest import ROOT
 
 STREAM = ROOT / "tetriszmq" / "stream"
@@ -34,6 +35,7 @@ def test_stream_package_imports_only_itself_from_tetriszmq():
         assert not outside, f"{path.relative_to(ROOT)} imports {sorted(outside)}"
 
 
+@pytest.mark.slow  # a real training process
 def test_stream_callback_runs_on_cartpole_with_the_tetris_side_unimportable(tmp_path):
     """Import and use `StreamCallback` with tetris-gymnasium and our game modules blocked outright."""
     script = f"""
@@ -51,6 +53,7 @@ print("timesteps", model.num_timesteps)
     assert "timesteps 128" in result.stdout
 
 
+@pytest.mark.slow  # a real training process
 def test_a_run_directory_from_the_flat_layout_resumes(tmp_path):
     """tests/data/run-v0.1 was written by afterstate-dqn before the package had subpackages."""
     run_dir = tmp_path / "old"

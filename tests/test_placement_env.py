@@ -40,14 +40,18 @@ def tallest(obs: dict, rng: np.random.Generator) -> int:
     return int(np.argmax(np.where(obs["mask"] > 0, score, -np.inf)))
 
 
-def mostly_dellacherie(obs: dict, rng: np.random.Generator, expert: Dellacherie = Dellacherie()) -> int:
+EXPERT = Dellacherie()
+
+
+def mostly_dellacherie(obs: dict, rng: np.random.Generator, expert: Dellacherie = EXPERT) -> int:
     """Clear lines for long stretches, with random slips that leave holes and overhangs."""
     if rng.random() < 0.15:
         return int(rng.choice(np.flatnonzero(obs["mask"])))
     return expert(obs)
 
 
-@pytest.mark.parametrize(("seed", "policy"), [(1, mostly_dellacherie), (2, mostly_dellacherie), (3, tallest), (4, tallest)])
+@pytest.mark.parametrize(("seed", "policy"),
+                         [(1, mostly_dellacherie), (2, mostly_dellacherie), (3, tallest), (4, tallest)])
 def test_every_placement_matches_the_grouped_wrapper(seed, policy):
     ref, ours = reference(), PlacementTetris(features=DELLACHERIE_FEATURES)  # landing_height first
     rng = np.random.default_rng(seed)
@@ -148,7 +152,7 @@ HOLES = [
 
 
 def test_well_and_transition_counts_on_a_hand_made_board():
-    values = dict(zip(FEATURES, board_features(parse(WELLS_AND_TRANSITIONS), FEATURES)))
+    values = dict(zip(FEATURES, board_features(parse(WELLS_AND_TRANSITIONS), FEATURES), strict=True))
     assert values["cumulative_wells"] == (1 + 2 + 3) + (1 + 2)  # column 0 against the wall, column 4
     assert values["row_transitions"] == 4 + 6 + 6  # only the three stack rows count
     assert values["column_transitions"] == 10  # every column: one change, at its top or at the floor
@@ -159,7 +163,7 @@ def test_well_and_transition_counts_on_a_hand_made_board():
 
 
 def test_hole_counts_on_a_hand_made_board():
-    values = dict(zip(FEATURES, board_features(parse(HOLES), FEATURES)))
+    values = dict(zip(FEATURES, board_features(parse(HOLES), FEATURES), strict=True))
     assert values["holes"] == 3  # column 0: rows 17 and 19; column 1: row 19
     assert values["hole_depth"] == 2 + 3 + 1  # filled cells above each hole
     assert values["rows_with_holes"] == 2
@@ -175,7 +179,7 @@ def test_a_flat_i_piece_completing_a_row_reports_lines_erosion_and_landing():
     after = place_all(piece, column_masks(filled), rows)
     slot = piece.slot[5 * 4 + 0]  # flat, centred on column 5: cells in columns 3..6
     assert not blocked[slot]
-    values = dict(zip(FEATURES, after.compute(FEATURES)[slot]))
+    values = dict(zip(FEATURES, after.compute(FEATURES)[slot], strict=True))
     assert (values["lines"], values["eroded_cells"], values["landing_height"]) == (1, 4, 1)
     assert values["aggregate_height"] == 6  # one row of XXX....XXX is left
     assert values["row_transitions"] == 2

@@ -4,66 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
 from conftest import ROOT, TRAINING, free_port
-from netns import Host, two_hosts, unavailable_reason
+from netns import client_keys, ctl, probe
 
-from tetriszmq.stream.security import make_keys
-
-LONG = ("--set", "train.max_timesteps=10000000")
-
-
-@pytest.fixture(scope="module")
-def hosts() -> Iterator[tuple[Host, Host]]:
-    if reason := unavailable_reason():
-        pytest.skip(f"no test network: {reason}")
-    try:
-        with two_hosts() as pair:
-            yield pair
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("keys")
-    make_keys(directory)
-    make_keys(directory / "stranger", ("stranger-trainer", "stranger"))
-    return directory
-
-
-def client_keys(keys: Path, name: str = "client") -> list[str]:
-    secret = keys / f"{name}.key_secret" if name == "client" else keys / "stranger" / f"{name}.key_secret"
-    return ["--curve-server-key", str(keys / "trainer.key"), "--curve-secret-key", str(secret)]
-
-
-def run_in(host: Host, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*host.prefix(), sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def probe(host: Host, endpoint: str, *extra: str, messages: int = 5, timeout: float = 10) -> dict:
-    result = run_in(host, "tests/probe.py", endpoint, "--messages", str(messages), "--timeout", str(timeout),
-                    *extra)
-    assert result.returncode == 0, result.stderr
-    return orjson.loads(result.stdout)
-
-
-def ctl(host: Host, cmd: str, endpoint: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run_in(host, "-m", "tetriszmq", "ctl", cmd, "--ctl", endpoint, "--timeout", "2", "--retries", "0",
-                  *extra)
-
-
-@pytest.fixture
-def secured_trainer(trainers, hosts, keys):
-    server, _ = hosts
-    pub, ctl_endpoint = (f"tcp://{server.address}:{free_port()}" for _ in range(2))
-    return trainers(*LONG, "--curve-secret-key", str(keys / "trainer.key_secret"),
-                    "--curve-allow", str(keys / "allowed"), pub=pub, ctl=ctl_endpoint, prefix=server.prefix())
+pytestmark = pytest.mark.slow
 
 
 def test_allowed_key_streams_and_stops_across_hosts(secured_trainer, hosts, keys):

@@ -1,7 +1,7 @@
 """A viewer on one network host watching a CURVE trainer on another, with and without the right keys.
 
 The viewer serves its page on 127.0.0.1 inside its own host, as it does by default, so its clients
-(tests/viewer_probe.py) run in that host too. The hosts and keys are test_remote.py's.
+(tests/viewer_probe.py) run in that host too. The hosts, keys and trainer are tests/netns.py's fixtures.
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
+import pytest
 from conftest import ROOT, TRAINING, free_port, wait_for
-from test_remote import client_keys, ctl, hosts, keys, probe, secured_trainer  # noqa: F401  (fixtures)
-from viewer_support import ViewerProcess, viewers  # noqa: F401  (fixture)
+from netns import client_keys, ctl, probe
+from viewer_support import ViewerProcess
+
+pytestmark = pytest.mark.slow
 
 
 def watch(viewer: ViewerProcess, seconds: float, live: int | None = None) -> list[dict[str, Any]]:
@@ -63,7 +66,7 @@ def test_a_viewer_without_an_allowed_key_gets_nothing_and_cannot_stop_training(s
         return watch(viewer, seconds=3), post_control(viewer, "stop")
 
     with ThreadPoolExecutor(len(refused)) as pool:
-        outcomes = dict(zip(refused, pool.map(try_viewer, refused.values())))
+        outcomes = dict(zip(refused, pool.map(try_viewer, refused.values()), strict=True))
     for problem, (lines, stop) in outcomes.items():
         viewer = refused[problem]
         assert lines == [{"topic": "snapshot", "seq": -1, "run": None, "link": "waiting"}], problem

@@ -17,6 +17,8 @@ from tetriszmq.stream import protocol
 from tetriszmq.stream.control import request
 from tetriszmq.stream.protocol import Topic
 
+pytestmark = pytest.mark.slow  # real trainer processes
+
 LONG = ("--set", "train.max_timesteps=10000000")
 
 

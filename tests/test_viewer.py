@@ -14,7 +14,7 @@ import orjson
 import pytest
 import zmq
 from conftest import free_port
-from viewer_support import ViewerProcess, connect, fetch_status, journal, viewers  # noqa: F401  (fixture)
+from viewer_support import ViewerProcess, connect, fetch_status, journal
 
 from tetriszmq.stream.broker import Broker
 from tetriszmq.stream.protocol import Topic
@@ -183,8 +183,8 @@ def test_stalled_clients_neither_delay_the_others_nor_grow_the_viewers_memory(tr
         live = [m for m in healthy.messages[start:] if "seq" in m]
         assert len(live) > 500
         assert [m["seq"] for m in live] == list(range(live[0]["seq"], live[-1]["seq"] + 1))
-        latency = sorted(at - m["t"] for m, at in zip(healthy.messages[start:], healthy.received_at[start:])
-                         if m["topic"] == "board")
+        arrivals = zip(healthy.messages[start:], healthy.received_at[start:], strict=True)
+        latency = sorted(at - m["t"] for m, at in arrivals if m["topic"] == "board")
         p99 = latency[int(len(latency) * 0.99)]
         assert p99 < 0.1, f"p99 board latency {p99 * 1000:.0f} ms next to stalled clients"
 

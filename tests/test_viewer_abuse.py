@@ -29,6 +29,8 @@ import pytest
 from conftest import TrainerProcess, start_trainer, wait_for
 from viewer_support import PROBE, ViewerProcess, start_viewer
 
+pytestmark = pytest.mark.slow  # real trainer and viewer processes
+
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 RSV1 = 0x40
 MAX_BROWSER_MESSAGE = 4096  # viewer.app's limit on what a browser may send

@@ -1,7 +1,7 @@
 """Viewer subprocesses and WebSocket clients for the viewer's tests.
 
-Imported by the viewer's tests (the fixtures are re-exported there);
-conftest.py stays the trainer's. A viewer started with a ``prefix`` (another
+A pytest plugin (conftest.py names it in `pytest_plugins`): test modules get the `viewers` fixture
+from there and import only the helpers from here. A viewer started with a ``prefix`` (another
 network namespace) is reached through tests/viewer_probe.py run in that namespace.
 """
 

@@ -107,7 +107,8 @@ def _ctl(args: argparse.Namespace) -> int:
 
 def _player_arguments(parser: argparse.ArgumentParser) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--checkpoint", type=Path, help="a checkpoint of a placement agent (e.g. runs/x/checkpoints/final)")
+    who.add_argument("--checkpoint", type=Path,
+                     help="a checkpoint of a placement agent (e.g. runs/x/checkpoints/final)")
     who.add_argument("--agent", choices=["dellacherie"], help="a hand-tuned agent")
     parser.add_argument("--algo", help="the checkpoint's algorithm (default: from its run's config.toml)")
     parser.add_argument("--max-pieces", type=int, default=10_000, help="piece cap per game")

@@ -64,7 +64,8 @@ class AgentSection:
 class TrainSection:
     max_timesteps: int = _limit(100_000, min=1, doc="total environment steps, counting those before --resume")
     max_minutes: float = _limit(0.0, min=0, doc="wall-clock limit of this process; 0: none")
-    target_lines: int = _limit(0, min=0, doc="stop after the first episode that clears at least this many lines; 0: never")
+    target_lines: int = _limit(0, min=0,
+                               doc="stop after the first episode that clears at least this many lines; 0: never")
     checkpoint_every: int = _limit(10_000, min=0, doc="timesteps between periodic checkpoints; 0: only latest/final")
 
 

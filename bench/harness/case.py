@@ -1,0 +1,135 @@
+"""One measured run (`run_case`) and its `Result`: four kinds of process on loopback.
+
+- the **publisher** (`harness.stream`): `tetriszmq.stream.broker.Broker` fed through `Outbox.post`,
+  exactly as the trainer feeds it (same bytes, same ``t`` stamp, heartbeats from the broker thread,
+  ``snapshot`` answered on REP), posting board frames at 30/s, an episode every 0.5 s and metrics
+  every second;
+- the **server** (`harness.servers`): the real viewer (``python -m viewer``, as users start it), or
+  the naive broadcaster it is compared with;
+- **client processes** (`harness.load`), each holding many raw WebSocket connections on one ``epoll`` loop. They
+  parse every frame, take ``t`` from the tail of each board payload, and stamp its arrival twice:
+  the kernel's receive time (``SO_TIMESTAMPNS``: when the viewer's write reached the client's
+  socket, whatever the client process was doing) and the time the client process read it. The
+  difference is queueing inside our client processes, not the viewer's;
+- optionally a **stalled** process: connections that complete the handshake and never read again.
+
+Frame share: boards a client received with ``t`` in the measured window, over the boards the
+publisher posted in that window. CPU: the server's own utime + stime from /proc over the window,
+in % of one core. Nothing here asserts on time; the scripts print tables.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from harness.load import clients, stalled
+from harness.machine import cpu_seconds, loadavg, machine_busy, rss_mb, run_delay
+from harness.processes import free_endpoint, free_port, spawned, wait_for
+from harness.servers import get_json, serving
+from harness.stream import FPS, publisher
+
+TIMED = 250  # connections timed per run (the rest are counted only)
+
+
+@dataclass
+class Result:
+    server: str
+    clients: int
+    stalled: int
+    seconds: float
+    expected: int  # boards posted in the window
+    shares: np.ndarray  # per reading client: boards received / expected
+    at_socket_ms: np.ndarray
+    at_read_ms: np.ndarray
+    closed: int  # reading clients whose connection the server closed
+    cpu: float  # server, % of one core over the window
+    clients_cpu: float  # all client processes, % of one core
+    machine: float  # all CPUs busy, % of one core (2 cores = 200)
+    waited: float  # ms per second the server was runnable but waiting for a CPU (other processes ran)
+    load: str
+    rss: list[tuple[float, float]] = field(default_factory=list)  # (seconds since window start, MB)
+    status: dict[str, Any] = field(default_factory=dict)  # the viewer's /api/status at the end
+
+    def pct(self, which: str, q: float) -> float:
+        values = getattr(self, which)
+        return float(np.percentile(values, q)) if len(values) else float("nan")
+
+    def share(self, q: float) -> float:
+        """The ``q``-th percentile of per-client frame share, in %: 5 = the slowest 5%'s best."""
+        return float(np.percentile(self.shares, q)) * 100 if len(self.shares) else float("nan")
+
+    @property
+    def rss_peak(self) -> float:
+        return max(mb for _, mb in self.rss)
+
+
+
+def run_case(server: str, count: int, seconds: float, *, stalled_count: int = 0, procs: int = 4,
+             warmup: float = 2.0, grace: float = 1.0, pace: float = 0.002, extra: Sequence[str] = ()) -> Result:
+    """One measured run: ``count`` reading clients (+ ``stalled_count`` stalled) on ``server``.
+
+    ``server``: "viewer" or "naive"; ``extra``: more viewer flags. About 250 connections are timed
+    (every ``count // 250``-th), enough samples across the broadcast without the clients' own
+    CPU crowding the viewer's.
+    """
+    timed_every = max(1, count // TIMED)
+    pub, ctl, port = free_endpoint(), free_endpoint(), free_port()
+    with ExitStack() as stack:
+        _, stream = stack.enter_context(spawned(publisher, pub, ctl, FPS))
+        if not stream.poll(30):
+            raise TimeoutError("publisher did not start")
+        stream.recv()
+        pid = stack.enter_context(serving(server, pub, ctl, port, extra))
+        sizes = [count // procs + (i < count % procs) for i in range(min(procs, count))]
+        readers = [stack.enter_context(spawned(clients, port, size, timed_every, pace)) for size in sizes]
+        for proc, pipe in readers:
+            wait_for(pipe.poll, 120, 0.1, what="client process", alive=proc.is_alive)
+            pipe.recv()
+        if stalled_count:
+            proc, pipe = stack.enter_context(spawned(stalled, port, stalled_count))
+            wait_for(pipe.poll, 120, 0.1, what="stalled clients", alive=proc.is_alive)
+            pipe.recv()
+        t0 = time.time() + warmup
+        t1 = t0 + seconds
+        for _, pipe in readers:
+            pipe.send((t0, t1, t1 + grace))
+        time.sleep(max(0.0, t0 - time.time()))
+        pids = [proc.pid for proc, _ in readers]
+        cpu0, clients0, busy0, load = cpu_seconds(pid), sum(map(cpu_seconds, pids)), machine_busy(), loadavg()
+        delay0 = run_delay(pid)
+        rss: list[tuple[float, float]] = []
+        while (now := time.time()) < t1:
+            rss.append((now - t0, rss_mb(pid)))
+            time.sleep(min(0.5, max(0.0, t1 - now)))
+        cpu1, clients1, busy1 = cpu_seconds(pid), sum(map(cpu_seconds, pids)), machine_busy()
+        delay1 = run_delay(pid)
+        rss.append((seconds, rss_mb(pid)))
+        status = get_json(port, "/api/status")["clients"] if server == "viewer" else {}
+        boards: list[int] = []
+        at_socket, at_read, closed = array.array("d"), array.array("d"), 0
+        for proc, pipe in readers:
+            wait_for(pipe.poll, grace + 60, 0.1, what="client results", alive=proc.is_alive)
+            counts, socket_bytes, read_bytes, gone = pipe.recv()
+            boards += counts
+            at_socket.frombytes(socket_bytes)
+            at_read.frombytes(read_bytes)
+            closed += gone
+        stream.send(("count", t0, t1))
+        expected = stream.recv()
+    return Result(
+        server=server, clients=count, stalled=stalled_count, seconds=seconds, expected=expected,
+        shares=np.array(boards, dtype=float) / max(expected, 1),
+        at_socket_ms=np.frombuffer(at_socket, dtype=np.float64) * 1e3,
+        at_read_ms=np.frombuffer(at_read, dtype=np.float64) * 1e3,
+        closed=closed, cpu=(cpu1 - cpu0) / seconds * 100, clients_cpu=(clients1 - clients0) / seconds * 100,
+        machine=(busy1[0] - busy0[0]) / ((busy1[1] - busy0[1]) or 1) * (os.cpu_count() or 1) * 100,
+        waited=(delay1 - delay0) / seconds * 1e3, load=load, rss=rss, status=status)
+

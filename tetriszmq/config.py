@@ -8,12 +8,14 @@ with a `ConfigError` that names the key, before anything is trained.
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from tetriszmq.stream.protocol import RUN_ID_PATTERN
 
@@ -153,6 +155,8 @@ def _check(key: str, hint: Any, meta: typing.Mapping[str, Any], value: Any) -> A
             raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
     elif type(value) is not origin:
         raise ConfigError(f"{key}: expected {origin.__name__}, got {type(value).__name__} {value!r}")
+    if origin is float and not math.isfinite(value):  # nan passes every `<` check; inf is no period or rate
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
     if meta.get("min") is not None and value < meta["min"]:
         raise ConfigError(f"{key}: must be >= {meta['min']}, got {value!r}")
     if meta.get("choices") and value not in meta["choices"]:
@@ -179,26 +183,5 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
 
 
 def to_toml(config: Config) -> str:
-    """Write a config back as TOML, so a run directory records exactly what ran."""
-    lines: list[str] = []
-    for section, values in config.to_dict().items():
-        tables = {k: v for k, v in values.items() if isinstance(v, dict)}
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if k not in tables]
-        for name, table in tables.items():
-            lines.append(f"\n[{section}.{name}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float, str)):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise ConfigError(f"cannot write {value!r} as TOML")
+    """Write a config back as TOML, so a run directory records exactly what ran (and `load` reads it back)."""
+    return tomli_w.dumps(config.to_dict())

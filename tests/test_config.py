@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -54,3 +55,12 @@ def test_values_with_special_characters_round_trip(override: str, tmp_path: Path
 def test_no_config_file_means_configs_default_toml():
     """``tetriszmq train`` with no ``--config`` trains what configs/default.toml says."""
     assert cfg.load(None) == cfg.load(ROOT / "configs" / "default.toml")
+
+
+def test_the_readmes_configuration_table_gives_the_codes_defaults():
+    """Each ``| `section.key` | `default` |`` row of the README says what `load(None)` gives."""
+    defaults = cfg.load(None).to_dict()
+    rows = re.findall(r"^\| `(\w+)\.(\w+)` \| `([^`|]+)` \|", (ROOT / "README.md").read_text(), re.MULTILINE)
+    assert len(rows) >= 20
+    for section, key, default in rows:
+        assert tomllib.loads(f"v = {default}")["v"] == defaults[section][key], f"{section}.{key}"

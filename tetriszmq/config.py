@@ -1,7 +1,8 @@
 """Run configuration: TOML files, ``--set`` overrides, and validation.
 
 Every key is declared once, in the dataclasses below, with its type, default
-and limits. Loading rejects unknown keys, wrong types and out-of-range values
+and limits. The defaults are configs/default.toml's run (tests/test_config.py
+holds them equal): an afterstate DQN on the placement environment. Loading rejects unknown keys, wrong types and out-of-range values
 with a `ConfigError` that names the key, before anything is trained.
 """
 
@@ -42,32 +43,33 @@ class RunSection:
 
 @dataclass
 class EnvSection:
-    kind: str = _limit("raw", choices=("raw", "placement"),
+    kind: str = _limit("placement", choices=("raw", "placement"),
                        doc="raw: tetris-gymnasium's 8 key actions; placement: one action places a piece")
     n_envs: int = _limit(1, min=1)
     vec_env: str = _limit("dummy", choices=("dummy", "subproc"))
-    max_pieces: int = _limit(0, min=0, doc="truncate training episodes after this many pieces; 0: never")
+    max_pieces: int = _limit(2000, min=0, doc="truncate training episodes after this many pieces; 0: never")
     features: list[str] = _limit([], doc="placement features by name; empty: the default set")
-    reward: str = _limit("score", choices=("score", "lines"),
+    reward: str = _limit("lines", choices=("score", "lines"),
                          doc="what training maximises: score: tetris-gymnasium's (+1 per piece, 10 x lines^2); "
                              "lines: +1 per piece, 10 per line (placement only)")
 
 
 @dataclass
 class AgentSection:
-    algo: str = _limit("ppo", doc="ppo, dqn, afterstate-dqn, ...: see tetriszmq.agents.ALGOS")
+    algo: str = _limit("afterstate-dqn", doc="ppo, dqn, afterstate-dqn, ...: see tetriszmq.agents.ALGOS")
     policy: str = _limit("", doc="SB3 policy name; empty: the algorithm's default")
     device: str = _limit("cpu")
     torch_threads: int = _limit(1, min=1)
-    params: dict[str, Any] = field(default_factory=dict, metadata={"doc": "keyword arguments of the SB3 algorithm"})
+    params: dict[str, Any] = field(default_factory=dict, metadata={
+        "doc": "keyword arguments of the SB3 algorithm; empty: its defaults (AfterstateDQN's are the measured ones)"})
 
 
 @dataclass
 class TrainSection:
-    max_timesteps: int = _limit(100_000, min=1, doc="total environment steps, counting those before --resume")
+    max_timesteps: int = _limit(5_000_000, min=1, doc="total environment steps, counting those before --resume")
     max_minutes: float = _limit(0.0, min=0, doc="wall-clock limit of this process; 0: none")
     target_lines: int = _limit(0, min=0, doc="stop after the first episode that clears at least this many lines; 0: never")
-    checkpoint_every: int = _limit(10_000, min=0, doc="timesteps between periodic checkpoints; 0: only latest/final")
+    checkpoint_every: int = _limit(50_000, min=0, doc="timesteps between periodic checkpoints; 0: only latest/final")
 
 
 @dataclass

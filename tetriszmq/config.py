@@ -2,8 +2,9 @@
 
 Every key is declared once, in the dataclasses below, with its type, default
 and limits. The defaults are configs/default.toml's run (tests/test_config.py
-holds them equal): an afterstate DQN on the placement environment. Loading rejects unknown keys, wrong types and out-of-range values
-with a `ConfigError` that names the key, before anything is trained.
+holds them equal): an afterstate DQN on the placement environment. Loading
+rejects unknown keys, wrong types and out-of-range or non-finite values with a
+`ConfigError` that names the key, before anything is trained.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class AgentSection:
 class TrainSection:
     max_timesteps: int = _limit(5_000_000, min=1, doc="total environment steps, counting those before --resume")
     max_minutes: float = _limit(0.0, min=0, doc="wall-clock limit of this process; 0: none")
-    target_lines: int = _limit(0, min=0, doc="stop after the first episode that clears at least this many lines; 0: never")
+    target_lines: int = _limit(0, min=0,
+                               doc="stop after the first episode that clears at least this many lines; 0: never")
     checkpoint_every: int = _limit(50_000, min=0, doc="timesteps between periodic checkpoints; 0: only latest/final")
 
 

@@ -524,13 +524,14 @@ def test_malformed_control_requests_and_wrong_tokens_are_refused_and_training_go
 def raw_control_requests(stage: Stage) -> dict[str, str]:
     """Two requests no HTTP library sends: a token that is not UTF-8, and a valid command whose body
     claims more bytes than come before the client closes: it must not be carried out."""
-    async def send(request: bytes) -> str:
+    async def send(request: bytes, close_first: bool) -> str:
+        """The status line read back, after closing our side first if ``close_first``."""
         reader, writer = await asyncio.open_connection(*stage.address)
         try:
             writer.write(request)
             await writer.drain()
             async with asyncio.timeout(30):
-                return await half_close(reader, writer)
+                return await (half_close(reader, writer) if close_first else status_line(reader))
         finally:
             writer.transport.abort()
 
@@ -538,7 +539,8 @@ def raw_control_requests(stage: Stage) -> dict[str, str]:
     head = b"POST /api/control HTTP/1.1\r\nHost: v\r\nContent-Length: %d\r\nAuthorization: Bearer %s\r\n\r\n"
 
     async def both() -> dict[str, str]:
-        return {"non-UTF-8 token": await send(head % (len(body), b"\xff\xfe" + stage.viewer.token.encode()) + body),
+        return {"non-UTF-8 token": await send(head % (len(body), b"\xff\xfe" + stage.viewer.token.encode()) + body,
+                                              close_first=False),
                 "body shorter than its Content-Length": await send(head % (1000, stage.viewer.token.encode())
-                                                                   + body)}
+                                                                   + body, close_first=True)}
     return asyncio.run(both())

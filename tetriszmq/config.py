@@ -1,19 +1,23 @@
 """Run configuration: TOML files, ``--set`` overrides, and validation.
 
 Every key is declared once, in the dataclasses below, with its type, default
-and limits. Loading rejects unknown keys, wrong types and out-of-range values
-with a `ConfigError` that names the key, before anything is trained.
+and limits. The defaults are configs/default.toml's run (tests/test_config.py
+holds them equal): an afterstate DQN on the placement environment. Loading
+rejects unknown keys, wrong types and out-of-range or non-finite values with a
+`ConfigError` that names the key, before anything is trained.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from tetriszmq.stream.protocol import RUN_ID_PATTERN
 
@@ -40,33 +44,34 @@ class RunSection:
 
 @dataclass
 class EnvSection:
-    kind: str = _limit("raw", choices=("raw", "placement"),
+    kind: str = _limit("placement", choices=("raw", "placement"),
                        doc="raw: tetris-gymnasium's 8 key actions; placement: one action places a piece")
     n_envs: int = _limit(1, min=1)
     vec_env: str = _limit("dummy", choices=("dummy", "subproc"))
-    max_pieces: int = _limit(0, min=0, doc="truncate training episodes after this many pieces; 0: never")
+    max_pieces: int = _limit(2000, min=0, doc="truncate training episodes after this many pieces; 0: never")
     features: list[str] = _limit([], doc="placement features by name; empty: the default set")
-    reward: str = _limit("score", choices=("score", "lines"),
+    reward: str = _limit("lines", choices=("score", "lines"),
                          doc="what training maximises: score: tetris-gymnasium's (+1 per piece, 10 x lines^2); "
                              "lines: +1 per piece, 10 per line (placement only)")
 
 
 @dataclass
 class AgentSection:
-    algo: str = _limit("ppo", doc="ppo, dqn, afterstate-dqn, ...: see tetriszmq.agents.ALGOS")
+    algo: str = _limit("afterstate-dqn", doc="ppo, dqn, afterstate-dqn, ...: see tetriszmq.agents.ALGOS")
     policy: str = _limit("", doc="SB3 policy name; empty: the algorithm's default")
     device: str = _limit("cpu")
     torch_threads: int = _limit(1, min=1)
-    params: dict[str, Any] = field(default_factory=dict, metadata={"doc": "keyword arguments of the SB3 algorithm"})
+    params: dict[str, Any] = field(default_factory=dict, metadata={
+        "doc": "keyword arguments of the SB3 algorithm; empty: its defaults (AfterstateDQN's are the measured ones)"})
 
 
 @dataclass
 class TrainSection:
-    max_timesteps: int = _limit(100_000, min=1, doc="total environment steps, counting those before --resume")
+    max_timesteps: int = _limit(5_000_000, min=1, doc="total environment steps, counting those before --resume")
     max_minutes: float = _limit(0.0, min=0, doc="wall-clock limit of this process; 0: none")
     target_lines: int = _limit(0, min=0,
                                doc="stop after the first episode that clears at least this many lines; 0: never")
-    checkpoint_every: int = _limit(10_000, min=0, doc="timesteps between periodic checkpoints; 0: only latest/final")
+    checkpoint_every: int = _limit(50_000, min=0, doc="timesteps between periodic checkpoints; 0: only latest/final")
 
 
 @dataclass
@@ -154,6 +159,8 @@ def _check(key: str, hint: Any, meta: typing.Mapping[str, Any], value: Any) -> A
             raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
     elif type(value) is not origin:
         raise ConfigError(f"{key}: expected {origin.__name__}, got {type(value).__name__} {value!r}")
+    if origin is float and not math.isfinite(value):  # nan passes every `<` check; inf is no period or rate
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
     if meta.get("min") is not None and value < meta["min"]:
         raise ConfigError(f"{key}: must be >= {meta['min']}, got {value!r}")
     if meta.get("choices") and value not in meta["choices"]:
@@ -180,26 +187,5 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
 
 
 def to_toml(config: Config) -> str:
-    """Write a config back as TOML, so a run directory records exactly what ran."""
-    lines: list[str] = []
-    for section, values in config.to_dict().items():
-        tables = {k: v for k, v in values.items() if isinstance(v, dict)}
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if k not in tables]
-        for name, table in tables.items():
-            lines.append(f"\n[{section}.{name}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float, str)):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise ConfigError(f"cannot write {value!r} as TOML")
+    """Write a config back as TOML, so a run directory records exactly what ran (and `load` reads it back)."""
+    return tomli_w.dumps(config.to_dict())

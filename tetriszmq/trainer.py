@@ -88,6 +88,7 @@ def resolve_run_dir(config: cfg.Config, options: RunOptions) -> Path:
 
 def train(config: cfg.Config, options: RunOptions) -> int:
     """Run one training; returns the process exit code."""
+    agents.check_pairing(config.agent, config.env)
     curve = _curve(config)
     run_dir = resolve_run_dir(config, options)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,8 @@ def train(config: cfg.Config, options: RunOptions) -> int:
         model = _model(config, run_dir, options.resume, state)
         return _learn(model, config, state, stream, progress)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if progress is not None:
             progress.close()
         broker.close()
@@ -175,16 +177,18 @@ def _learn(model: BaseAlgorithm, config: cfg.Config, state: TrainerState, stream
     return 0
 
 
-def _stop_on_signals(state: TrainerState) -> signal.Handlers | None:
-    """Ctrl-C or SIGTERM stops like a ``stop`` request (checkpoint, exit 0); a second Ctrl-C aborts."""
+def _stop_on_signals(state: TrainerState) -> dict[signal.Signals, signal.Handlers]:
+    """Ctrl-C or SIGTERM stops like a ``stop`` request (checkpoint, exit 0); a second Ctrl-C aborts.
+
+    Returns the handlers it replaced, for `train` to put back.
+    """
     def handler(signum: int, frame: FrameType | None) -> None:
         if state.stop_requested:
             raise KeyboardInterrupt
         state.reason = f"signal {signal.Signals(signum).name}"
         state.request(stop_requested=True)
 
-    signal.signal(signal.SIGTERM, handler)
-    return signal.signal(signal.SIGINT, handler)
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _write_run_file(run_dir: Path, state: TrainerState) -> None:

@@ -34,12 +34,19 @@ def request(endpoint: str, cmd: Command | str, *, timeout: float = 3.0, retries:
 
 
 def req_socket(ctx: zmq.Context, endpoint: str, curve: ClientCurve | None) -> zmq.Socket:
-    """A fresh REQ socket for one attempt: no lingering, CURVE if given, connected."""
+    """A fresh REQ socket for one attempt: no lingering, CURVE if given, connected.
+
+    Closed again if it cannot be set up (a malformed endpoint): the caller never gets it to close.
+    """
     sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    if curve is not None:
-        curve.apply(sock)
-    sock.connect(endpoint)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(sock)
+        sock.connect(endpoint)
+    except BaseException:
+        sock.close(linger=0)
+        raise
     return sock
 
 

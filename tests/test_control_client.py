@@ -1,0 +1,27 @@
+"""The control client's sockets: each attempt's socket is closed, whatever happens to it."""
+
+from __future__ import annotations
+
+import gc
+import warnings
+
+import pytest
+import zmq
+
+from tetriszmq.stream.control import req_socket, request
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://nonsense", "tcp://127.0.0.1:notaport", "carrier-pigeon://x", ""])
+def test_a_malformed_endpoint_raises_and_leaves_no_socket_open(endpoint: str):
+    ctx = zmq.Context()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(zmq.ZMQError):
+                request(endpoint, "status", timeout=0.1, retries=0, ctx=ctx)
+            with pytest.raises(zmq.ZMQError):
+                req_socket(ctx, endpoint, None)
+            gc.collect()  # pyzmq warns when it collects a socket nobody closed
+        assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+    finally:
+        ctx.term()  # blocks for ever on a socket left open

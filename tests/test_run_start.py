@@ -1,0 +1,63 @@
+"""What a run does before it starts and after it ends: refuse what cannot train, leave the process as it found it."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY
+
+from tetriszmq import agents
+from tetriszmq import config as cfg
+from tetriszmq.tetris.envs import make_vec_env
+from tetriszmq.trainer import RunOptions, train
+
+
+def test_afterstate_dqn_on_the_raw_board_is_refused_before_anything_starts(tmp_path: Path):
+    run_dir = tmp_path / "never"
+    result = subprocess.run(
+        [sys.executable, "-m", "tetriszmq", "train", "--config", str(TINY), "--run-dir", str(run_dir),
+         "--pub", "tcp://127.0.0.1:0", "--ctl", "tcp://127.0.0.1:0",
+         "--set", "agent.algo='afterstate-dqn'", "--set", "agent.params={}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "agent.algo" in result.stderr and "env.kind" in result.stderr and "Traceback" not in result.stderr
+    assert not run_dir.exists()
+
+
+def test_an_unknown_algorithm_is_refused_before_anything_starts(tmp_path: Path):
+    config = cfg.load(TINY, ["agent.algo='sarsa'"])
+    with pytest.raises(cfg.ConfigError, match="agent.algo: unknown 'sarsa'"):
+        train(config, RunOptions(run_dir=tmp_path / "never", quiet=True))
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("algo, params", [("ppo", "{n_steps=64, batch_size=64, n_epochs=1}"), ("a2c", "{}"),
+                                          ("dqn", "{learning_starts=64}")])
+def test_key_action_algorithms_also_train_on_the_placement_env(algo: str, params: str):
+    """SB3's own algorithms read the placement features and mask as a dict observation (an illegal placement
+    ends the game), so they may be compared with the afterstate DQN on the same env."""
+    config = cfg.load(None, [f"agent.algo='{algo}'", f"agent.params={params}"])
+    agents.check_pairing(config.agent, config.env)
+    model = agents.build_model(config.agent, make_vec_env(config.env, seed=1), seed=1)
+    model.learn(128)
+    assert model.num_timesteps >= 128
+
+
+def test_train_gives_back_the_signal_handlers_it_found(tmp_path: Path):
+    """`train()` is callable from a program with its own SIGINT and SIGTERM handlers; both come back."""
+    def mine(signum: int, frame: object) -> None:
+        raise AssertionError("not during this test")
+
+    before = {sig: signal.signal(sig, mine) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        config = cfg.load(TINY, ["train.max_timesteps=64", "publish.pub='tcp://127.0.0.1:0'",
+                                 "publish.ctl='tcp://127.0.0.1:0'"])
+        assert train(config, RunOptions(run_dir=tmp_path / "run", quiet=True)) == 0
+        assert {sig: signal.getsignal(sig) for sig in before} == {signal.SIGINT: mine, signal.SIGTERM: mine}
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

@@ -244,7 +244,7 @@ class PlacementTetris(gym.Env):
     def _cells(self, action: int) -> list[list[int]]:
         slot = self._piece.slot[action]
         rows = self._landing_row[slot] + self._piece.rows[slot]
-        return [[int(r), int(c)] for r, c in zip(rows, self._piece.cols[slot]) if r >= 0]
+        return [[int(r), int(c)] for r, c in zip(rows, self._piece.cols[slot], strict=True) if r >= 0]
 
     def _add_board_stats(self, slot: int) -> None:
         """Add the holes, max height and bumpiness of the board just left (already computed as its afterstate)."""
@@ -261,7 +261,7 @@ class PlacementTetris(gym.Env):
 
     def _board_means(self) -> dict[str, float]:
         locked, *totals = self._board_sums
-        return {name: round(total / max(locked, 1), 3) for name, total in zip(BOARD_STATS, totals)}
+        return {name: round(total / max(locked, 1), 3) for name, total in zip(BOARD_STATS, totals, strict=True)}
 
     def _record(self, end: str) -> EpisodeRecord:
         lines, score, pieces = self._cut or (self._lines, self._score, self._pieces)

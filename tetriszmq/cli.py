@@ -178,6 +178,7 @@ def _play(args: argparse.Namespace) -> int:
         check_exposure([args.pub, args.ctl], secured=False, insecure=args.insecure)
         policy = _player(args)
         env = PlacementTetris(features=policy.feature_names, max_pieces=args.max_pieces)
+        env.set_scorer(getattr(policy, "scores", None))  # frames show the candidates it weighs
         print(f"tetriszmq play: streaming on {args.pub}, control on {args.ctl}", file=sys.stderr)
         result = play(policy, env, pub=args.pub, ctl=args.ctl, seed=args.seed, pps=args.pps)
     except (ConfigError, SecurityError, OSError, ValueError) as exc:

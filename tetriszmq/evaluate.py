@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from tetriszmq.recorder import model_scorer
 from tetriszmq.tetris import records
 from tetriszmq.tetris.features import DEFAULT_FEATURES
 from tetriszmq.tetris.placement_env import PlacementTetris
@@ -41,19 +42,11 @@ class ModelPolicy:
     def __init__(self, model: BaseAlgorithm, feature_names: Sequence[str] | None = None) -> None:
         self.model = model
         self.feature_names = tuple(feature_names or getattr(model.policy, "feature_names", DEFAULT_FEATURES))
+        self.scores = model_scorer(model)  # the values behind its choice, for board frames; None if it has none
 
     def __call__(self, obs: Observation) -> int:
         action, _ = self.model.predict(obs, deterministic=True)
         return int(action)
-
-    def scores(self, obs: Observation) -> np.ndarray:
-        """The model's value of each placement, for board frames' candidates (afterstate-dqn only)."""
-        from tetriszmq.recorder import model_scorer
-
-        scorer = model_scorer(self.model)
-        if scorer is None:
-            raise TypeError(f"{type(self.model).__name__} does not value placements")
-        return scorer(obs)
 
 
 def play_game(policy: Callable[[Observation], int], env: PlacementTetris, seed: int) -> dict[str, Any]:

@@ -46,14 +46,19 @@ def test_sb3_vec_env_auto_resets_hand_over_replayable_records():
     assert all(check(record)["ok"] for record in found), [check(r) for r in found if not check(r)["ok"]]
 
 
-def test_a_record_round_trips_and_a_different_action_fails_the_check():
-    env = PlacementTetris(max_pieces=120)
-    obs, _ = env.reset(seed=3)
+def dellacherie_game(env: PlacementTetris, seed: int) -> dict:
+    """Play one game to its end; the last step's info."""
+    obs, _ = env.reset(seed=seed)
     player = Dellacherie(env.feature_names)
     while True:
         obs, _, terminated, truncated, info = env.step(player(obs))
         if terminated or truncated:
-            break
+            return info
+
+
+def test_a_record_round_trips_and_a_different_action_fails_the_check():
+    env = PlacementTetris(max_pieces=120)
+    info = dellacherie_game(env, seed=3)
     record = info["episode_record"]
     assert (record.end, record.pieces, len(record.actions)) == ("piece cap", 120, 120) and record.lines > 0
     assert records.decode(records.encode(record)) == record
@@ -67,12 +72,7 @@ def test_a_record_round_trips_and_a_different_action_fails_the_check():
 def test_an_episode_longer_than_a_record_keeps_its_beginning_marked_cut():
     env = PlacementTetris(max_pieces=40)
     env.record_limit = 15
-    obs, _ = env.reset(seed=2)
-    player = Dellacherie(env.feature_names)
-    while True:
-        obs, _, terminated, truncated, info = env.step(player(obs))
-        if terminated or truncated:
-            break
+    info = dellacherie_game(env, seed=2)
     record = info["episode_record"]
     assert (record.end, record.pieces, len(record.actions)) == ("cut", 15, 15)
     assert info["episode_stats"]["pieces"] == 40

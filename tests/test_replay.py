@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import ROOT, free_port, reap, start_trainer
+from conftest import ROOT, free_port, reap, train_to_end
 
 from tetriszmq.stream.protocol import Topic
 from tetriszmq.tetris import records
@@ -23,13 +23,7 @@ def tetriszmq(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[s
 
 
 def train(run_dir: Path, *extra: str) -> Path:
-    trainer = start_trainer(run_dir, *extra, config=TINY_PLACEMENT)
-    try:
-        code = trainer.wait(180)
-    finally:
-        reap([trainer.proc])
-    assert code == 0, trainer.output()
-    return run_dir
+    return train_to_end(run_dir, *extra, config=TINY_PLACEMENT)
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +156,19 @@ def test_play_frames_show_the_agents_candidates_and_its_choice(subscribe):
         assert all(len(c["cells"]) == 4 and all(0 <= r < 20 and 0 <= col < 10 for r, col in c["cells"])
                    for c in candidates)
         assert len(orjson.dumps(frame)) < 2048
+
+
+def test_the_readmes_replay_commands_work_as_written(placement_run, tmp_path):
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("#### Replay"):]
+    block = section[section.index("```\n") + 4:section.index("\n```", section.index("```\n") + 4)]
+    run = shutil.copytree(placement_run, tmp_path / "runs" / "default")
+    endpoints = {"tcp://127.0.0.1:5555": f"tcp://127.0.0.1:{free_port()}"}
+    for line in block.splitlines():
+        args = line.split("#")[0].split()
+        assert args[0] == ".venv/bin/tetriszmq"
+        args = [endpoints.get(a, a) for a in args[1:]]
+        args = [str(run) if a == "runs/default" else str(tmp_path / a) if a.startswith("evals/") else a
+                for a in args]
+        result = tetriszmq(*args, "--ctl", f"tcp://127.0.0.1:{free_port()}") if "--pub" in args else tetriszmq(*args)
+        assert result.returncode == 0, f"{line}\n{result.stderr}"

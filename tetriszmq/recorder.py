@@ -30,7 +30,7 @@ from tetriszmq.tetris.placement_env import BOARD_STATS
 from tetriszmq.tetris.records import EpisodeRecord, RecordError
 
 KEEP = 20  # recent episodes kept per run
-FLUSH_EVERY = 1.0  # seconds between writes: early episodes end dozens of times a second, and each write fsyncs
+FLUSH_EVERY = 5.0  # seconds between writes: early episodes end dozens of times a second; a file costs ~3-6 ms
 
 
 class EpisodeRecorder(BaseCallback):

@@ -35,6 +35,8 @@ from typing import Any
 
 import orjson
 
+from tetriszmq.stream.checkpoints import _fsync_dir as fsync_dir  # noqa: F401  (renames made durable)
+
 MAGIC = b"TZEP"
 VERSION = 1
 MAX_ACTIONS = 1 << 20  # placements kept per record: ~1 MB, hours of play at training speed
@@ -144,15 +146,6 @@ def read(path: Path) -> EpisodeRecord:
         return decode(path.read_bytes(), str(path))
     except OSError as exc:
         raise RecordError(f"{path}: {exc.strerror or exc}") from None
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make renames inside ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- a folder of records: <run_dir>/episodes/, or an evaluation's --record DIR ---------------

@@ -11,7 +11,7 @@ Prints, on the config's env and agent (default: configs/default.toml):
 - training throughput, interleaved rounds, StreamCallback with one subscriber alone (a) and
   with the placement callbacks, candidates included (b): the ratio b / a.
 
-Usage: python bench/recording.py [--config configs/default.toml] [--steps N] [--rounds R]
+Usage: python bench/recording.py [--config configs/default.toml] [--steps N] [--rounds R] [--quick]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from stable_baselines3.common.callbacks import CallbackList
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.overhead import free_endpoint, stream  # noqa: E402
+from bench.overhead import stream  # noqa: E402
 from tetriszmq import agents  # noqa: E402
 from tetriszmq import config as cfg  # noqa: E402
 from tetriszmq.recorder import EpisodeRecorder, model_scorer, placement_callbacks  # noqa: E402
@@ -118,12 +118,14 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.toml")
     parser.add_argument("--steps", type=int, default=4_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a few hundred steps, one round (a smoke test)")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.rounds = 300, 1
     config = cfg.load(args.config, ["agent.params.buffer_size=100000"])
     model = agents.build_model(config.agent, make_vec_env(config.env, config.run.seed), config.run.seed)
-    free_endpoint()
     env_parts(config)
-    callback_parts(config, model, 100_000)
+    callback_parts(config, model, 1_000 if args.quick else 100_000)
     frame_parts(config, model)
     throughput(config, args.steps, args.rounds)
 

@@ -141,11 +141,11 @@ def subscribe() -> Iterator[Callable[..., Subscriber]]:
         sub.close()
 
 
-def train_to_end(run_dir: Path, *extra: str) -> Path:
-    """Train tests/tiny.toml into ``run_dir`` to its end (a few seconds); fail with the trainer's output."""
-    trainer = start_trainer(run_dir, *extra)
+def train_to_end(run_dir: Path, *extra: str, config: Path = TINY) -> Path:
+    """Train ``config`` (tests/tiny.toml) into ``run_dir`` to its end (seconds); fail with the trainer's output."""
+    trainer = start_trainer(run_dir, *extra, config=config)
     try:
-        code = trainer.wait(120)
+        code = trainer.wait(180)
     finally:
         reap([trainer.proc])
     assert code == 0, trainer.output()

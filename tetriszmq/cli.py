@@ -1,4 +1,4 @@
-"""The ``tetriszmq`` command: ``train`` and ``ctl``."""
+"""The ``tetriszmq`` command: ``train``, ``ctl``, ``eval``, ``play``, ``replay`` and ``keys``."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     _player_arguments(evaluate)
     evaluate.add_argument("--games", type=int, default=20)
     evaluate.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    evaluate.add_argument("--record", type=Path, metavar="DIR",
+                          help="keep each game's episode record in DIR, for `tetriszmq replay DIR --episode N`")
     evaluate.set_defaults(func=_eval)
 
     play = commands.add_parser("play", help="play one game, streamed on PUB like a training run")
@@ -53,6 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     play.add_argument("--pps", type=float, default=10.0, help="placements per second; 0: as fast as possible")
     play.add_argument("--insecure", action="store_true", help="allow a non-loopback endpoint without CURVE")
     play.set_defaults(func=_play)
+
+    replay = commands.add_parser("replay", help="play a recorded episode again: streamed like a run, or --check'ed")
+    replay.add_argument("path", type=Path, metavar="RUN_DIR",
+                        help="a run directory, an `eval --record` folder, or one .rec file")
+    replay.add_argument("--episode", default="best", help="best (most lines), last, or an episode number")
+    replay.add_argument("--pub", default="tcp://127.0.0.1:5555")
+    replay.add_argument("--ctl", default="tcp://127.0.0.1:5556")
+    replay.add_argument("--pps", type=float, default=20.0, help="placements per second; 0: as fast as possible")
+    replay.add_argument("--from-piece", type=int, default=0, metavar="K", help="start streaming at piece K")
+    replay.add_argument("--check", action="store_true",
+                        help="re-simulate at full speed; exit 1 if lines, score or pieces differ from the record")
+    replay.add_argument("--insecure", action="store_true", help="allow a non-loopback endpoint without CURVE")
+    replay.set_defaults(func=_replay)
 
     keys = commands.add_parser("keys", help="create CURVE key pairs: trainer, client, and allowed/")
     keys.add_argument("directory", type=Path)
@@ -139,8 +154,9 @@ def _eval(args: argparse.Namespace) -> int:
     from tetriszmq.evaluate import evaluate
 
     try:
-        result = evaluate(_player(args), games=args.games, max_pieces=args.max_pieces, seed=args.seed)
-    except (ConfigError, ValueError) as exc:
+        result = evaluate(_player(args), games=args.games, max_pieces=args.max_pieces, seed=args.seed,
+                          record=args.record)
+    except (ConfigError, ValueError, OSError) as exc:
         print(f"tetriszmq eval: {exc}", file=sys.stderr)
         return 2
     if args.json:
@@ -163,6 +179,7 @@ def _play(args: argparse.Namespace) -> int:
         check_exposure([args.pub, args.ctl], secured=False, insecure=args.insecure)
         policy = _player(args)
         env = PlacementTetris(features=policy.feature_names, max_pieces=args.max_pieces)
+        env.set_scorer(getattr(policy, "scores", None))  # frames show the candidates it weighs
         print(f"tetriszmq play: streaming on {args.pub}, control on {args.ctl}", file=sys.stderr)
         result = play(policy, env, pub=args.pub, ctl=args.ctl, seed=args.seed, pps=args.pps)
     except (ConfigError, SecurityError, OSError, ValueError) as exc:
@@ -170,6 +187,44 @@ def _play(args: argparse.Namespace) -> int:
         return 2
     print(orjson.dumps(result).decode())
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from tetriszmq.replay import check, replay
+    from tetriszmq.stream.security import check_exposure
+    from tetriszmq.tetris import records
+
+    try:
+        _refuse_raw_run(args.path)
+        path = records.locate(args.path, args.episode)
+        record = records.read(path)
+        if args.check:
+            result = check(record)
+            print(orjson.dumps({"file": str(path), **result}).decode())
+            return 0 if result["ok"] else 1
+        check_exposure([args.pub, args.ctl], secured=False, insecure=args.insecure)
+        print(f"tetriszmq replay: episode {record.episode} of {path}, streaming on {args.pub}, "
+              f"control on {args.ctl}", file=sys.stderr)
+        result = replay(record, pub=args.pub, ctl=args.ctl, pps=args.pps, from_piece=args.from_piece)
+    except (records.RecordError, SecurityError, OSError) as exc:
+        print(f"tetriszmq replay: {exc}", file=sys.stderr)
+        return 2
+    print(orjson.dumps(result).decode())
+    return 0
+
+
+def _refuse_raw_run(path: Path) -> None:
+    """A raw-board run keeps no records: its episodes are thousands of key presses (see docs/REPLAY.md)."""
+    from tetriszmq import config as cfg
+    from tetriszmq.tetris.records import RecordError
+
+    try:
+        kind = cfg.load(path / "config.toml").env.kind if (path / "config.toml").is_file() else "placement"
+    except cfg.ConfigError as exc:
+        raise RecordError(f"{path / 'config.toml'}: {exc}") from None
+    if kind != "placement":
+        raise RecordError(f"{path} is a {kind}-board run (env.kind = {kind!r}): only placement runs "
+                          "(env.kind = 'placement') record their episodes")
 
 
 def _keys(args: argparse.Namespace) -> int:

@@ -2,16 +2,22 @@
 
 Game ``i`` is seeded with ``seed + i``, so two evaluations with the same
 arguments play the same pieces, and two policies can be compared game by game.
+With ``record``, each game is also kept as an episode record (``episode-<i>.rec``,
+i from 1), which ``tetriszmq replay DIR --episode i`` plays again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from tetriszmq.recorder import model_scorer
+from tetriszmq.tetris import records
 from tetriszmq.tetris.features import DEFAULT_FEATURES
 from tetriszmq.tetris.placement_env import PlacementTetris
 
@@ -36,6 +42,7 @@ class ModelPolicy:
     def __init__(self, model: BaseAlgorithm, feature_names: Sequence[str] | None = None) -> None:
         self.model = model
         self.feature_names = tuple(feature_names or getattr(model.policy, "feature_names", DEFAULT_FEATURES))
+        self.scores = model_scorer(model)  # the values behind its choice, for board frames; None if it has none
 
     def __call__(self, obs: Observation) -> int:
         action, _ = self.model.predict(obs, deterministic=True)
@@ -43,12 +50,12 @@ class ModelPolicy:
 
 
 def play_game(policy: Callable[[Observation], int], env: PlacementTetris, seed: int) -> dict[str, Any]:
-    """One game to game over or the env's piece cap; returns its ``episode_stats`` and whether it was capped."""
+    """One game to game over or the env's piece cap: its ``episode_stats``, whether it was capped, its record."""
     obs, _ = env.reset(seed=seed)
     while True:
         obs, _, terminated, truncated, info = env.step(policy(obs))
         if terminated or truncated:
-            return {**info["episode_stats"], "capped": truncated}
+            return {**info["episode_stats"], "capped": truncated, "record": info["episode_record"]}
 
 
 def evaluate(
@@ -57,10 +64,12 @@ def evaluate(
     max_pieces: int = 10_000,
     seed: int = 1,
     features: Sequence[str] | None = None,
+    record: Path | None = None,
 ) -> dict[str, Any]:
     """Play ``games`` games capped at ``max_pieces`` pieces; seeds ``seed, seed + 1, ...`` (> 0).
 
     The environment reports ``features``, else the player's ``feature_names``, else the default set.
+    ``record``: a folder that keeps each game's episode record, game ``i`` (from 1) as ``episode-<i>.rec``.
 
     :return: per-game ``lines`` and ``pieces``, their mean / median / min / max,
         and ``capped``: how many games reached the piece cap.
@@ -70,7 +79,13 @@ def evaluate(
     policy = ModelPolicy(player) if isinstance(player, BaseAlgorithm) else player
     names = features or getattr(policy, "feature_names", DEFAULT_FEATURES)
     env = PlacementTetris(features=names, max_pieces=max_pieces)
-    results = [play_game(policy, env, seed + i) for i in range(games)]
+    if record is not None:
+        record.mkdir(parents=True, exist_ok=True)
+    results = []
+    for game in range(1, games + 1):
+        results.append(play_game(policy, env, seed + game - 1))
+        if record is not None:
+            records.write(records.episode_path(record, game), replace(results[-1]["record"], episode=game))
     lines = np.array([r["lines"] for r in results])
     return {
         "lines": lines.tolist(),

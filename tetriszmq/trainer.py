@@ -25,6 +25,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from tetriszmq import agents
 from tetriszmq import config as cfg
 from tetriszmq.progress import ProgressLine
+from tetriszmq.recorder import placement_callbacks
 from tetriszmq.stream.broker import Broker
 from tetriszmq.stream.callback import StreamCallback
 from tetriszmq.stream.checkpoints import Checkpoints, counters_of
@@ -114,7 +115,8 @@ def train(config: cfg.Config, options: RunOptions) -> int:
     previous = _stop_on_signals(state)
     try:
         model = _model(config, run_dir, options.resume, state)
-        return _learn(model, config, state, stream, progress)
+        game = placement_callbacks(run_dir, state.episodes) if config.env.kind == "placement" else []
+        return _learn(model, config, state, stream, progress, game)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -149,14 +151,14 @@ def _model(config: cfg.Config, run_dir: Path, resume: bool, state: TrainerState)
 
 
 def _learn(model: BaseAlgorithm, config: cfg.Config, state: TrainerState, stream: StreamCallback,
-           progress: ProgressLine | None) -> int:
+           progress: ProgressLine | None, game: list[BaseCallback]) -> int:
     remaining = config.train.max_timesteps - model.num_timesteps
     stops = StopConditions(state, config.train.max_minutes, config.train.target_lines)
     if progress is not None:
         progress.start()
     try:
         if remaining > 0:
-            model.learn(remaining, callback=CallbackList([stream, stops]), reset_num_timesteps=False)
+            model.learn(remaining, callback=CallbackList([stream, *game, stops]), reset_num_timesteps=False)
         else:
             state.reason = f"max_timesteps {config.train.max_timesteps} already reached"
     except Exception as exc:

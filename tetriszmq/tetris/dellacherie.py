@@ -34,5 +34,8 @@ class Dellacherie:
         self._weights = np.array(list(WEIGHTS.values()), dtype=np.float32)
 
     def __call__(self, obs: dict[str, np.ndarray]) -> int:
-        scores = obs["features"][:, self._columns] @ self._weights
-        return int(np.argmax(np.where(obs["mask"] > 0, scores, -np.inf)))
+        return int(np.argmax(np.where(obs["mask"] > 0, self.scores(obs), -np.inf)))
+
+    def scores(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The evaluation of each of the 40 placements (meaningless where illegal)."""
+        return obs["features"][:, self._columns] @ self._weights

@@ -7,12 +7,15 @@ stream callback, whatever its kind:
   pieces, hold, and the episode's step, lines and score (the `board` topic's
   fields, less ``episode``);
 - ``info["episode_stats"] = {"reward", "lines", "pieces"}`` on the last step
-  of every episode.
+  of every episode (placement envs add the mean ``holes``, ``max_height`` and
+  ``bumpiness`` of the boards left, and ``info["episode_record"]``, the
+  `tetriszmq.tetris.records.EpisodeRecord` that replays the episode).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import gymnasium as gym
@@ -87,6 +90,8 @@ class LinesReward(gym.Wrapper):
         obs, reward, terminated, truncated, info = self.env.step(action)
         if not terminated:
             reward = 1.0 + BOARD_COLS * info["lines_cleared"]
+        if "episode_record" in info:
+            info["episode_record"] = replace(info["episode_record"], reward="lines")
         return obs, reward, terminated, truncated, info
 
 

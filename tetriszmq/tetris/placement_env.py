@@ -11,11 +11,16 @@ candidates are computed as one stack (see `tetriszmq.tetris.features`).
 Observation: ``{"features": (40, F) float32, "mask": (40,) int8}`` where row
 ``a`` holds the features of the board placement ``a`` would leave (zeros when
 ``a`` is illegal).
+
+Every episode is reproducible: it has a seed even when reset without one (SB3's
+vectorised envs seed only the first reset and then reset with ``seed=None``),
+drawn from the env's own generator, and its placements are recorded, so the
+last step hands over an `EpisodeRecord` in ``info["episode_record"]``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +43,7 @@ from tetriszmq.tetris.features import (
     column_masks,
     upper_bounds,
 )
+from tetriszmq.tetris.records import MAX_ACTIONS, EpisodeRecord
 
 __all__ = ["DEFAULT_FEATURES", "FEATURES", "N_ACTIONS", "PlacementTetris"]
 
@@ -45,6 +51,9 @@ N_ACTIONS = COLS * 4
 PAD = 4  # tetris-gymnasium's wall columns left of the playfield, which its x coordinates include
 KIND_OFFSET = 2  # tetris-gymnasium numbers pieces after 0 (empty) and 1 (wall): I=2 ... L=8
 REWARDS = RewardsMapping()
+SEED_LIMIT = 2**31  # drawn episode seeds are 1 .. 2^31 - 1: tetris-gymnasium ignores seed 0
+BOARD_STATS = ("holes", "max_height", "bumpiness")  # per episode, means over the boards the agent left
+Scorer = Callable[[dict[str, np.ndarray]], np.ndarray]  # observation -> (40,) the agent's value of each placement
 
 
 @dataclass(frozen=True)
@@ -110,9 +119,13 @@ class PlacementTetris(gym.Env):
     :param features: feature names (see `tetriszmq.tetris.features.FEATURES`); None: the default set.
     :param max_pieces: truncate an episode after this many pieces; 0 or None: never.
     :param render_mode: None or "ansi".
+
+    ``scorer``: when set (`set_scorer`), board frames carry the current piece's best
+    candidates as the agent values them (see `candidates`).
     """
 
     metadata = {"render_modes": ["ansi"]}
+    record_limit = MAX_ACTIONS  # placements an episode record keeps; the rest of a longer episode is cut
 
     def __init__(
         self,
@@ -137,19 +150,33 @@ class PlacementTetris(gym.Env):
         self._blocked = np.zeros(0, dtype=bool)
         self._pieces = self._lines = 0
         self._score = 0.0
+        self.episode_seed = 0
+        self._actions = bytearray()
+        self._cut: tuple[int, float, int] | None = None
+        self._board_sums = [0, 0, 0, 0]  # boards left (pieces locked), their holes, max heights, bumpiness
+        self._after: Afterstates | None = None
+        self._obs: dict[str, np.ndarray] = {}
+        self.scorer: Scorer | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
-        self._queue.reset(seed=seed)  # tetris-gymnasium's own 7-bag: same seed, same pieces
+        # no seed (an auto-reset): draw one, so that this episode too is replayable from its seed alone
+        self.episode_seed = seed or int(self.np_random.integers(1, SEED_LIMIT))
+        self._queue.reset(seed=self.episode_seed)  # tetris-gymnasium's own 7-bag: same seed, same pieces
         self.board[:] = 0
         self._piece = PIECES[self._queue.get_next_tetromino()]
         self._pieces = self._lines = 0
         self._score = 0.0
+        self._actions = bytearray()
+        self._cut = None
+        self._board_sums = [0, 0, 0, 0]
         obs = self._observe()
         return obs, {"lines_cleared": 0, "action_mask": obs["mask"]}
 
     def step(self, action: int) -> tuple[dict, float, bool, bool, dict]:
         slot = int(self._piece.slot[int(action)])
+        if len(self._actions) < self.record_limit:
+            self._actions.append(int(action))
         lines = 0
         if slot < 0:  # like the grouped wrapper's default: an illegal placement ends the game
             reward, terminated = float(REWARDS.invalid_action), True
@@ -157,6 +184,7 @@ class PlacementTetris(gym.Env):
             reward, terminated = float(REWARDS.game_over), True
         else:
             lines = self._lock(slot)
+            self._add_board_stats(slot)
             self._piece = PIECES[self._queue.get_next_tetromino()]
             terminated = self._spawn_collides()
             reward = float(REWARDS.game_over if terminated else REWARDS.alife + lines**2 * COLS)
@@ -164,15 +192,22 @@ class PlacementTetris(gym.Env):
         self._lines += lines
         self._score += reward
         truncated = not terminated and 0 < self.max_pieces <= self._pieces
+        if self._cut is None and self._pieces == self.record_limit and not (terminated or truncated):
+            self._cut = (self._lines, self._score, self._pieces)
         obs = self._observe()
         info: dict[str, Any] = {"lines_cleared": lines, "action_mask": obs["mask"]}
         if terminated or truncated:
-            info["episode_stats"] = {"reward": self._score, "lines": self._lines, "pieces": self._pieces}
+            info["episode_stats"] = self._episode_stats()
+            info["episode_record"] = self._record("game over" if terminated else "piece cap")
         return obs, reward, terminated, truncated, info
 
-    def board_frame(self) -> dict[str, Any]:
-        """The viewer's picture: playfield with the falling piece at its spawn, next pieces, counters."""
-        return {
+    def board_frame(self, chosen: int | None = None, k: int = 5) -> dict[str, Any]:
+        """The viewer's picture: playfield with the falling piece at its spawn, next pieces, counters.
+
+        With a `scorer`, also ``candidates`` (see `candidates`); ``chosen``, the placement the
+        agent is about to make when the caller knows it, is then included and named.
+        """
+        frame = {
             "board": self._board_with_piece().tolist(),
             "next": [int(i) + KIND_OFFSET for i in self._queue.get_queue()],
             "hold": None,
@@ -180,6 +215,59 @@ class PlacementTetris(gym.Env):
             "lines": self._lines,
             "score": self._score,
         }
+        if self.scorer is not None:
+            frame["candidates"] = self.candidates(k, chosen)
+            if chosen is not None:
+                frame["chosen"] = int(chosen)
+        return frame
+
+    def set_scorer(self, scorer: Scorer | None) -> None:
+        """Show the agent's values in board frames (a VecEnv reaches it with ``env_method``)."""
+        self.scorer = scorer
+
+    def candidates(self, k: int = 5, chosen: int | None = None) -> list[dict[str, Any]]:
+        """The current piece's ``k`` best placements by the scorer's values, best first, plus ``chosen``.
+
+        Each: ``action`` (``col * 4 + rotation``), ``cells`` (the four ``[row, col]`` the piece
+        would occupy where it lands, row 0 at the top, cells above the board left out) and ``score``.
+        Placements that end the game at once are left out unless chosen.
+        """
+        assert self.scorer is not None
+        piece = self._piece
+        scores = np.asarray(self.scorer(self._obs), dtype=np.float64)
+        playable = piece.actions[~self._blocked]
+        best = playable[np.argsort(-scores[playable], kind="stable")[:k]].tolist()
+        if chosen is not None and piece.slot[chosen] >= 0 and chosen not in best:
+            best.append(int(chosen))
+        return [{"action": a, "cells": self._cells(a), "score": round(float(scores[a]), 3)} for a in best]
+
+    def _cells(self, action: int) -> list[list[int]]:
+        slot = self._piece.slot[action]
+        rows = self._landing_row[slot] + self._piece.rows[slot]
+        return [[int(r), int(c)] for r, c in zip(rows, self._piece.cols[slot], strict=True) if r >= 0]
+
+    def _add_board_stats(self, slot: int) -> None:
+        """Add the holes, max height and bumpiness of the board just left (already computed as its afterstate)."""
+        after, sums = self._after, self._board_sums
+        heights = after.heights[slot]
+        sums[0] += 1
+        sums[1] += int(np.bitwise_count(after.holes[slot]).sum())
+        sums[2] += int(heights.max())
+        sums[3] += int(np.abs(np.diff(heights)).sum())
+
+    def _episode_stats(self) -> dict[str, float]:
+        """The game's own counters, and the mean holes, max height and bumpiness of the boards left."""
+        return {"reward": self._score, "lines": self._lines, "pieces": self._pieces, **self._board_means()}
+
+    def _board_means(self) -> dict[str, float]:
+        locked, *totals = self._board_sums
+        return {name: round(total / max(locked, 1), 3) for name, total in zip(BOARD_STATS, totals, strict=True)}
+
+    def _record(self, end: str) -> EpisodeRecord:
+        lines, score, pieces = self._cut or (self._lines, self._score, self._pieces)
+        return EpisodeRecord(seed=self.episode_seed, actions=bytes(self._actions), lines=lines, score=score,
+                             pieces=pieces, end="cut" if self._cut else end, features=self.feature_names,
+                             max_pieces=self.max_pieces, stats=self._board_means())
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":
@@ -213,7 +301,9 @@ class PlacementTetris(gym.Env):
         afterstates = place_all(piece, cols, self._landing_row)
         features = np.zeros((N_ACTIONS, len(self.feature_names)), dtype=np.float32)
         features[piece.actions] = afterstates.compute(self.feature_names)
-        return {"features": features, "mask": piece.mask.copy()}
+        self._after = afterstates
+        self._obs = {"features": features, "mask": piece.mask.copy()}
+        return self._obs
 
 
 def landing_rows(piece: PieceTable, filled: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

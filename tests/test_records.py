@@ -1,0 +1,96 @@
+"""Episode records: every placement episode replays from its seed and actions; damaged files are clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tetriszmq.config import EnvSection
+from tetriszmq.replay import check, simulate
+from tetriszmq.tetris import records
+from tetriszmq.tetris.dellacherie import Dellacherie
+from tetriszmq.tetris.envs import make_vec_env
+from tetriszmq.tetris.placement_env import PlacementTetris
+from tetriszmq.tetris.records import EpisodeRecord, RecordError
+
+
+def random_legal(obs: dict, rng: np.random.Generator) -> int:
+    return int(rng.choice(np.flatnonzero(obs["mask"])))
+
+
+def test_episodes_reset_without_a_seed_replay_from_their_own_seed():
+    env, rng = PlacementTetris(), np.random.default_rng(0)
+    obs, _ = env.reset(seed=7)
+    seen = []
+    while len(seen) < 5:
+        obs, _, terminated, truncated, info = env.step(random_legal(obs, rng))
+        if terminated or truncated:
+            seen.append(info["episode_record"])
+            obs, _ = env.reset()  # as SB3 does after the first reset: no seed
+    assert seen[0].seed == 7 and len({r.seed for r in seen}) == 5
+    assert all(check(record)["ok"] for record in seen)
+
+
+def test_sb3_vec_env_auto_resets_hand_over_replayable_records():
+    """SB3 seeds only the first reset of a VecEnv; every later episode must still come with a working record."""
+    vec = make_vec_env(EnvSection(kind="placement", n_envs=2, max_pieces=40, reward="lines"), seed=11)
+    rng = np.random.default_rng(1)
+    obs = vec.reset()
+    found: list[EpisodeRecord] = []
+    while len(found) < 6:
+        actions = [random_legal({"mask": mask}, rng) for mask in obs["mask"]]
+        obs, _, dones, infos = vec.step(np.array(actions))
+        found += [info["episode_record"] for info, done in zip(infos, dones, strict=True) if done]
+    vec.close()
+    assert {r.seed for r in found[:2]} == {11, 12} and all(r.reward == "lines" for r in found)
+    assert all(check(record)["ok"] for record in found), [check(r) for r in found if not check(r)["ok"]]
+
+
+def dellacherie_game(env: PlacementTetris, seed: int) -> dict:
+    """Play one game to its end; the last step's info."""
+    obs, _ = env.reset(seed=seed)
+    player = Dellacherie(env.feature_names)
+    while True:
+        obs, _, terminated, truncated, info = env.step(player(obs))
+        if terminated or truncated:
+            return info
+
+
+def test_a_record_round_trips_and_a_different_action_fails_the_check():
+    env = PlacementTetris(max_pieces=120)
+    info = dellacherie_game(env, seed=3)
+    record = info["episode_record"]
+    assert (record.end, record.pieces, len(record.actions)) == ("piece cap", 120, 120) and record.lines > 0
+    assert records.decode(records.encode(record)) == record
+    assert set(record.stats) == {"holes", "max_height", "bumpiness"} and record.stats == {
+        k: info["episode_stats"][k] for k in record.stats}
+    changed = bytearray(record.actions)
+    changed[5] = next(a for a in range(40) if a != changed[5] and env.action_space.contains(a))
+    assert not check(EpisodeRecord(**{**record.__dict__, "actions": bytes(changed)}))["ok"]
+
+
+def test_an_episode_longer_than_a_record_keeps_its_beginning_marked_cut():
+    env = PlacementTetris(max_pieces=40)
+    env.record_limit = 15
+    info = dellacherie_game(env, seed=2)
+    record = info["episode_record"]
+    assert (record.end, record.pieces, len(record.actions)) == ("cut", 15, 15)
+    assert info["episode_stats"]["pieces"] == 40
+    assert simulate(record)["pieces"] == 15 and check(record)["ok"]
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda data: data[:40], "checksum"),
+    (lambda data: data[:6], "truncated"),
+    (lambda data: b"", "truncated"),
+    (lambda data: data[:20] + bytes([data[20] ^ 1]) + data[21:], "checksum"),
+    (lambda data: b"PK\x03\x04" + data[4:], "not an episode record"),
+    (lambda data: data[:4] + b"\x09" + data[5:], "format 9"),
+])
+def test_a_damaged_record_is_a_record_error_naming_the_problem(tmp_path, damage, message):
+    path = tmp_path / "best.rec"
+    records.write(path, EpisodeRecord(seed=1, actions=bytes([20, 21]), lines=0, score=2.0, pieces=2,
+                                      end="game over", features=("holes",), max_pieces=0))
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(RecordError, match=message):
+        records.read(path)

@@ -1,0 +1,174 @@
+"""`tetriszmq replay` and `eval --record` as a user runs them, on records of real runs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import ROOT, free_port, reap, train_to_end
+
+from tetriszmq.stream.protocol import Topic
+from tetriszmq.tetris import records
+
+TINY_PLACEMENT = ROOT / "tests" / "tiny_placement.toml"
+
+
+def tetriszmq(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tetriszmq", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def train(run_dir: Path, *extra: str) -> Path:
+    return train_to_end(run_dir, *extra, config=TINY_PLACEMENT)
+
+
+@pytest.fixture(scope="module")
+def placement_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished real training of tests/tiny_placement.toml (600 placements); copy it before changing it."""
+    return train(tmp_path_factory.mktemp("placement") / "run")
+
+
+def episodes_streamed(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_bytes().splitlines()
+    return [message for message in map(orjson.loads, lines) if message.get("topic") == "episode"]
+
+
+def test_the_best_episode_of_a_training_replays_to_the_same_lines_score_and_pieces(placement_run):
+    result = tetriszmq("replay", placement_run, "--check")
+    assert result.returncode == 0, result.stderr
+    report = orjson.loads(result.stdout)
+    assert report["ok"] and report["record"] == report["replayed"]
+    streamed = episodes_streamed(placement_run)
+    best = records.read(placement_run / "episodes" / "best.rec")
+    assert best.lines == max(e["lines"] for e in streamed), "best = most lines of every episode of the run"
+    assert {"lines": best.lines, "length": best.pieces} == {
+        k: streamed[best.episode - 1][k] for k in ("lines", "length")}, "numbered as the stream numbers episodes"
+
+
+def test_a_run_keeps_its_last_20_episodes_and_each_replays(placement_run):
+    kept = records.numbered(placement_run / "episodes")
+    total = len(episodes_streamed(placement_run))
+    assert kept == list(range(total - 19, total + 1))
+    for which in ("last", str(kept[0])):
+        result = tetriszmq("replay", placement_run, "--episode", which, "--check")
+        assert result.returncode == 0 and orjson.loads(result.stdout)["ok"], result.stdout + result.stderr
+
+
+def test_the_stream_carries_the_episodes_board_stats(placement_run):
+    """Mean holes, max height and bumpiness per episode reach the SB3 logger scalars of the metrics messages."""
+    metrics = [m for m in map(orjson.loads, (placement_run / "metrics.jsonl").read_bytes().splitlines())
+               if m.get("topic") == "metrics"]
+    assert any({"tetris/holes", "tetris/max_height", "tetris/bumpiness"} <= set(m["scalars"]) for m in metrics)
+
+
+def test_a_replay_streams_like_a_run_to_a_subscriber(placement_run, subscribe):
+    best = records.read(placement_run / "episodes" / "best.rec")
+    pub, ctl = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    sub = subscribe(pub)
+    replay = subprocess.Popen([sys.executable, "-m", "tetriszmq", "replay", str(placement_run), "--pps", "20",
+                               "--from-piece", "3", "--pub", pub, "--ctl", ctl], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        seen = sub.until(lambda t, p: t is Topic.STATUS and p["state"] == "stopped", timeout=60)
+        out, err = replay.communicate(timeout=30)
+    finally:
+        reap([replay])
+    assert replay.returncode == 0, err
+    boards = [p for t, p in seen if t is Topic.BOARD]
+    episode = next(p for t, p in seen if t is Topic.EPISODE)
+    assert boards and all(b["step"] >= 3 for b in boards), "streaming starts at --from-piece"
+    assert [b["step"] for b in boards] == sorted(b["step"] for b in boards)
+    assert (boards[-1]["lines"], boards[-1]["step"], boards[-1]["score"]) == (best.lines, best.pieces, best.score)
+    assert (episode["episode"], episode["lines"], episode["length"]) == (best.episode, best.lines, best.pieces)
+    assert {"holes", "max_height", "bumpiness"} <= set(episode)
+    assert orjson.loads(out) == {"lines": best.lines, "pieces": best.pieces, "score": best.score, "end": best.end}
+
+
+def test_a_corrupt_or_truncated_record_is_a_clear_error(placement_run, tmp_path):
+    run = Path(shutil.copytree(placement_run, tmp_path / "run"))
+    best = run / "episodes" / "best.rec"
+    best.write_bytes(best.read_bytes()[:-9])
+    last = records.episode_path(run / "episodes", records.numbered(run / "episodes")[-1])
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    last.write_bytes(bytes(data))
+    for args, message in (([], "corrupt or truncated"), (["--episode", "last"], "corrupt or truncated"),
+                          (["--episode", "999999"], "no episode '999999'"),
+                          (["--from-piece", "100000", "--episode", records.numbered(run / "episodes")[0]],
+                           "--from-piece 100000")):
+        result = tetriszmq("replay", run, *args, "--pub", f"tcp://127.0.0.1:{free_port()}",
+                           "--ctl", f"tcp://127.0.0.1:{free_port()}")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_resumed_run_replaces_a_damaged_best_record_instead_of_crashing(placement_run, tmp_path):
+    run = Path(shutil.copytree(placement_run, tmp_path / "run"))
+    (run / "episodes" / "best.rec").write_bytes(b"TZEP\x01garbage")
+    train(run, "--resume", "--set", "train.max_timesteps=800")
+    assert records.read(run / "episodes" / "best.rec").episode > len(episodes_streamed(placement_run))
+    assert orjson.loads(tetriszmq("replay", run, "--check").stdout)["ok"]
+
+
+def test_a_raw_board_run_is_refused_with_a_clear_message(finished_run):
+    result = tetriszmq("replay", finished_run)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "only placement runs (env.kind = 'placement') record their episodes" in result.stderr
+    assert not (finished_run / "episodes").exists()
+
+
+def test_eval_records_every_game_and_each_replays_to_its_reported_lines(tmp_path):
+    folder = tmp_path / "eval"
+    result = tetriszmq("eval", "--agent", "dellacherie", "--games", "3", "--max-pieces", "80", "--seed", "4",
+                       "--json", "--record", folder)
+    assert result.returncode == 0, result.stderr
+    reported = orjson.loads(result.stdout)
+    assert records.numbered(folder) == [1, 2, 3]
+    for game in (1, 2, 3):
+        check = tetriszmq("replay", folder, "--episode", game, "--check")
+        assert check.returncode == 0, check.stdout + check.stderr
+        replayed = orjson.loads(check.stdout)["replayed"]
+        assert (replayed["lines"], replayed["pieces"]) == (reported["lines"][game - 1], reported["pieces"][game - 1])
+    assert records.read(records.locate(folder)).lines == reported["max"], "best of a folder without best.rec"
+
+
+def test_play_frames_show_the_agents_candidates_and_its_choice(subscribe):
+    pub, ctl = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    sub = subscribe(pub)
+    game = subprocess.Popen([sys.executable, "-m", "tetriszmq", "play", "--agent", "dellacherie", "--pps", "50",
+                             "--max-pieces", "40", "--pub", pub, "--ctl", ctl], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        seen = sub.until(lambda t, p: t is Topic.STATUS and p["state"] == "stopped", timeout=60)
+        game.communicate(timeout=30)
+    finally:
+        reap([game])
+    frames = [p for t, p in seen if t is Topic.BOARD and "chosen" in p]
+    assert frames
+    for frame in frames:
+        candidates = frame["candidates"]
+        assert 1 <= len(candidates) <= 5 and candidates[0]["action"] == frame["chosen"], "greedy: picks the best"
+        assert [c["score"] for c in candidates] == sorted((c["score"] for c in candidates), reverse=True)
+        assert all(len(c["cells"]) == 4 and all(0 <= r < 20 and 0 <= col < 10 for r, col in c["cells"])
+                   for c in candidates)
+        assert len(orjson.dumps(frame)) < 2048
+
+
+def test_the_readmes_replay_commands_work_as_written(placement_run, tmp_path):
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("#### Replay"):]
+    block = section[section.index("```\n") + 4:section.index("\n```", section.index("```\n") + 4)]
+    run = shutil.copytree(placement_run, tmp_path / "runs" / "default")
+    endpoints = {"tcp://127.0.0.1:5555": f"tcp://127.0.0.1:{free_port()}"}
+    for line in block.splitlines():
+        args = line.split("#")[0].split()
+        assert args[0] == ".venv/bin/tetriszmq"
+        args = [endpoints.get(a, a) for a in args[1:]]
+        args = [str(run) if a == "runs/default" else str(tmp_path / a) if a.startswith("evals/") else a
+                for a in args]
+        result = tetriszmq(*args, "--ctl", f"tcp://127.0.0.1:{free_port()}") if "--pub" in args else tetriszmq(*args)
+        assert result.returncode == 0, f"{line}\n{result.stderr}"

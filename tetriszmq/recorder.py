@@ -1,0 +1,166 @@
+"""The Tetris side of a training run, as SB3 callbacks next to `StreamCallback`.
+
+`StreamCallback` streams any SB3 run and knows nothing of Tetris; what only a
+placement run has is added here, one job per callback:
+
+- `EpisodeRecorder` keeps the run's best episode (most lines) and its last N
+  as replayable records in ``<run_dir>/episodes/``;
+- `BoardStats` logs each episode's mean holes, max height and bumpiness as SB3
+  logger scalars (so they reach the stream's metrics like any other scalar);
+- `ShowCandidates` lets env 0's board frames carry the agent's values of the
+  current piece's placements ("what the agent is thinking").
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from tetriszmq.tetris import records
+from tetriszmq.tetris.placement_env import BOARD_STATS
+from tetriszmq.tetris.records import EpisodeRecord, RecordError
+
+KEEP = 20  # recent episodes kept per run
+FLUSH_EVERY = 5.0  # seconds between writes: early episodes end dozens of times a second; a file costs ~3-6 ms
+
+
+class EpisodeRecorder(BaseCallback):
+    """Keep the best episode and the last ``keep`` episodes of a run as record files.
+
+    Reads ``info["episode_record"]`` that the env hands over when an episode ends,
+    numbers episodes as `StreamCallback` does (in env order, after ``first_episode``),
+    and writes at most once per ``flush_every`` seconds: only the records still among
+    the last ``keep`` by then, and ``best.rec`` when it changed. A damaged
+    ``best.rec`` left by an earlier process is replaced, never fatal.
+
+    :param directory: ``<run_dir>/episodes``.
+    :param first_episode: episodes the run had before this ``learn()`` (a resumed run's count).
+    """
+
+    def __init__(self, directory: Path, keep: int = KEEP, first_episode: int = 0,
+                 flush_every: float = FLUSH_EVERY) -> None:
+        super().__init__()
+        if keep < 1:
+            raise ValueError("keep at least the last episode")
+        self.directory = directory
+        self.keep = keep
+        self.episodes = first_episode
+        self.flush_every = flush_every
+        self.best: EpisodeRecord | None = None
+        self._recent: deque[EpisodeRecord] = deque(maxlen=keep)
+        self._files: set[int] = set()  # episode numbers with a file
+        self._best_changed = self._unwritten = False
+        self._next_flush = 0.0
+
+    def _on_training_start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.best = records.read(self.directory / records.BEST)
+        except RecordError:
+            self.best = None  # none yet, or damaged: the next episode becomes the best
+        for number in records.numbered(self.directory):
+            if number > self.episodes:  # after a resumed checkpoint: this run numbers those episodes anew
+                records.episode_path(self.directory, number).unlink()
+            else:
+                self._files.add(number)
+        self._next_flush = time.monotonic() + self.flush_every
+
+    def _on_step(self) -> bool:
+        dones = self.locals.get("dones")
+        if dones is not None and np.count_nonzero(dones):
+            self._episodes_ended(dones, self.locals["infos"])
+        if self._unwritten and time.monotonic() >= self._next_flush:
+            self.flush()
+        return True
+
+    def _on_training_end(self) -> None:
+        self.flush()
+
+    def _episodes_ended(self, dones: np.ndarray, infos: list[dict[str, Any]]) -> None:
+        for i in np.flatnonzero(dones):
+            self.episodes += 1
+            record = infos[i].get("episode_record")
+            if record is None:
+                continue
+            record = replace(record, episode=self.episodes)
+            self._recent.append(record)
+            self._unwritten = True
+            if self.best is None or record.lines > self.best.lines:
+                self.best, self._best_changed = record, True
+
+    def flush(self) -> None:
+        """Write what changed since the last flush and drop records older than the last ``keep``."""
+        self._next_flush = time.monotonic() + self.flush_every
+        self._unwritten = False
+        for record in self._recent:
+            if record.episode not in self._files:
+                records.write(records.episode_path(self.directory, record.episode), record)
+                self._files.add(record.episode)
+        if self._best_changed and self.best is not None:
+            records.write(self.directory / records.BEST, self.best)
+            self._best_changed = False
+        for number in sorted(self._files)[:-self.keep]:
+            records.episode_path(self.directory, number).unlink(missing_ok=True)
+            self._files.discard(number)
+        records.fsync_dir(self.directory)
+
+
+class BoardStats(BaseCallback):
+    """Log the boards each episode left, as ``tetris/<stat>`` means over the episodes of a log interval."""
+
+    def _on_step(self) -> bool:
+        dones = self.locals.get("dones")
+        if dones is not None and np.count_nonzero(dones):
+            for i in np.flatnonzero(dones):
+                stats = self.locals["infos"][i].get("episode_stats", {})
+                for name in BOARD_STATS:
+                    if name in stats:
+                        self.logger.record_mean(f"tetris/{name}", stats[name])
+        return True
+
+
+class ShowCandidates(BaseCallback):
+    """During ``learn()``, env 0's board frames carry the model's values of the current piece's placements.
+
+    Only for an in-process env (`DummyVecEnv`): a subprocess env would get a copy of
+    the network that never learns. Needs a policy with ``q_values`` (afterstate-dqn).
+    """
+
+    def _on_training_start(self) -> None:
+        scorer = model_scorer(self.model)
+        if scorer is not None and isinstance(self.training_env, DummyVecEnv):
+            self.training_env.env_method("set_scorer", scorer, indices=0)
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        if isinstance(self.training_env, DummyVecEnv):
+            self.training_env.env_method("set_scorer", None, indices=0)
+
+
+def model_scorer(model: BaseAlgorithm):
+    """``obs -> (40,) values`` from a model whose policy values placements (``q_values``), else None."""
+    policy = model.policy
+    if not hasattr(policy, "q_values"):
+        return None
+
+    def scores(obs: dict[str, np.ndarray]) -> np.ndarray:
+        with th.no_grad():
+            tensors, _ = policy.obs_to_tensor(obs)
+            return policy.q_values(tensors)[0].cpu().numpy()
+    return scores
+
+
+def placement_callbacks(run_dir: Path, first_episode: int) -> list[BaseCallback]:
+    """What a placement run adds to the trainer's callbacks."""
+    return [EpisodeRecorder(run_dir / "episodes", first_episode=first_episode), BoardStats(), ShowCandidates()]

@@ -69,7 +69,7 @@ def create_app(settings: Settings) -> web.Application:
         web.get("/api/status", status),
         web.get("/healthz", healthz),
         web.post("/api/control", control),
-        web.static("/static", STATIC),
+        web.get("/static/{name}", static),
     ])
     return app
 
@@ -112,6 +112,15 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def static(request: web.Request) -> web.FileResponse:
+    """One file of the page; anything else is a JSON 404 (aiohttp's static route would answer an empty one)."""
+    name = request.match_info["name"]
+    path = (STATIC / name).resolve()
+    if path.parent != STATIC or not path.is_file():
+        raise web.HTTPNotFound(text=f"no file /static/{name[:80]}")
+    return web.FileResponse(path)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -32,7 +32,8 @@ def test_the_documented_control_examples_hold(request_bytes, reply):
 
 
 @pytest.mark.parametrize("request_bytes", [
-    b'{"cmd": "status", "cmd": "pause"}', b'{"cmd": "pause", "v": 1, "v": 1}', b'{"cmd": "stop", "x": {"a": 1, "a": 2}}',
+    b'{"cmd": "status", "cmd": "pause"}', b'{"cmd": "pause", "v": 1, "v": 1}',
+    b'{"cmd": "stop", "x": {"a": 1, "a": 2}}',
 ])
 def test_a_field_given_twice_is_refused_wherever_it_is(request_bytes):
     with pytest.raises(protocol.ProtocolError, match="repeated fields"):

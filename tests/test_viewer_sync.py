@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from conftest import free_port
+from viewer_support import Recorder
 
 from tetriszmq.stream import protocol
 from tetriszmq.stream.broker import Broker
@@ -22,19 +23,6 @@ from tetriszmq.stream.state import TrainerState
 from viewer.hub import Hub, HubSettings
 
 EPISODE = {"episode": 1, "reward": 1.0, "lines": 0, "length": 3, "timesteps": 3}
-
-
-class Recorder:
-    """A fan-out stand-in that keeps what the hub publishes, and each resync as a ``snapshot`` marker."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.messages.append(orjson.loads(payload))
-
-    def resync_all(self) -> None:
-        self.messages.append({"topic": "snapshot"})
 
 
 def endpoint() -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from tetriszmq.stream.protocol import Command, ProtocolError, command_of, decode_request
 from viewer.fanout import Client, Fanout, Limits
@@ -103,6 +104,8 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
         return _error(exc.status, exc.text or exc.reason, headers)
+    except (ConnectionError, HttpProcessingError):
+        raise  # the client's fault, not ours: aiohttp drops the connection, and the log stays quiet
     except Exception:  # a bug in a handler: still JSON, and still logged
         log.exception("%s %s failed", request.method, request.path)
         return _error(500, "internal error in the viewer (see its log)")

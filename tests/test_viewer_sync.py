@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import orjson
-from conftest import free_port
-from viewer_support import Recorder
+from conftest import free_port, reap, wait_for
+from viewer_support import Recorder, start_viewer
 
 from tetriszmq.stream import protocol
 from tetriszmq.stream.broker import Broker
@@ -99,3 +101,38 @@ def test_unknown_topics_are_relayed_in_order_and_counted_not_warned_about(caplog
         assert caplog.records == []
 
     asyncio.run(body())
+
+
+def test_a_crowd_reconnecting_at_once_gets_its_snapshots_within_the_byte_budget(tmp_path):
+    """Snapshots sent by time t stay under --snapshot-rate x (1 s + t) plus one snapshot (see SnapshotBudget).
+
+    A slow machine only sends less: the bound cannot fail for lack of speed.
+    """
+    rate, crowd = 0.5e6, 10
+    pub, ctl = endpoint(), endpoint()
+    broker = Broker(TrainerState(run="crowd-test"), pub, ctl, heartbeat_every=0.2)
+    broker.start()
+    viewer = None
+    try:
+        for episode in range(1, 1001):
+            broker.outbox.stage(protocol.Topic.EPISODE, {**EPISODE, "episode": episode})
+            broker.outbox.stage(protocol.Topic.METRICS, {"timesteps": episode, "episodes": episode, "sps": 1.0,
+                                                         "dropped": 0, "scalars": {"train/loss": 0.5}})
+        broker.outbox.flush()
+        viewer = start_viewer(tmp_path, pub, ctl, "--snapshot-rate", str(rate / 1e6))
+        wait_for(lambda: viewer.status()["trainer"]["episodes"] == 1000)
+
+        async def storm() -> tuple[list[int], float]:
+            async with aiohttp.ClientSession() as session:
+                start = time.monotonic()
+                sockets = await asyncio.gather(*(session.ws_connect(viewer.url + "/ws", max_msg_size=0)
+                                                 for _ in range(crowd)))
+                sizes = [len((await ws.receive()).data) for ws in sockets]
+                return sizes, time.monotonic() - start
+
+        sizes, elapsed = asyncio.run(storm())
+        assert sum(sizes) <= rate * (1 + elapsed) + 2 * max(sizes), (sum(sizes), elapsed)
+    finally:
+        broker.close()
+        if viewer is not None:
+            reap([viewer.proc])

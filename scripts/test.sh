@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 .venv/bin/python -m ruff check .
+# The contract client (tests/test_contract.py) is Node.js: its locked packages, when node is here.
+if command -v npm >/dev/null 2>&1; then npm ci --prefix clients/node --no-audit --no-fund --loglevel=error; fi
 exec .venv/bin/python -m pytest "$@"

@@ -16,6 +16,7 @@ SCRIPTS = {
     "transport": (["bench/transport.py", "--quick"], r"rate\s+messages\s+p50 ms\s+p99 ms\s+max ms"),
     "latency": (["bench/latency.py", "--quick"], r"server\s+clients\s+samples\s+p50 ms\s+p99 ms\s+max ms"),
     "fanout": (["bench/fanout.py", "--quick"], r"server\s+clients\s+min %\s+p5 %\s+med %"),
+    "resync": (["bench/resync.py", "--quick"], r"clients\s+snapshot MB\s+first wave s\s+snapshots/s"),
     "placement_speed": (["bench/placement_speed.py", "--quick"], r"placements/s"),
     "learning": (["bench/learning.py", "--quick"], r"agent\s+mean\s+median\s+min\s+max\s+capped"),
     "catalogue": (["bench/catalogue.py", "--quick"], r"figure\s+value"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -73,5 +73,23 @@ def test_the_page_draws_the_board_and_charts_and_stops_the_trainer(trainers, vie
             assert trainer.wait(60) == 0
             page.wait_for_function("() => document.getElementById('trainer-state').textContent === 'stopped'")
             assert errors == []
+        finally:
+            browser.close()
+
+
+def test_a_page_opened_after_the_run_ended_shows_it_stopped(trainers, viewers):
+    """The snapshot's parts are applied in seq order: its last heartbeat (running) precedes the stopped status."""
+    trainer = trainers()
+    viewer = viewers(trainer.pub, trainer.ctl)
+    assert trainer.wait(120) == 0
+    run = viewer.status()["run"]
+    wait_for(lambda: viewer.status()["trainer"]["link"] == "offline", timeout=30)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(viewer.url + "/")
+            page.wait_for_function(f"() => document.getElementById('s-run').textContent === {run!r}")
+            assert page.locator("#trainer-state").inner_text() == "stopped"
         finally:
             browser.close()

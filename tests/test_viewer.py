@@ -14,7 +14,7 @@ import orjson
 import pytest
 import zmq
 from conftest import free_port
-from viewer_support import ViewerProcess, connect, fetch_status, journal
+from viewer_support import Recorder, ViewerProcess, connect, fetch_status, journal
 
 from tetriszmq.stream.broker import Broker
 from tetriszmq.stream.protocol import Topic
@@ -255,19 +255,6 @@ def test_status_reports_the_viewer_the_trainer_link_and_the_clients(viewers):
             assert response.status == 504 and "no reply" in (await response.json())["error"]
 
     run(body)
-
-
-class Recorder:
-    """A fan-out stand-in that keeps what the hub publishes."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.messages.append(orjson.loads(payload))
-
-    def resync_all(self) -> None:
-        self.messages.append({"topic": "snapshot"})
 
 
 def test_a_gap_in_the_stream_is_filled_from_the_trainers_snapshot():

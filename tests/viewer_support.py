@@ -152,6 +152,19 @@ async def connect(session: aiohttp.ClientSession, viewer: ViewerProcess) -> Brow
     return Browser(ws)
 
 
+class Recorder:
+    """A fan-out stand-in for a hub: it keeps what the hub publishes, and each resync as a ``snapshot`` marker."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.messages.append(orjson.loads(payload))
+
+    def resync_all(self) -> None:
+        self.messages.append({"topic": "snapshot"})
+
+
 def journal(trainer: TrainerProcess, topic: str) -> list[int]:
     """Seqs of one history topic in the trainer's own record (metrics.jsonl): the ground truth."""
     lines = (trainer.run_dir / "metrics.jsonl").read_bytes().splitlines()

@@ -16,9 +16,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from tetriszmq.cli import client_curve, client_curve_arguments
 from tetriszmq.stream.security import SecurityError, is_loopback
-from viewer.app import Settings, create_app
+from viewer.app import TOKEN, Settings, create_app
 from viewer.fanout import Limits
-from viewer.hub import HubSettings
+from viewer.hub import HubSettings, check_endpoints
 
 TOKEN_ENV = "TETRISZMQ_TOKEN"
 
@@ -27,17 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         ctl = args.ctl or default_ctl(args.trainer)
+        check_endpoints(args.trainer, ctl)
         curve = client_curve(args)
         check_host(args.host, args.insecure)
+        token = check_token(args.token or os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(18))
     except ValueError as exc:  # SecurityError included
         print(f"tetriszmq-viewer: {exc}", file=sys.stderr)
         return 2
     settings = Settings(
         hub=HubSettings(trainer=args.trainer, ctl=ctl, history=args.history, offline_after=args.offline_after,
                         curve=curve),
-        limits=Limits(send_timeout=args.send_timeout),
-        host=args.host, port=args.port,
-        token=args.token or os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(18),
+        limits=Limits(send_timeout=args.send_timeout, snapshot_rate=args.snapshot_rate * 1e6),
+        host=args.host, port=args.port, token=token,
     )
     logging.basicConfig(level=logging.WARNING, format="tetriszmq-viewer: %(message)s")
     logging.getLogger("aiohttp.server").addFilter(_drop_client_faults)
@@ -77,7 +78,25 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds without a message before the trainer is shown offline")
     parser.add_argument("--send-timeout", type=float, default=10.0,
                         help="seconds a browser may read nothing before it is disconnected")
+    parser.add_argument("--snapshot-rate", type=_positive, default=Limits.snapshot_rate / 1e6,
+                        help="MB per second of snapshots (the history a browser gets when it connects), all "
+                        "browsers together (default %(default)g)")
     return parser
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def check_token(token: str) -> str:
+    """Refuse a token that an ``Authorization: Bearer`` header cannot carry (RFC 6750's b64token)."""
+    if not TOKEN.fullmatch(token):
+        raise ValueError("the control token may hold only letters, digits and - . _ ~ + / (then = padding), "
+                         "as an 'Authorization: Bearer' header carries it")
+    return token
 
 
 def default_ctl(trainer: str) -> str:

@@ -2,14 +2,17 @@
 
 Routes: ``GET /`` (the page), ``/static/*``, ``GET /ws`` (snapshot, then the
 live stream; see docs/VIEWER.md), ``GET /api/status``, ``GET /healthz`` and
-``POST /api/control`` (needs the control token).
+``POST /api/control`` (needs the control token). Every error, aiohttp's own
+404, 405 and 413 included, is ``{"ok": false, "error": ...}``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,16 +21,24 @@ from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from tetriszmq.stream.protocol import Command
+from tetriszmq.stream.protocol import Command, ProtocolError, command_of, decode_request
 from viewer.fanout import Client, Fanout, Limits
 from viewer.hub import Hub, HubSettings, NoReply
 
 STATIC = Path(__file__).resolve().parent / "static"
-CONTROL_COMMANDS = frozenset({Command.STOP, Command.PAUSE, Command.RESUME, Command.SAVE})
+CONTROL_COMMANDS = (Command.STOP, Command.PAUSE, Command.RESUME, Command.SAVE)
 MAX_CONTROL_BODY = 1024
 MAX_BROWSER_MESSAGE = 4096  # browsers send nothing the viewer needs; anything bigger closes the socket
 CLOSE_TIMEOUT = 2.0
+B64TOKEN = r"[A-Za-z0-9\-._~+/]+=*"  # what a token may be, so that a header can carry it
+BEARER = re.compile(rf"([A-Za-z]+) +({B64TOKEN})")  # RFC 6750 2.1: a scheme (any case), exactly one token
+TOKEN = re.compile(B64TOKEN)
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tetriszmq"'}
+WRONG_TOKEN = {"WWW-Authenticate": 'Bearer realm="tetriszmq", error="invalid_token"'}
+
+log = logging.getLogger("viewer.app")
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,7 @@ STARTED = web.AppKey("started", float)
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=MAX_CONTROL_BODY)
+    app = web.Application(client_max_size=MAX_CONTROL_BODY, middlewares=[json_errors])
     hub = Hub(settings.hub)
     app[SETTINGS], app[HUB], app[STARTED] = settings, hub, time.time()
     app[FANOUT] = Fanout(settings.limits, hub.snapshot_parts)
@@ -59,7 +70,7 @@ def create_app(settings: Settings) -> web.Application:
         web.get("/api/status", status),
         web.get("/healthz", healthz),
         web.post("/api/control", control),
-        web.static("/static", STATIC),
+        web.get("/static/{name}", static),
     ])
     return app
 
@@ -75,18 +86,44 @@ async def _disconnect_clients(app: web.Application) -> None:
         client.fail("going away: the viewer is shutting down")
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
 
 
-def _error(status: int, message: str) -> web.Response:
-    return _json({"ok": False, "error": message}, status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return _json({"ok": False, "error": message}, status, headers)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own errors (404, 405, 413, ...) as the documented JSON, keeping their headers (``Allow``)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return _error(exc.status, exc.text or exc.reason, headers)
+    except (ConnectionError, HttpProcessingError):
+        raise  # the client's fault, not ours: aiohttp drops the connection, and the log stays quiet
+    except Exception:  # a bug in a handler: still JSON, and still logged
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "internal error in the viewer (see its log)")
 
 
 # Handlers ---------------------------------------------------------------------
 
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def static(request: web.Request) -> web.FileResponse:
+    """One file of the page; anything else is a JSON 404 (aiohttp's static route would answer an empty one)."""
+    name = request.match_info["name"]
+    path = (STATIC / name).resolve()
+    if path.parent != STATIC or not path.is_file():
+        raise web.HTTPNotFound(text=f"no file /static/{name[:80]}")
+    return web.FileResponse(path)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -108,36 +145,21 @@ async def status(request: web.Request) -> web.Response:
 
 async def control(request: web.Request) -> web.Response:
     """Forward stop/pause/resume/save to the trainer's REP and return its reply."""
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not given:
-        return _error(401, "control needs the viewer's token: send 'Authorization: Bearer <token>'")
-    # Header bytes that are not UTF-8 arrive as surrogates: encode them back rather than fail.
-    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), request.app[SETTINGS].token.encode()):
-        return _error(403, "wrong control token")
+    credentials = BEARER.fullmatch(request.headers.get("Authorization", ""))
+    if credentials is None or credentials[1].lower() != "bearer":
+        return _error(401, "control needs the viewer's token: send 'Authorization: Bearer <token>'", CHALLENGE)
+    if not hmac.compare_digest(credentials[2].encode(), request.app[SETTINGS].token.encode()):
+        return _error(403, "wrong control token", WRONG_TOKEN)
     try:
-        cmd = _parse_command(await request.read())
-    except ValueError as exc:
+        cmd = command_of(decode_request(await request.read(), {"cmd"}, "body"), CONTROL_COMMANDS)
+    except ProtocolError as exc:
         return _error(400, str(exc))
     hub = request.app[HUB]
     try:
         reply = await hub.control(cmd)
     except NoReply as exc:
-        return _error(504, f"{exc}: {hub.handshake or 'is the trainer running?'}")
+        return _error(504, f"{exc}; {hub.handshake}" if hub.handshake else str(exc))
     return _json(reply, 200 if reply.get("ok") else 409)
-
-
-def _parse_command(body: bytes) -> Command:
-    """The command of a control body ``{"cmd": ...}``; ValueError says what is wrong."""
-    try:
-        request = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ValueError('body must be JSON like {"cmd": "stop"}') from None
-    if not isinstance(request, dict) or set(request) != {"cmd"}:
-        raise ValueError('body must be exactly {"cmd": <command>}')
-    cmd = request["cmd"]
-    if not isinstance(cmd, str) or cmd not in CONTROL_COMMANDS:
-        raise ValueError(f"cmd must be one of {', '.join(sorted(CONTROL_COMMANDS))}")
-    return Command(cmd)
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:

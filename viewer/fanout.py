@@ -12,6 +12,11 @@ resyncs in a row, or a write that waits longer than `Limits.send_timeout`,
 it is disconnected. So a slow browser gets fewer frames, never a backlog,
 and costs at most about ``slow_bytes`` plus a queue of references.
 
+Snapshots carry the run's whole history (megabytes at the history cap), so
+they share one byte budget (`SnapshotBudget`): a crowd of browsers
+reconnecting at once is served one after another at `Limits.snapshot_rate`,
+not all at once.
+
 Writing to the transport next to aiohttp's own `WebSocketWriter` is safe
 because, without compression, aiohttp writes every frame (including ping,
 pong and close) with synchronous ``transport.write`` calls and no await in
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +69,41 @@ class Limits:
     max_resyncs: int = 3  # resyncs in a row, without catching up, before it is disconnected
     send_timeout: float = 10.0  # seconds one write may wait for the client to read
     chunk: int = 32 * 1024  # snapshot fragment size: a slow client buffers one at a time
+    snapshot_rate: float = 8e6  # snapshot bytes per second, all clients together (bench/resync.py)
+
+
+class SnapshotBudget:
+    """Snapshot bytes per second shared by every client: a resync storm is spread out, not multiplied.
+
+    A token bucket that may go into debt: a snapshot goes out at once while the
+    bucket is not empty, and the next one waits until the debt is repaid at
+    ``rate`` bytes/s. Waiters take turns in order (an `asyncio.Lock` is fair);
+    one that leaves while waiting costs nothing, and one that stalls while
+    writing holds nobody up. The bucket holds one second of budget, so any
+    second sees at most twice the rate plus one snapshot.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.level = rate
+        self.refilled = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def take(self, snapshot: SnapshotParts) -> tuple[bytes, ...]:
+        """Wait for this client's turn, then take a fresh snapshot and charge its size."""
+        async with self.lock:
+            self._refill()
+            if self.level <= 0:
+                await asyncio.sleep(-self.level / self.rate)
+                self._refill()
+            parts = snapshot()
+            self.level -= sum(map(len, parts))
+            return parts
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.rate, self.level + (now - self.refilled) * self.rate)
+        self.refilled = now
 
 
 class Client:
@@ -136,10 +177,11 @@ class Client:
     async def _write_pending(self) -> None:
         while True:
             if self.resync:
+                parts = await self.fanout.budget.take(self.fanout.snapshot)  # messages until now are in it
                 self.resync = False
                 self.queue.clear()
                 self.latest.clear()
-                await self._write_message(self.fanout.snapshot())
+                await self._write_message(parts)
             elif self.queue:
                 await self._write(self.queue.popleft())
             elif self.latest:
@@ -175,11 +217,13 @@ class Fanout:
     def __init__(self, limits: Limits, snapshot: SnapshotParts) -> None:
         self.limits = limits
         self.snapshot = snapshot
+        self.budget = SnapshotBudget(limits.snapshot_rate)
         self._clients: dict[int, Client] = {}
         self._all: tuple[Client, ...] = ()  # iteration order, rebuilt on attach/detach (rare)
         self._next_id = 0
         self._batch: list[tuple[str, bytes]] = []
         self.published = 0
+        self.departed = {"sent": 0, "dropped": 0}  # counters of clients gone: /api/status totals are cumulative
         self.disconnected: dict[str, int] = {}
 
     def attach(self, ws: web.WebSocketResponse, writer: AbstractStreamWriter, request: web.Request) -> Client:
@@ -198,11 +242,13 @@ class Fanout:
         return client
 
     def detach(self, client: Client) -> None:
+        """Forget a client, keeping its counters and why it went (``left``: the browser closed or dropped it)."""
         if self._clients.pop(client.ident, None) is not None:
             self._all = tuple(self._clients.values())
-            if client.failure is not None:
-                kind = client.failure.split(":", 1)[0]
-                self.disconnected[kind] = self.disconnected.get(kind, 0) + 1
+            self.departed["sent"] += client.sent
+            self.departed["dropped"] += client.dropped
+            kind = "left" if client.failure is None else client.failure.split(":", 1)[0]
+            self.disconnected[kind] = self.disconnected.get(kind, 0) + 1
 
     def publish(self, topic: str, payload: bytes) -> None:
         """Queue one message for every client; it goes out when the current burst ends.
@@ -245,7 +291,8 @@ class Fanout:
         slow = sum(not c.fast for c in clients)
         status: dict[str, Any] = {
             "clients": len(clients), "slow": slow, "published": self.published,
-            "sent": sum(c.sent for c in clients), "dropped": sum(c.dropped for c in clients),
+            "sent": self.departed["sent"] + sum(c.sent for c in clients),
+            "dropped": self.departed["dropped"] + sum(c.dropped for c in clients),
             "buffered": sum(c.transport.get_write_buffer_size() for c in clients),
             "queued": sum(len(c.queue) for c in clients), "disconnected": self.disconnected,
         }

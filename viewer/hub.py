@@ -8,7 +8,9 @@ the live stream by ``seq``: messages that arrive meanwhile are held, then
 released in order, so the history has no gaps and no duplicates.
 
 Accepted messages go to a `Sink` (the fan-out) as the trainer's payload bytes;
-the hub parses only the envelope's ``run`` and ``seq`` from them.
+the hub parses only the envelope's ``run`` and ``seq`` from them. Messages of
+topics this viewer does not know (a newer trainer's) are counted and relayed
+in their place in ``seq``, never treated as malformed: the protocol may add topics.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ log = logging.getLogger("viewer.hub")
 # else takes the slow path through `protocol.decode_message`.
 _ENVELOPE = re.compile(rb'\{"v":%d,"topic":"[a-z]+","run":"([A-Za-z0-9._-]{1,80})","seq":(\d+),' % protocol.VERSION)
 _TOPICS = frozenset(Topic)
+_TOPIC_FRAME = re.compile(rb"([a-z][a-z0-9_]{0,39}):")  # any well-formed topic frame, known or not
 _HISTORY_TOPICS = frozenset({Topic.STATUS, Topic.EPISODE, Topic.METRICS})
 LATEST_WINS = frozenset({Topic.BOARD, Topic.HEARTBEAT})  # state, not history: only the newest matters
 MAX_HELD = 20_000  # live messages held while a snapshot is in flight
@@ -91,7 +94,7 @@ async def request(ctx: zmq.asyncio.Context, endpoint: str, cmd: Command | str, *
 
 @dataclass
 class _Held:
-    topic: Topic
+    topic: Topic | str
     seq: int
     payload: bytes
     shown: bool = False
@@ -110,7 +113,8 @@ class Hub:
         self.last_heard = 0.0
         self.handshake: str | None = None  # why the trainer's side refused our connection, if it did
         self.held: list[_Held] | None = None  # not None while a snapshot is in flight
-        self.counters = {"messages": 0, "malformed": 0, "gaps": 0, "snapshots": 0, "snapshot_failures": 0}
+        self.counters = {"messages": 0, "malformed": 0, "unknown_topics": 0, "gaps": 0, "snapshots": 0,
+                         "snapshot_failures": 0}
         self._history_version = 0
         self._blobs: tuple[int, bytes, bytes] = (-1, b"[]", b"[]")
         self._tasks: list[asyncio.Task[None]] = []
@@ -189,7 +193,7 @@ class Hub:
         return {
             "trainer": self.settings.trainer, "ctl": self.settings.ctl, "link": str(self.link),
             "last_heard": self.last_heard or None, "handshake": self.handshake, "run": self.run,
-            "seq": None if history is None else history.seq,
+            "seq": -1 if history is None else history.seq,  # as in the browsers' snapshot
             "episodes": 0 if history is None else len(history.episodes),
             "metrics": 0 if history is None else len(history.metrics),
             "syncing": self.held is not None, **self.counters,
@@ -218,6 +222,8 @@ class Hub:
             log.warning("dropped a malformed message: %s", exc)
             return
         self.counters["messages"] += 1
+        if topic not in _TOPICS:
+            self.counters["unknown_topics"] += 1
         self.last_heard = time.time()
         if run != self.run:
             self._start_run(run)
@@ -225,10 +231,12 @@ class Hub:
             self._set_link(Link.ONLINE)
         self._offer(topic, seq, frames[1])
 
-    def _offer(self, topic: Topic, seq: int, payload: bytes, shown: bool = False) -> None:
+    def _offer(self, topic: Topic | str, seq: int, payload: bytes, shown: bool = False) -> None:
         """Accept the next message in ``seq`` order; hold it while a snapshot is due.
 
-        ``shown``: a held board or heartbeat, already sent to browsers while it was held.
+        ``shown``: a held board or heartbeat, already sent to browsers while it was held
+        (only while a known run refills a gap: a new run's messages wait for its snapshot,
+        so that no browser sees a run before that run's snapshot).
         """
         history = self.history
         assert history is not None
@@ -236,14 +244,14 @@ class Hub:
             self.counters["gaps"] += 1
             self._request_snapshot()
         if self.held is not None:
-            if topic in LATEST_WINS and not shown:
+            if topic in LATEST_WINS and not shown and history.seq >= 0:
                 self._show(topic, payload)  # boards stay live while the history syncs
             self._hold(topic, seq, payload)
         elif seq == history.seq + 1:
             self._accept(topic, seq, payload, shown)
         # else: already covered by a snapshot
 
-    def _accept(self, topic: Topic, seq: int, payload: bytes, shown: bool) -> None:
+    def _accept(self, topic: Topic | str, seq: int, payload: bytes, shown: bool) -> None:
         assert self.history is not None
         self.history.record(topic, seq, payload)
         if topic not in LATEST_WINS:
@@ -251,16 +259,16 @@ class Hub:
         if not shown:
             self._show(topic, payload)
 
-    def _show(self, topic: Topic, payload: bytes) -> None:
+    def _show(self, topic: Topic | str, payload: bytes) -> None:
         if topic is Topic.HEARTBEAT:
             self.heartbeat = payload
         self.sink.publish(topic, payload)
 
-    def _hold(self, topic: Topic, seq: int, payload: bytes) -> None:
+    def _hold(self, topic: Topic | str, seq: int, payload: bytes) -> None:
         """Keep a live message until the snapshot lands; past the bound it is lost (a gap, refilled later)."""
-        assert self.held is not None
+        assert self.held is not None and self.history is not None
         if len(self.held) < MAX_HELD:
-            self.held.append(_Held(topic, seq, payload, shown=topic in LATEST_WINS))
+            self.held.append(_Held(topic, seq, payload, shown=topic in LATEST_WINS and self.history.seq >= 0))
 
     # Snapshots -----------------------------------------------------------------
 
@@ -280,8 +288,8 @@ class Hub:
     async def _snapshot(self) -> None:
         try:
             reply = await self.control(Command.SNAPSHOT)
-        except NoReply as exc:
-            reply = {"ok": False, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001  whatever failed, the held messages must go on
+            reply = {"ok": False, "error": str(exc) if isinstance(exc, NoReply) else repr(exc)}
         self._snapshot_task = None
         history = self.history
         assert history is not None and self.held is not None
@@ -352,19 +360,47 @@ class Hub:
         self.sink.publish("link", self.link_message())
 
 
-def _envelope(frames: list[bytes]) -> tuple[Topic, str, int]:
+def check_endpoints(*endpoints: str) -> None:
+    """Refuse an endpoint ZeroMQ cannot connect to at start-up (ValueError), not at the first request."""
+    ctx = zmq.Context()
+    try:
+        for endpoint in endpoints:
+            with ctx.socket(zmq.REQ) as sock:
+                sock.setsockopt(zmq.LINGER, 0)
+                try:
+                    sock.connect(endpoint)
+                except zmq.ZMQError as exc:
+                    raise ValueError(f"{endpoint!r} is not a ZeroMQ endpoint ({exc}); "
+                                     "expected e.g. tcp://127.0.0.1:5555") from None
+    finally:
+        ctx.term()
+
+
+def _envelope(frames: list[bytes]) -> tuple[Topic | str, str, int]:
     """Topic, run and seq of a stream message, reading only the payload's head when it can."""
     if len(frames) != 2:
         raise ProtocolError(f"expected 2 frames, got {len(frames)}")
-    topic = protocol.topic_of(frames[0])
+    topic = _topic(frames[0])
     head = _ENVELOPE.match(frames[1])
     if head is not None:
         return topic, head[1].decode(), int(head[2])
-    _, payload = protocol.decode_message(frames)
+    payload = protocol.decode_payload(frames[1])
     run, seq = payload.get("run"), payload.get("seq")
     if not isinstance(run, str) or not protocol.RUN_ID_PATTERN.match(run) or type(seq) is not int:
         raise ProtocolError("payload lacks a valid run and seq")
     return topic, run, seq
+
+
+def _topic(frame: bytes) -> Topic | str:
+    """The topic of a frame: a known `Topic`, or the name of one this viewer does not know."""
+    try:
+        return protocol.topic_of(frame)
+    except ProtocolError:
+        pass
+    name = _TOPIC_FRAME.fullmatch(frame)
+    if name is None:
+        raise ProtocolError(f"malformed topic frame {frame[:40]!r}")
+    return name[1].decode()
 
 
 def handshake_problem(event: int, value: int, *, curve: bool) -> str | None:

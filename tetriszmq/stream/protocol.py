@@ -16,7 +16,10 @@ is ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any, NotRequired, TypedDict
 
@@ -24,6 +27,7 @@ import orjson
 
 VERSION = 1
 MAX_REQUEST_BYTES = 4096
+MAX_QUOTED = 40  # characters of a bad value that an error message repeats
 BOARD_ROWS, BOARD_COLS = 20, 10
 PIECE_KINDS = range(2, 9)  # I, O, T, S, Z, J, L as tetris-gymnasium numbers them
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
@@ -164,14 +168,18 @@ def decode_message(frames: list[bytes]) -> tuple[Topic, dict[str, Any]]:
     """Decode one stream message; raises `ProtocolError` on anything malformed."""
     if len(frames) != 2:
         raise ProtocolError(f"expected 2 frames, got {len(frames)}")
-    topic = topic_of(frames[0])
+    return topic_of(frames[0]), decode_payload(frames[1])
+
+
+def decode_payload(raw: bytes) -> dict[str, Any]:
+    """A stream payload of this protocol version; raises `ProtocolError` on anything else."""
     try:
-        payload = orjson.loads(frames[1])
+        payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"payload is not JSON: {exc}") from None
     if not isinstance(payload, dict) or payload.get("v") != VERSION:
         raise ProtocolError(f"payload is not a v{VERSION} object")
-    return topic, payload
+    return payload
 
 
 def encode_request(cmd: Command | str) -> bytes:
@@ -185,29 +193,79 @@ def parse_request(frames: list[bytes]) -> Command:
     """
     if len(frames) != 1:
         raise ProtocolError(f"expected 1 frame, got {len(frames)}")
-    raw = frames[0]
-    if len(raw) > MAX_REQUEST_BYTES:
-        raise ProtocolError(f"request of {len(raw)} bytes exceeds {MAX_REQUEST_BYTES}")
-    try:
-        request = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ProtocolError("request is not valid UTF-8 JSON") from None
-    if not isinstance(request, dict):
-        raise ProtocolError(f"request must be a JSON object, got {type(request).__name__}")
-    unexpected = sorted(set(request) - {"cmd", "v"})
-    if unexpected:
-        raise ProtocolError(f"unexpected fields: {', '.join(map(str, unexpected))[:200]}")
+    request = decode_request(frames[0], {"cmd", "v"})
     version = request.get("v", VERSION)
     if type(version) is not int or version != VERSION:
-        raise ProtocolError(f"unsupported protocol version {str(version)[:20]}; this trainer speaks v{VERSION}")
-    cmd = request.get("cmd")
-    if not isinstance(cmd, str):
-        raise ProtocolError('"cmd" must be a string')
+        raise ProtocolError(f'"v" must be the number {VERSION} (this trainer speaks v{VERSION}), got {quote(version)}')
+    return command_of(request, Command)
+
+
+def decode_request(raw: bytes, fields: set[str], what: str = "request") -> dict[str, Any]:
+    """A small JSON object with no fields but ``fields``, each at most once; `ProtocolError` otherwise.
+
+    orjson keeps the last of repeated keys, so ``{"cmd":"status","cmd":"pause"}``
+    would pause: the stdlib parser with a pairs hook sees every key. It also
+    keeps integers beyond 64 bits exact, so an error can quote them as sent. It
+    is slower than orjson and recursive, hence the size bound before it.
+    """
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise ProtocolError(f"{what} of {len(raw)} bytes exceeds {MAX_REQUEST_BYTES}")
     try:
-        return Command(cmd)
-    except ValueError:
-        known = ", ".join(Command)
-        raise ProtocolError(f"unknown command {cmd[:40]!r}; known: {known}") from None
+        request = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_not_json)
+    except ProtocolError:
+        raise
+    except (UnicodeDecodeError, ValueError):  # json.JSONDecodeError is a ValueError
+        raise ProtocolError(f"{what} is not valid UTF-8 JSON") from None
+    except RecursionError:
+        raise ProtocolError(f"{what} nests too deeply") from None
+    if not isinstance(request, dict):
+        raise ProtocolError(f"{what} must be a JSON object, got {json_type(request)}")
+    unexpected = [quote(name) for name in request if name not in fields]
+    if unexpected:
+        raise ProtocolError(f"unexpected fields: {', '.join(unexpected)[:200]}")
+    return request
+
+
+def command_of(request: dict[str, Any], known: Iterable[Command]) -> Command:
+    """The request's ``cmd`` if it is one of ``known``; `ProtocolError` says what is wrong."""
+    if "cmd" not in request:
+        raise ProtocolError('"cmd" is missing')
+    cmd = request["cmd"]
+    if not isinstance(cmd, str):
+        raise ProtocolError(f'"cmd" must be a string, got {json_type(cmd)}')
+    known = list(known)
+    if cmd not in known:
+        raise ProtocolError(f"unknown command {quote(cmd)}; known: {', '.join(known)}")
+    return Command(cmd)
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type: error messages speak JSON, not Python."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}[type(value)]
+
+
+def quote(value: Any) -> str:
+    """A decoded value as JSON text, cut to `MAX_QUOTED` characters, for error messages."""
+    text = json.dumps(value)  # ASCII only: a lone surrogate from the request cannot break the reply
+    return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED] + "..."
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    request = dict(pairs)
+    if len(request) != len(pairs):
+        repeated = [key for key, count in Counter(key for key, _ in pairs).items() if count > 1]
+        raise ProtocolError(f"repeated fields: {', '.join(map(quote, repeated))[:200]}")
+    return request
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def ok_reply(fields: dict[str, Any] | None = None) -> bytes:

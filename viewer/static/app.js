@@ -37,11 +37,9 @@ const handlers = {
     view.seq = -1;
     for (const chart of allCharts()) chart.clear();
     handlers.link(m.link);
-    if (m.status) handlers.status(m.status);
-    m.episodes.forEach(handlers.episode);
-    m.metrics.forEach(handlers.metrics);
-    if (m.heartbeat) handlers.heartbeat(m.heartbeat);
-    if (m.board) handlers.board(m.board);
+    // In seq order, as they happened: after a stop the last heartbeat (running) is older than the status.
+    const parts = [m.status, m.heartbeat, m.board, ...m.episodes, ...m.metrics].filter(Boolean);
+    parts.sort((a, b) => a.seq - b.seq).forEach((part) => handlers[part.topic](part));
     view.seq = m.seq;
     setText("run", m.run || "no run yet");
     setText("s-run", m.run || "–");

@@ -1,0 +1,155 @@
+"""The viewer's HTTP contract to the letter (docs/VIEWER.md): errors, authorization, counters, start-up checks.
+
+One real viewer with no trainer behind it serves the module: everything here is the viewer's own answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import ROOT, free_port, reap
+from viewer_support import ViewerProcess, start_viewer
+
+TOKEN = "t0ken-_.~+/="
+
+
+@pytest.fixture(scope="module")
+def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerProcess]:
+    pub, ctl = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    process = start_viewer(tmp_path_factory.mktemp("viewer"), pub, ctl, "--token", TOKEN)
+    yield process
+    reap([process.proc])
+
+
+def call(viewer: ViewerProcess, method: str, path: str, body: bytes = b"",
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    """One request: status, headers and the JSON body (every answer must be JSON)."""
+    async def go() -> tuple[int, dict[str, str], Any]:
+        async with aiohttp.ClientSession() as session, session.request(
+                method, viewer.url + path, data=body, headers=headers or {}) as response:
+            assert response.content_type == "application/json", (response.status, await response.text())
+            return response.status, dict(response.headers), await response.json()
+    return asyncio.run(go())
+
+
+def post_control(viewer: ViewerProcess, body: bytes, authorization: str | None = f"Bearer {TOKEN}"
+                 ) -> tuple[int, dict[str, str], Any]:
+    return call(viewer, "POST", "/api/control", body, {} if authorization is None else
+                {"Authorization": authorization})
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status"), [
+    ("GET", "/nowhere", b"", 404),
+    ("GET", "/static/nothing.js", b"", 404),
+    ("GET", "/static/%2e%2e%2fapp.py", b"", 404),
+    ("GET", "/api/control", b"", 405),
+    ("DELETE", "/api/status", b"", 405),
+    ("POST", "/api/control", b'{"cmd": "stop", "pad": "' + b"x" * 2000 + b'"}', 413),
+    ("GET", "/ws", b"", 400),  # not a WebSocket upgrade
+])
+def test_every_error_the_viewer_returns_is_the_documented_json(viewer, method, path, body, status):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    got, response_headers, reply = call(viewer, method, path, body, headers)
+    assert got == status
+    assert reply["ok"] is False and isinstance(reply["error"], str) and reply["error"]
+    if status == 405:
+        assert response_headers["Allow"]
+
+
+@pytest.mark.parametrize(("authorization", "status"), [
+    (None, 401),
+    ("", 401),
+    ("Bearer", 401),
+    ("Bearer ", 401),
+    (TOKEN, 401),  # no scheme
+    (f"Basic {TOKEN}", 401),
+    (f"Bearer {TOKEN} {TOKEN}", 401),  # exactly one token
+    (f"bearer{TOKEN}", 401),
+    ("Bearer wrong", 403),
+    (f"Bearer x{TOKEN}", 403),
+    (f"Bearer {TOKEN[:-1]}", 403),
+])
+def test_control_authorization_follows_rfc_6750(viewer, authorization, status):
+    got, headers, reply = post_control(viewer, b'{"cmd": "pause"}', authorization)
+    assert (got, reply["ok"]) == (status, False)
+    assert headers["WWW-Authenticate"].startswith('Bearer realm="tetriszmq"')
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_bearer_scheme_is_case_insensitive(viewer, scheme):
+    got, _, reply = post_control(viewer, b'{"cmd": "pause"}', f"{scheme}  {TOKEN}")
+    assert got == 504, reply  # past authorization: no trainer answers
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    (b'{"cmd": "status", "cmd": "pause"}', 'repeated fields: "cmd"'),
+    (b'{"cmd": "pause", "cmd": "pause"}', 'repeated fields: "cmd"'),
+    (b"null", "body must be a JSON object, got null"),
+    (b"[1]", "body must be a JSON object, got array"),
+    (b'{"cmd": true}', '"cmd" must be a string, got boolean'),
+    (b'{"cmd": null}', '"cmd" must be a string, got null'),
+    (b'{"cmd": 123456789012345678901234567890}', '"cmd" must be a string, got number'),
+    (b'{"cmd": "status"}', 'unknown command "status"; known: stop, pause, resume, save'),
+    (b'{"cmd": "' + b"x" * 100 + b'"}', 'unknown command "' + "x" * 39 + '...; known: stop, pause, resume, save'),
+    (b'{"cmd": "stop", "force": true}', 'unexpected fields: "force"'),
+    (b"{}", '"cmd" is missing'),
+    (b'{"cmd": NaN}', "body is not valid UTF-8 JSON"),
+])
+def test_a_malformed_control_body_is_refused_in_json_terms(viewer, body, error):
+    assert post_control(viewer, body)[::2] == (400, {"ok": False, "error": error})
+
+
+def test_a_control_request_nobody_answers_gets_504_saying_so_once(viewer):
+    status, _, reply = post_control(viewer, b'{"cmd": "pause"}')
+    assert status == 504
+    assert reply["error"].count("is the trainer running?") == 1 and "3 attempts of 2s" in reply["error"]
+
+
+def test_status_counters_are_cumulative_and_count_every_disconnect(viewer):
+    async def go() -> None:
+        before = (await status(viewer))["clients"]
+        async with aiohttp.ClientSession() as session:
+            sockets = [await session.ws_connect(viewer.url + "/ws") for _ in range(3)]
+            for ws in sockets:
+                assert (await ws.receive_json())["topic"] == "snapshot"
+            await sockets[0].close()
+            sockets[1]._response.connection.transport.abort()  # an abrupt drop: no close frame
+            while (await status(viewer))["clients"]["clients"] > before["clients"] + 1:
+                await asyncio.sleep(0.05)
+            after = (await status(viewer))["clients"]
+        assert after["sent"] == before["sent"] + 3
+        assert sum(after["disconnected"].values()) == sum(before["disconnected"].values()) + 2
+
+    async def status(viewer: ViewerProcess) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as session, session.get(viewer.url + "/api/status") as response:
+            return await response.json()
+
+    asyncio.run(go())
+
+
+def test_before_any_trainer_the_status_and_the_snapshot_say_none_the_same_way(viewer):
+    async def snapshot() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as session, session.ws_connect(viewer.url + "/ws") as ws:
+            return await ws.receive_json()
+
+    first = asyncio.run(snapshot())
+    trainer = viewer.status()["trainer"]
+    assert (first["run"], first["seq"]) == (trainer["run"], trainer["seq"]) == (None, -1)
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--ctl", "tcp://127.0.0.1"], "'tcp://127.0.0.1' is not a ZeroMQ endpoint"),
+    (["--trainer", "nonsense://x", "--ctl", "tcp://127.0.0.1:1"], "'nonsense://x' is not a ZeroMQ endpoint"),
+    (["--token", "two words"], "the control token may hold only"),
+    (["--snapshot-rate", "0"], "must be a positive number"),
+])
+def test_the_viewer_refuses_bad_endpoints_and_tokens_at_start(args, says):
+    done = subprocess.run([sys.executable, "-m", "viewer", "--port", str(free_port()), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and says in done.stderr, done.stderr

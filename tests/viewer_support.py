@@ -117,7 +117,6 @@ class Browser:
 
     ws: aiohttp.ClientWebSocketResponse
     messages: list[dict[str, Any]] = field(default_factory=list)
-    received_at: list[float] = field(default_factory=list)
 
     async def until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30) -> dict[str, Any]:
         """Read until a message satisfies ``predicate``; returns it."""
@@ -126,7 +125,6 @@ class Browser:
                 message = await self.ws.receive()
                 if message.type is not aiohttp.WSMsgType.TEXT:
                     raise ConnectionError(f"socket ended: {message.type.name} {message.data!r} {message.extra!r}")
-                self.received_at.append(time.time())
                 self.messages.append(orjson.loads(message.data))
                 if predicate(self.messages[-1]):
                     return self.messages[-1]

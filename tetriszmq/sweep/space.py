@@ -228,8 +228,13 @@ def _assign(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _config_of(data: dict[str, Any], where: str) -> cfg.Config:
+    """The config a trial would run, checked as the trainer checks it before training (env included)."""
+    from tetriszmq.tetris.envs import env_factory
+
     try:
-        return cfg.from_dict(data)
+        config = cfg.from_dict(data)
+        env_factory(config.env)
+        return config
     except cfg.ConfigError as exc:
         raise SpaceError(f"{where}: {exc}") from None
 

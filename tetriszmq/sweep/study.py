@@ -15,6 +15,7 @@ sweep (same host) is gone. Either way a restarted sweep continues the study.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shlex
 import signal
@@ -40,10 +41,23 @@ from tetriszmq.sweep import space as space_file
 from tetriszmq.sweep.trial import Sweep, TrialError, objective
 
 HEARTBEAT, GRACE, RETRIES = 20, 90, 1
+FAILURES = 3  # trials in a row that fail stop the sweep: a broken config fails every trial alike
 CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 # Heartbeats, journals and the retry callback are marked experimental; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+class _NoTraceback(logging.Filter):
+    """A failed trial's `TrialError` says what went wrong (with the trainer's last output): no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TrialError):
+            record.exc_info = None
+        return True
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_NoTraceback())  # where Optuna logs failed trials
 
 
 class StorageError(RuntimeError):
@@ -149,7 +163,15 @@ def _optimize(study: optuna.Study, run: Sweep, trials: int, remaining: int, jobs
         if run.stopping.is_set():
             study.stop()
 
-    callbacks = [optuna.study.MaxTrialsCallback(trials, states=CLAIMED), stop_when_asked]
+    failures: list[bool] = []
+
+    def stop_after_failures(study: optuna.Study, trial: FrozenTrial) -> None:
+        failures.append(trial.state == TrialState.FAIL)
+        if failures[-FAILURES:] == [True] * FAILURES:
+            print(f"tetriszmq sweep: {FAILURES} trials in a row failed; stopping", file=sys.stderr)
+            study.stop()
+
+    callbacks = [optuna.study.MaxTrialsCallback(trials, states=CLAIMED), stop_when_asked, stop_after_failures]
     first = len(study.trials)
     with _stop_on_signals(run.stopping):
         study.optimize(functools.partial(objective, run), n_trials=remaining, n_jobs=jobs, catch=(TrialError,),
@@ -159,7 +181,7 @@ def _optimize(study: optuna.Study, run: Sweep, trials: int, remaining: int, jobs
         print("tetriszmq sweep: stopped; its running trials were stopped and marked failed", file=sys.stderr)
         return 1
     if mine and all(t.state == TrialState.FAIL for t in mine):
-        print(f"tetriszmq sweep: every trial failed; see {run.runs / run.study}/trial-*/train.log", file=sys.stderr)
+        print(f"tetriszmq sweep: no trial succeeded; see {run.runs / run.study}/trial-*/train.log", file=sys.stderr)
         return 1
     return 0
 

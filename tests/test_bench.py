@@ -19,6 +19,7 @@ SCRIPTS = {
     "placement_speed": (["bench/placement_speed.py", "--quick"], r"placements/s"),
     "learning": (["bench/learning.py", "--quick"], r"agent\s+mean\s+median\s+min\s+max\s+capped"),
     "catalogue": (["bench/catalogue.py", "--quick"], r"figure\s+value"),
+    "sweep": (["bench/sweep.py", "--quick"], r"config\s+eval mean lines"),
 }
 
 

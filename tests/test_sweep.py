@@ -211,7 +211,7 @@ def test_two_sweeps_on_two_hosts_share_one_postgresql_study_without_duplicate_tr
         runs = tmp_path / host.name
         args = ["--config", str(TINY_SWEEP), "--space", str(space), "--trials", "2", "--jobs", "1",
                 "--study", "shared", "--storage", postgres, "--runs", str(runs)]
-        log = open(tmp_path / f"{host.name}.log", "wb")  # noqa: SIM115 - closed with the process below
+        log = open(tmp_path / f"{host.name}.log", "wb")  # closed with the process, in the finally below
         sweeps[host.name] = (runs, subprocess.Popen([*host.prefix(), sys.executable, "-m", "tetriszmq", "sweep",
                                                      *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                                     stdin=subprocess.DEVNULL), log)
@@ -225,7 +225,7 @@ def test_two_sweeps_on_two_hosts_share_one_postgresql_study_without_duplicate_tr
             wait_for(lambda f=run_file: orjson.loads(Path(f).read_bytes()).get("pid"), timeout=30,
                      tolerate=(orjson.JSONDecodeError,), what="run.json")
             os.kill(orjson.loads(Path(run_file).read_bytes())["pid"], signal.SIGTERM)
-        for name, (_, proc, log) in sweeps.items():
+        for name, (_, proc, _log) in sweeps.items():
             assert proc.wait(300) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
     finally:
         for _, proc, log in sweeps.values():

@@ -101,8 +101,7 @@ def _train_and_score(sweep: Sweep, trial: optuna.Trial, run_dir: Path, overrides
     if code != 0:
         raise TrialError(f"trial {trial.number}: the trainer exited with {code}: {_tail(log)}")
     if outcome == "pruned":
-        raise optuna.TrialPruned(f"trial {trial.number} pruned at {max(trial.intermediate_values or [0])} "
-                                 "timesteps, stopped with a final checkpoint")
+        raise optuna.TrialPruned(f"trial {trial.number}: stopped with a final checkpoint")
     if outcome == "interrupted":
         raise Interrupted(f"trial {trial.number}: the sweep was stopped")
     if sweep.space.objective.metric == "train":

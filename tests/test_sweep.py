@@ -149,6 +149,17 @@ def test_a_bad_space_file_exits_2_naming_the_problem_and_starts_nothing(
     assert not runs.exists(), "nothing was started or written"
 
 
+def test_the_shipped_space_file_fits_the_default_config() -> None:
+    """The README's sweep command: its space file passes the checks a sweep makes before it starts."""
+    from tetriszmq import config as cfg
+    from tetriszmq.sweep import space
+
+    shipped = space.load(ROOT / "configs" / "sweep.toml")
+    space.check(shipped, cfg.load(ROOT / "configs" / "default.toml"))
+    assert {p.key for p in shipped.params} == {f"agent.params.{k}" for k in
+                                                 ("learning_rate", "gamma", "train_freq", "target_update_interval")}
+
+
 def test_an_unreachable_storage_exits_2_before_any_trial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"postgresql://nobody:secret@127.0.0.1:{free_port()}/optuna"
     code = cli.main(["sweep", "--config", str(TINY_SWEEP), "--space", str(space_file(tmp_path)), "--study", "x",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,11 +117,9 @@ class Space:
 def load(path: Path) -> Space:
     """Read and structurally validate a space file (not yet against a config: see `check`)."""
     try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SpaceError(f"space file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SpaceError(f"{path}: not valid TOML: {exc}") from None
+        data = cfg.read_toml(path, "space file")
+    except cfg.ConfigError as exc:
+        raise SpaceError(str(exc)) from None
     unknown = set(data) - {"set", "space", "objective", "pruner"}
     if unknown:
         raise SpaceError(f"{path}: unknown table [{sorted(unknown)[0]}]; known: set, space, objective, pruner")

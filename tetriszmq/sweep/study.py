@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,7 @@ from tetriszmq.sweep import space as space_file
 from tetriszmq.sweep.trial import Sweep, TrialError, objective
 
 HEARTBEAT, GRACE, RETRIES = 20, 90, 1
+SCHEMA_ATTEMPTS = 5
 FAILURES = 3  # trials in a row that fail stop the sweep: a broken config fails every trial alike
 CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
@@ -75,14 +77,26 @@ def open_storage(url: str | None, runs: Path, study: str, *, create: bool = True
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as exc:
             raise StorageError(f"cannot open the journal {path}: {exc}") from None
-    shown = _hide_password(url)
+    return _rdb_storage(url)
+
+
+def _rdb_storage(url: str) -> RDBStorage:
     connect = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else {}
-    try:
-        return RDBStorage(url, engine_kwargs=connect, heartbeat_interval=HEARTBEAT, grace_period=GRACE,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=RETRIES))
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise StorageError(f"cannot reach storage {shown}: {detail}") from None
+    error: Exception | None = None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return RDBStorage(url, engine_kwargs=connect, heartbeat_interval=HEARTBEAT, grace_period=GRACE,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=RETRIES))
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            # Sweeps started together on an empty database race to create Optuna's tables; the
+            # loser finds them made on its next attempt.
+            error = exc
+            time.sleep(0.5 * (attempt + 1))
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+            error = exc
+            break
+    detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    raise StorageError(f"cannot reach storage {_hide_password(url)}: {detail}")
 
 
 def _hide_password(url: str) -> str:

@@ -79,7 +79,7 @@ def main() -> None:
         print(f"\nsweep: {args.trials} trials, {args.jobs} at a time, {args.config.name} over {args.space.name}\n")
         print(report.stdout)
         best = max((orjson.loads(p.read_bytes()) for p in runs.glob("bench/trial-*/trial.json")),
-                   key=lambda r: r.get("objective", float("-inf")))
+                   key=lambda r: (r.get("objective", float("-inf")), -r["trial"]))  # Optuna's pick: first of ties
         default = default_eval(args.config, space, Path(tmp) / "default")
     goal = space.objective
     budget = " ".join(space.overrides({}))

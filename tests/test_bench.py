@@ -21,6 +21,7 @@ SCRIPTS = {
     "learning": (["bench/learning.py", "--quick"], r"agent\s+mean\s+median\s+min\s+max\s+capped"),
     "catalogue": (["bench/catalogue.py", "--quick"], r"figure\s+value"),
     "recording": (["bench/recording.py", "--quick"], r"placement callbacks on_step"),
+    "sweep": (["bench/sweep.py", "--quick"], r"config\s+eval mean lines"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The ``tetriszmq`` command: ``train``, ``ctl``, ``eval``, ``play``, ``replay`` and ``keys``."""
+"""The ``tetriszmq`` command: ``train``, ``ctl``, ``eval``, ``play``, ``replay``, ``sweep`` and ``keys``."""
 
 from __future__ import annotations
 
@@ -68,6 +68,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="re-simulate at full speed; exit 1 if lines, score or pieces differ from the record")
     replay.add_argument("--insecure", action="store_true", help="allow a non-loopback endpoint without CURVE")
     replay.set_defaults(func=_replay)
+
+    sweep = commands.add_parser("sweep", help="a hyper-parameter sweep on Optuna; each trial a real training run")
+    sweep.add_argument("--study", required=True, help="the study's name (trials go to <runs>/<study>/trial-<n>)")
+    sweep.add_argument("--storage", help="Optuna storage URL (postgresql://user@host/db, sqlite:///f.db) or a "
+                       "journal file (default: <runs>/<study>/optuna.journal)")
+    sweep.add_argument("--runs", type=Path, default=Path("runs"), help="where the trials' run directories go")
+    sweep.add_argument("--config", type=Path, help="the run config every trial starts from")
+    sweep.add_argument("--space", type=Path, help="TOML: the search space, objective and pruner")
+    sweep.add_argument("--trials", type=int, default=16, help="trials in the study, shared by every sweep on it")
+    sweep.add_argument("--jobs", type=int, default=1, help="trials run at once by this sweep")
+    sweep.add_argument("--report", action="store_true", help="print the study's trials and best --set line, only")
+    sweep.set_defaults(func=_sweep)
 
     keys = commands.add_parser("keys", help="create CURVE key pairs: trainer, client, and allowed/")
     keys.add_argument("directory", type=Path)
@@ -225,6 +237,21 @@ def _refuse_raw_run(path: Path) -> None:
     if kind != "placement":
         raise RecordError(f"{path} is a {kind}-board run (env.kind = {kind!r}): only placement runs "
                           "(env.kind = 'placement') record their episodes")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from tetriszmq.config import ConfigError
+    from tetriszmq.sweep import SpaceError, StorageError, report, sweep
+
+    try:
+        if args.report:
+            return report(args.study, args.storage, args.runs)
+        if args.space is None:
+            raise SpaceError("--space is required (or --report)")
+        return sweep(args.config, args.space, args.trials, args.jobs, args.study, args.storage, args.runs)
+    except (ConfigError, SpaceError, StorageError) as exc:
+        print(f"tetriszmq sweep: {exc}", file=sys.stderr)
+        return 2
 
 
 def _keys(args: argparse.Namespace) -> int:

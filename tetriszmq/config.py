@@ -26,8 +26,9 @@ class ConfigError(ValueError):
     """A bad config file, key or value; the message names the key."""
 
 
-def _limit(default: Any, *, min: float | None = None, choices: tuple[str, ...] | None = None,
+def setting(default: Any, *, min: float | None = None, choices: tuple[str, ...] | None = None,
            doc: str = "") -> Any:
+    """A config key's dataclass field: its default and the limits `read_section` checks."""
     factory = (lambda: list(default)) if isinstance(default, list) else None
     meta = {"min": min, "choices": choices, "doc": doc}
     if factory is not None:
@@ -37,59 +38,59 @@ def _limit(default: Any, *, min: float | None = None, choices: tuple[str, ...] |
 
 @dataclass
 class RunSection:
-    name: str = _limit("default", doc="run directory is <dir>/<name>")
-    dir: str = _limit("runs")
-    seed: int = _limit(1, min=1, doc="seeds > 0: tetris-gymnasium ignores seed 0")
+    name: str = setting("default", doc="run directory is <dir>/<name>")
+    dir: str = setting("runs")
+    seed: int = setting(1, min=1, doc="seeds > 0: tetris-gymnasium ignores seed 0")
 
 
 @dataclass
 class EnvSection:
-    kind: str = _limit("placement", choices=("raw", "placement"),
+    kind: str = setting("placement", choices=("raw", "placement"),
                        doc="raw: tetris-gymnasium's 8 key actions; placement: one action places a piece")
-    n_envs: int = _limit(1, min=1)
-    vec_env: str = _limit("dummy", choices=("dummy", "subproc"))
-    max_pieces: int = _limit(2000, min=0, doc="truncate training episodes after this many pieces; 0: never")
-    features: list[str] = _limit([], doc="placement features by name; empty: the default set")
-    reward: str = _limit("lines", choices=("score", "lines"),
+    n_envs: int = setting(1, min=1)
+    vec_env: str = setting("dummy", choices=("dummy", "subproc"))
+    max_pieces: int = setting(2000, min=0, doc="truncate training episodes after this many pieces; 0: never")
+    features: list[str] = setting([], doc="placement features by name; empty: the default set")
+    reward: str = setting("lines", choices=("score", "lines"),
                          doc="what training maximises: score: tetris-gymnasium's (+1 per piece, 10 x lines^2); "
                              "lines: +1 per piece, 10 per line (placement only)")
 
 
 @dataclass
 class AgentSection:
-    algo: str = _limit("afterstate-dqn", doc="ppo, dqn, afterstate-dqn, ...: see tetriszmq.agents.ALGOS")
-    policy: str = _limit("", doc="SB3 policy name; empty: the algorithm's default")
-    device: str = _limit("cpu")
-    torch_threads: int = _limit(1, min=1)
+    algo: str = setting("afterstate-dqn", doc="ppo, dqn, afterstate-dqn, ...: see tetriszmq.agents.ALGOS")
+    policy: str = setting("", doc="SB3 policy name; empty: the algorithm's default")
+    device: str = setting("cpu")
+    torch_threads: int = setting(1, min=1)
     params: dict[str, Any] = field(default_factory=dict, metadata={
         "doc": "keyword arguments of the SB3 algorithm; empty: its defaults (AfterstateDQN's are the measured ones)"})
 
 
 @dataclass
 class TrainSection:
-    max_timesteps: int = _limit(5_000_000, min=1, doc="total environment steps, counting those before --resume")
-    max_minutes: float = _limit(0.0, min=0, doc="wall-clock limit of this process; 0: none")
-    target_lines: int = _limit(0, min=0,
+    max_timesteps: int = setting(5_000_000, min=1, doc="total environment steps, counting those before --resume")
+    max_minutes: float = setting(0.0, min=0, doc="wall-clock limit of this process; 0: none")
+    target_lines: int = setting(0, min=0,
                                doc="stop after the first episode that clears at least this many lines; 0: never")
-    checkpoint_every: int = _limit(50_000, min=0, doc="timesteps between periodic checkpoints; 0: only latest/final")
+    checkpoint_every: int = setting(50_000, min=0, doc="timesteps between periodic checkpoints; 0: only latest/final")
 
 
 @dataclass
 class PublishSection:
-    pub: str = _limit("tcp://127.0.0.1:5555")
-    ctl: str = _limit("tcp://127.0.0.1:5556")
-    board_fps: float = _limit(30.0, min=0, doc="board frames per second at most; 0: no board frames")
-    metrics_every: float = _limit(1.0, min=0.05, doc="seconds between metrics messages")
-    heartbeat_every: float = _limit(0.5, min=0.05, doc="seconds between heartbeats")
-    history: int = _limit(20_000, min=1, doc="episodes and metrics kept for late joiners")
-    hwm: int = _limit(1000, min=1, doc="PUB high-water mark, in messages per subscriber")
+    pub: str = setting("tcp://127.0.0.1:5555")
+    ctl: str = setting("tcp://127.0.0.1:5556")
+    board_fps: float = setting(30.0, min=0, doc="board frames per second at most; 0: no board frames")
+    metrics_every: float = setting(1.0, min=0.05, doc="seconds between metrics messages")
+    heartbeat_every: float = setting(0.5, min=0.05, doc="seconds between heartbeats")
+    history: int = setting(20_000, min=1, doc="episodes and metrics kept for late joiners")
+    hwm: int = setting(1000, min=1, doc="PUB high-water mark, in messages per subscriber")
 
 
 @dataclass
 class SecuritySection:
-    curve_secret_key: str = _limit("", doc="the trainer's CURVE secret key file; empty: no CURVE")
-    curve_allow: str = _limit("", doc="folder of client public keys allowed to connect")
-    insecure: bool = _limit(False, doc="allow binding a non-loopback address without CURVE")
+    curve_secret_key: str = setting("", doc="the trainer's CURVE secret key file; empty: no CURVE")
+    curve_allow: str = setting("", doc="folder of client public keys allowed to connect")
+    insecure: bool = setting(False, doc="allow binding a non-loopback address without CURVE")
 
 
 @dataclass
@@ -107,17 +108,20 @@ class Config:
 
 def load(path: Path | None, overrides: list[str] = ()) -> Config:
     """Read a TOML file (or the defaults), apply ``section.key=value`` overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path) if path is not None else {}
     for override in overrides:
         _apply_override(data, override)
     return from_dict(data)
+
+
+def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's tables; a missing or malformed file is a `ConfigError` naming it."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -127,7 +131,7 @@ def from_dict(data: dict[str, Any]) -> Config:
     unknown = set(data) - set(hints)
     if unknown:
         raise ConfigError(f"unknown section [{sorted(unknown)[0]}]; known: {', '.join(hints)}")
-    sections = {name: _section(name, hints[name], data.get(name, {})) for name in hints}
+    sections = {name: read_section(name, hints[name], data.get(name, {})) for name in hints}
     config = Config(**sections)
     if bool(config.security.curve_secret_key) != bool(config.security.curve_allow):
         raise ConfigError("security.curve_secret_key and security.curve_allow go together")
@@ -136,7 +140,8 @@ def from_dict(data: dict[str, Any]) -> Config:
     return config
 
 
-def _section(name: str, cls: type, values: Any) -> Any:
+def read_section(name: str, cls: type, values: Any) -> Any:
+    """Table ``[name]`` as an instance of the dataclass ``cls``, every key checked; `ConfigError` names the key."""
     if not isinstance(values, dict):
         raise ConfigError(f"[{name}] must be a table, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -189,3 +194,12 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
 def to_toml(config: Config) -> str:
     """Write a config back as TOML, so a run directory records exactly what ran (and `load` reads it back)."""
     return tomli_w.dumps(config.to_dict())
+
+
+def toml_value(value: Any) -> str:
+    """One value as TOML on one line: the ``VALUE`` of ``--set section.key=VALUE``."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return tomli_w.dumps({"v": value})[len("v = "):-1]

@@ -130,8 +130,8 @@ BAD_SPACES = {
                            "env.features: unknown nope"),
     "int range of floats": ('"agent.params.train_freq" = { type = "int", low = 1.5, high = 8 }',
                             "low must be an integer"),
-    "eval of a raw-board run": ('"env.kind" = { type = "categorical", choices = ["placement", "raw"] }',
-                                'needs env.kind = "placement"'),
+    "eval of a raw-board run": ('"env.kind" = { type = "categorical", choices = ["placement", "raw"] }\n'
+                                '[set]\n"env.reward" = "score"', 'needs env.kind = "placement"'),
 }
 
 

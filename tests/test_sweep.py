@@ -65,7 +65,8 @@ def trial_record(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_a_sweep_of_four_tiny_trials_with_two_jobs_completes_reports_and_continues(tmp_path: Path) -> None:
-    runs, space = tmp_path / "runs", space_file(tmp_path)
+    runs = tmp_path / "runs"
+    space = space_file(tmp_path, pruner='kind = "none"\nreport_every = 100')  # a median pruner may prune one
     common = ["--config", str(TINY_SWEEP), "--space", str(space), "--jobs", "2", "--study", "tiny", "--runs", str(runs)]
     done = run_sweep(*common, "--trials", "4")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -23,7 +23,9 @@ import time
 from multiprocessing.connection import Connection
 
 import aiohttp
-from common import _process, _server, cpu_seconds, free_port, loadavg
+from harness.machine import cpu_seconds, loadavg
+from harness.processes import free_port, spawned
+from harness.servers import serving
 
 POST_BATCH = 500  # messages handed to the broker per frame while filling the history
 
@@ -92,10 +94,10 @@ def main() -> None:
     clients, seconds, episodes = (10, 2.0, 1000) if args.quick else (args.clients, args.seconds, args.episodes)
     load = loadavg()
     pub, ctl, port = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}", free_port()
-    with _process(publisher, pub, ctl, episodes) as (_, pipe):
+    with spawned(publisher, pub, ctl, episodes) as (_, pipe):
         if not pipe.poll(120) or pipe.recv() != "ready":
             raise RuntimeError("the publisher did not fill its history")
-        with _server("viewer", pub, ctl, port, ()) as pid:
+        with serving("viewer", pub, ctl, port, ()) as pid:
             cpu = cpu_seconds(pid)
             totals, window, first = asyncio.run(storm(port, clients, seconds))
             cpu = cpu_seconds(pid) - cpu

@@ -268,7 +268,7 @@ class Broker:
                 self._publish(pub, journal, Topic.HEARTBEAT, self._heartbeat())
                 next_beat = now + self.heartbeat_every
             if now >= next_metrics:
-                self._publish(pub, journal, Topic.METRICS, _METRICS_NOW)
+                self._publish(pub, journal, Topic.METRICS, self._metrics(periodic=True))
                 next_metrics = now + self.metrics_every
             events = dict(poller.poll(max(0.0, min(next_beat, next_metrics) - now) * 1000))
             if pull in events and not self._drain(pull, pub, journal):
@@ -310,7 +310,7 @@ class Broker:
 
     def _publish(self, pub: zmq.Socket, journal: IO[bytes] | None, topic: Topic, body: bytes) -> None:
         if topic is Topic.METRICS and body == _METRICS_NOW:
-            body = self._metrics()
+            body = self._metrics(periodic=False)
         elif topic is Topic.STATUS:  # `sps` counts from a state change: paused time is not training speed
             self._sps_mark = (self.state.timesteps, time.monotonic())
         self._seq += 1
@@ -336,16 +336,16 @@ class Broker:
         except OSError as exc:
             self.state.request(failure=f"cannot write {self.journal_path}: {exc}")
 
-    def _metrics(self) -> bytes:
+    def _metrics(self, *, periodic: bool) -> bytes:
         """The latest counters and SB3 scalars; `sps` since the previous metrics message or state change.
 
-        A metrics message asked for sooner (at the end of training) keeps the previous `sps`:
-        a few steps over a few milliseconds say nothing about speed.
+        One asked for out of turn (at the end of training) keeps the previous `sps` if little
+        time has passed: a few steps over a few milliseconds say nothing about speed.
         """
         state = self.state
         now, steps = time.monotonic(), state.timesteps
         steps_then, then = self._sps_mark
-        if now - then >= self.metrics_every / 2:
+        if periodic or now - then >= self.metrics_every / 2:
             state.sps = (steps - steps_then) / (now - then)
             self._sps_mark = (steps, now)
         return protocol.encode_body({

@@ -48,7 +48,7 @@ class Script:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen([sys.executable, str(path), self.pub, self.ctl, *args], cwd=ROOT,
                                          stdout=out, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
 
     def until(self, predicate, timeout: float = 120.0) -> list[tuple[Topic, dict]]:
         seen = self.sub.until(predicate, timeout)

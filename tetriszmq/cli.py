@@ -59,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     keys.set_defaults(func=_keys)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as exc:
+        if exc.name != "tetris_gymnasium":
+            raise
+        print("tetriszmq: this command needs the Tetris side: pip install 'tetriszmq[tetris]'", file=sys.stderr)
+        return 2
 
 
 def _train(args: argparse.Namespace) -> int:

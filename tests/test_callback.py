@@ -362,3 +362,16 @@ def test_a_network_address_without_curve_is_refused_unless_insecure(capsys):
         StreamCallback(pub="tcp://0.0.0.0:5555")
     StreamCallback(pub="tcp://0.0.0.0:5555", insecure=True)
     assert "WARNING" in capsys.readouterr().err
+
+
+def test_without_the_tetris_extra_the_game_commands_name_the_missing_extra(tmp_path):
+    script = f"""
+import sys
+sys.modules["tetris_gymnasium"] = None  # as in an install without the [tetris] extra
+from tetriszmq.cli import main
+sys.exit(main(["train", "--run-dir", {str(tmp_path / "run")!r}]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2
+    assert "pip install 'tetriszmq[tetris]'" in result.stderr
+    assert not (tmp_path / "run").exists()

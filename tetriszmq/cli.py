@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -59,13 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     keys.set_defaults(func=_keys)
 
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ModuleNotFoundError as exc:
-        if exc.name != "tetris_gymnasium":
-            raise
-        print("tetriszmq: this command needs the Tetris side: pip install 'tetriszmq[tetris]'", file=sys.stderr)
+    if args.command in ("train", "eval", "play") and importlib.util.find_spec("tetris_gymnasium") is None:
+        print(f"tetriszmq {args.command}: needs the game: pip install 'tetriszmq[tetris]'", file=sys.stderr)
         return 2
+    return args.func(args)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -29,9 +29,21 @@ import gymnasium as gym
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.callbacks import BaseCallback
 from tetriszmq import StreamCallback
 PUB, CTL = sys.argv[1], sys.argv[2]
 SMALL = dict(n_steps=128, batch_size=64, n_epochs=1, device="cpu")
+
+
+class Fails(BaseCallback):  # the user's bug: raises `error` once `at` timesteps are done
+    def __init__(self, error, at=200):
+        super().__init__()
+        self.error, self.at = error, at
+
+    def _on_step(self):
+        if self.num_timesteps >= self.at:
+            raise self.error
+        return True
 """
 
 
@@ -185,16 +197,8 @@ def test_learn_raising_in_a_notebook_publishes_error_and_frees_the_ports(script)
 
         shell = InteractiveShell.instance(user_ns=globals())
         shell.run_cell('''
-        from stable_baselines3.common.callbacks import BaseCallback
-
-        class Fails(BaseCallback):
-            def _on_step(self):
-                if self.num_timesteps >= 200:
-                    raise ValueError("the user's bug")
-                return True
-
         model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
-        model.learn(1024, callback=[StreamCallback(pub=PUB, ctl=CTL), Fails()])
+        model.learn(1024, callback=[StreamCallback(pub=PUB, ctl=CTL), Fails(ValueError("the user's bug"))])
         ''')
         print("cell done", flush=True)
         threading.Event().wait()  # the kernel waits for the next cell
@@ -207,18 +211,10 @@ def test_learn_raising_in_a_notebook_publishes_error_and_frees_the_ports(script)
 
 def test_learn_raising_and_a_second_learn_in_the_same_process_on_the_same_ports(script, tmp_path):
     run = script(f"""
-        from stable_baselines3.common.callbacks import BaseCallback
-
-        class Fails(BaseCallback):
-            def _on_step(self):
-                if self.num_timesteps >= 200:
-                    raise RuntimeError("boom")
-                return True
-
         callback = StreamCallback(pub=PUB, ctl=CTL, run_dir={str(tmp_path / "run")!r})
         model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
         try:
-            model.learn(1024, callback=[callback, Fails()])
+            model.learn(1024, callback=[callback, Fails(RuntimeError("boom"))])
         except RuntimeError:
             pass
         model.learn(256, callback=callback)  # at once: the abandoned run is ended first
@@ -233,18 +229,10 @@ def test_learn_raising_and_a_second_learn_in_the_same_process_on_the_same_ports(
 
 def test_context_manager_reports_the_exception_at_once(script):
     run = script("""
-        from stable_baselines3.common.callbacks import BaseCallback
-
-        class Fails(BaseCallback):
-            def _on_step(self):
-                if self.num_timesteps >= 200:
-                    raise KeyError("missing")
-                return True
-
         model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
         try:
             with StreamCallback(pub=PUB, ctl=CTL) as callback:
-                model.learn(1024, callback=[callback, Fails()])
+                model.learn(1024, callback=[callback, Fails(KeyError("missing"))])
         except KeyError:
             print("caught")
     """)
@@ -254,15 +242,8 @@ def test_context_manager_reports_the_exception_at_once(script):
 
 def test_a_script_that_dies_in_learn_publishes_error_with_the_exception(script):
     run = script("""
-        from stable_baselines3.common.callbacks import BaseCallback
-
-        class Fails(BaseCallback):
-            def _on_step(self):
-                if self.num_timesteps >= 200:
-                    raise ZeroDivisionError("no")
-                return True
-
-        PPO("MlpPolicy", "CartPole-v1", **SMALL).learn(1024, callback=[StreamCallback(pub=PUB, ctl=CTL), Fails()])
+        model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
+        model.learn(1024, callback=[StreamCallback(pub=PUB, ctl=CTL), Fails(ZeroDivisionError("no"))])
     """)
     assert run.finish() == 1
     assert "ZeroDivisionError: no" in run.output()

@@ -16,12 +16,18 @@ def is_status(state: str):
     return lambda topic, payload: topic is Topic.STATUS and payload["state"] == state
 
 
-def test_a_stop_after_pause_and_resume_says_stop_requested_not_the_previous_reason(trainers, subscribe):
+def paused_trainer(trainers, subscribe):
+    """A training trainer, paused, with a subscriber to its status messages."""
     trainer = trainers(*LONG)
     sub = subscribe(trainer.pub, STATUS)
     sub.until(is_status("running"))
     request(trainer.ctl, "pause")
     sub.until(is_status("paused"))
+    return trainer, sub
+
+
+def test_a_stop_after_pause_and_resume_says_stop_requested_not_the_previous_reason(trainers, subscribe):
+    trainer, sub = paused_trainer(trainers, subscribe)
     request(trainer.ctl, "resume")
     assert sub.until(is_status("running"))[-1][1]["reason"] == "resumed"
     request(trainer.ctl, "stop")
@@ -32,11 +38,7 @@ def test_a_stop_after_pause_and_resume_says_stop_requested_not_the_previous_reas
 
 
 def test_stopping_a_paused_trainer_goes_straight_to_stopping(trainers, subscribe):
-    trainer = trainers(*LONG)
-    sub = subscribe(trainer.pub, STATUS)
-    sub.until(is_status("running"))
-    request(trainer.ctl, "pause")
-    sub.until(is_status("paused"))
+    trainer, sub = paused_trainer(trainers, subscribe)
     request(trainer.ctl, "stop")
     states = [p["state"] for _, p in sub.until(is_status("stopped"))]
     assert trainer.wait(60) == 0, trainer.output()

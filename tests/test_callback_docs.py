@@ -82,7 +82,8 @@ def test_the_script_recipe_streams_two_learn_calls(tmp_path):
 
 
 def test_the_script_recipe_stretched_to_an_exception(tmp_path):
-    failing = SCRIPT.replace("model.learn(3_000, callback=stream)\n", "model.learn(3_000, callback=[stream, Fails()])\n")
+    first_learn = "model.learn(3_000, callback=stream)\n"
+    failing = SCRIPT.replace(first_learn, "model.learn(3_000, callback=[stream, Fails()])\n")
     assert failing != SCRIPT
     source = "from stable_baselines3.common.callbacks import BaseCallback\n\n" + textwrap.dedent("""
         class Fails(BaseCallback):

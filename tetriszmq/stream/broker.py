@@ -146,7 +146,6 @@ class Broker:
         heartbeat_every: float = 0.5,
         metrics_every: float = 1.0,
         setup_socket: SocketSetup | None = None,
-        watch: Watch | None = None,
     ) -> None:
         self.state = state
         self.pub_endpoint, self.ctl_endpoint = pub, ctl
@@ -156,7 +155,7 @@ class Broker:
         self.heartbeat_every = heartbeat_every
         self.metrics_every = metrics_every
         self.setup_socket = setup_socket
-        self.watch = watch
+        self.watch: Watch | None = None  # set by the owner of the training thread, read at heartbeats
         self.ctx = zmq.Context.instance()
         self.address = f"inproc://tetriszmq-broker-{id(self):x}"
         self._ready = threading.Event()
@@ -345,7 +344,7 @@ class Broker:
         state = self.state
         now, steps = time.monotonic(), state.timesteps
         steps_then, then = self._sps_mark
-        if periodic or now - then >= self.metrics_every / 2:
+        if now > then and (periodic or now - then >= self.metrics_every / 2):
             state.sps = (steps - steps_then) / (now - then)
             self._sps_mark = (steps, now)
         return protocol.encode_body({

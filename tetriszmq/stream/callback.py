@@ -26,7 +26,6 @@ import secrets
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -124,7 +123,7 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-_LIVE: weakref.WeakSet[StreamCallback] = weakref.WeakSet()  # callbacks whose own broker is running
+_LIVE: set[StreamCallback] = set()  # callbacks whose own broker is running
 
 
 @atexit.register

@@ -19,9 +19,9 @@ from conftest import ROOT, Subscriber, free_port, wait_for
 
 from tetriszmq.stream.broker import SWITCH_INTERVAL
 from tetriszmq.stream.callback import ABANDONED, StreamCallback
-from tetriszmq.stream.control import request
+from tetriszmq.stream.control import NoReply, request
 from tetriszmq.stream.protocol import Topic
-from tetriszmq.stream.security import SecurityError
+from tetriszmq.stream.security import ClientCurve, SecurityError, make_keys
 
 PRELUDE = """
 import sys
@@ -356,3 +356,27 @@ sys.exit(main(["train", "--run-dir", {str(tmp_path / "run")!r}]))
     assert result.returncode == 2
     assert "pip install 'tetriszmq[tetris]'" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_curve_secures_both_sockets_of_the_callback(script, tmp_path):
+    make_keys(tmp_path / "keys")
+    run = script(f"""
+        from pathlib import Path
+        from tetriszmq.stream.security import ServerCurve
+        keys = Path({str(tmp_path / "keys")!r})
+        curve = ServerCurve(keys / "trainer.key_secret", keys / "allowed")
+        model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
+        model.learn(10_000_000, callback=StreamCallback(pub=PUB, ctl=CTL, curve=curve))
+    """)
+    client = ClientCurve(tmp_path / "keys" / "trainer.key", tmp_path / "keys" / "client.key_secret")
+
+    def training() -> bool:
+        try:
+            return request(run.ctl, "status", curve=client, timeout=2, retries=0)["timesteps"] > 0
+        except NoReply:
+            return False
+
+    wait_for(training, timeout=120)
+    assert not run.messages and not run.sub.sock.poll(1000), "a subscriber without keys gets nothing"
+    assert request(run.ctl, "stop", curve=client)["state"] == "stopping"
+    assert run.finish() == 0, run.output()

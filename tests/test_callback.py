@@ -35,6 +35,12 @@ PUB, CTL = sys.argv[1], sys.argv[2]
 SMALL = dict(n_steps=128, batch_size=64, n_epochs=1, device="cpu")
 
 
+def streaming(callback):  # bind now, and go on once the test's subscriber hears the stream (it says so on stdin)
+    callback.bind()
+    sys.stdin.readline()
+    return callback
+
+
 class Fails(BaseCallback):  # the user's bug: raises `error` once `at` timesteps are done
     def __init__(self, error, at=200):
         super().__init__()
@@ -48,7 +54,11 @@ class Fails(BaseCallback):  # the user's bug: raises `error` once `at` timesteps
 
 
 class Script:
-    """A Python script in a subprocess, with a subscriber on its stream from before it starts."""
+    """A Python script in a subprocess, with a subscriber on its stream from before it starts.
+
+    A script that wraps its callback in ``streaming(...)`` waits until the subscriber has heard the
+    stream, so that a short run loses nothing to the subscriber's connecting.
+    """
 
     def __init__(self, body: str, tmp_path: Path, *, args: tuple[str, ...] = ()) -> None:
         self.pub, self.ctl = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
@@ -59,8 +69,12 @@ class Script:
         self.log = path.with_suffix(".log")
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen([sys.executable, str(path), self.pub, self.ctl, *args], cwd=ROOT,
-                                         stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
                                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+        if "streaming(" in body:
+            self.messages.append(self.sub.recv(120))
+            self.proc.stdin.write(b"go\n")
+            self.proc.stdin.flush()
 
     def until(self, predicate, timeout: float = 120.0) -> list[tuple[Topic, dict]]:
         seen = self.sub.until(predicate, timeout)
@@ -122,7 +136,7 @@ def test_subprocess_envs_stream_episodes_and_no_board_when_envs_have_none(script
         if __name__ == "__main__":
             env = SubprocVecEnv([lambda: Monitor(gym.make("CartPole-v1"))] * 2)
             model = PPO("MlpPolicy", env, **SMALL)
-            model.learn(1024, callback=StreamCallback(pub=PUB, ctl=CTL))
+            model.learn(1024, callback=streaming(StreamCallback(pub=PUB, ctl=CTL)))
             env.close()
             print("done", model.num_timesteps)
     """)
@@ -141,7 +155,8 @@ def test_envs_without_monitor_report_reward_and_length_from_sb3s_own_rewards_and
                 return obs, reward, terminated, truncated, info
 
         env = DummyVecEnv([lambda: Success(gym.make("CartPole-v1"))] * 2)  # no Monitor
-        PPO("MlpPolicy", env, **SMALL).learn(512, callback=StreamCallback(pub=PUB, ctl=CTL, info_keys=("is_success",)))
+        callback = streaming(StreamCallback(pub=PUB, ctl=CTL, info_keys=("is_success",)))
+        PPO("MlpPolicy", env, **SMALL).learn(512, callback=callback)
     """)
     assert run.finish() == 0, run.output()
     episodes = run.of(Topic.EPISODE)
@@ -154,7 +169,7 @@ def test_envs_without_monitor_report_reward_and_length_from_sb3s_own_rewards_and
 
 def test_on_training_end_twice_as_rl_zoo3_calls_it_is_harmless(script):
     run = script("""
-        callback = StreamCallback(pub=PUB, ctl=CTL)
+        callback = streaming(StreamCallback(pub=PUB, ctl=CTL))
         model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
         try:
             model.learn(256, callback=[callback])
@@ -198,7 +213,7 @@ def test_learn_raising_in_a_notebook_publishes_error_and_frees_the_ports(script)
         shell = InteractiveShell.instance(user_ns=globals())
         shell.run_cell('''
         model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
-        model.learn(1024, callback=[StreamCallback(pub=PUB, ctl=CTL), Fails(ValueError("the user's bug"))])
+        model.learn(1024, callback=[streaming(StreamCallback(pub=PUB, ctl=CTL)), Fails(ValueError("the user's bug"))])
         ''')
         print("cell done", flush=True)
         threading.Event().wait()  # the kernel waits for the next cell
@@ -231,7 +246,7 @@ def test_context_manager_reports_the_exception_at_once(script):
     run = script("""
         model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
         try:
-            with StreamCallback(pub=PUB, ctl=CTL) as callback:
+            with streaming(StreamCallback(pub=PUB, ctl=CTL)) as callback:
                 model.learn(1024, callback=[callback, Fails(KeyError("missing"))])
         except KeyError:
             print("caught")
@@ -243,7 +258,7 @@ def test_context_manager_reports_the_exception_at_once(script):
 def test_a_script_that_dies_in_learn_publishes_error_with_the_exception(script):
     run = script("""
         model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
-        model.learn(1024, callback=[StreamCallback(pub=PUB, ctl=CTL), Fails(ZeroDivisionError("no"))])
+        model.learn(1024, callback=[streaming(StreamCallback(pub=PUB, ctl=CTL)), Fails(ZeroDivisionError("no"))])
     """)
     assert run.finish() == 1
     assert "ZeroDivisionError: no" in run.output()
@@ -266,7 +281,7 @@ def test_next_to_sb3s_own_callbacks_in_a_callback_list(script, tmp_path):
         model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
         callbacks = CallbackList([
             CheckpointCallback(save_freq=256, save_path={str(tmp_path / "ckpt")!r}),
-            StreamCallback(pub=PUB, ctl=CTL),
+            streaming(StreamCallback(pub=PUB, ctl=CTL)),
             EvalCallback(Monitor(gym.make("CartPole-v1")), eval_freq=256, n_eval_episodes=2),
         ])
         model.learn(512, callback=callbacks)

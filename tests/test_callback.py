@@ -167,15 +167,15 @@ def test_envs_without_monitor_report_reward_and_length_from_sb3s_own_rewards_and
         assert episode["is_success"] is False
 
 
-def test_on_training_end_twice_as_rl_zoo3_calls_it_is_harmless(script):
-    run = script("""
+def test_on_training_end_twice_as_rl_zoo3_calls_it_is_harmless(script, tmp_path):
+    run = script(f"""
         callback = streaming(StreamCallback(pub=PUB, ctl=CTL))
         model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
         try:
             model.learn(256, callback=[callback])
         finally:
             callback.on_training_end()  # rl_zoo3's ExperimentManager.learn does this
-        print("saved", model.save("model") is None)
+        print("saved", model.save({str(tmp_path / "model")!r}) is None)
     """)
     assert run.finish() == 0, run.output()
     assert "saved True" in run.output()

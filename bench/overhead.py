@@ -181,7 +181,7 @@ def stream(board_fps: float, subscribers: int) -> Callable[[], tuple[object, Cal
         readies = [mp.Event() for _ in range(subscribers)]
         procs = [mp.Process(target=subscriber, args=(pub, ready, stop), daemon=True) for ready in readies]
         callback = StreamCallback(pub=pub, ctl=free_endpoint(), board_fps=board_fps)
-        callback.broker.start()  # bind before the clock starts; learn() then finds it running
+        callback.bind()  # bind before the clock starts; learn() then uses these sockets
         for proc in procs:
             proc.start()
         for ready in readies:  # every subscriber connected and idle before the clock starts

@@ -9,9 +9,9 @@ python=${PYTHON:-python3}
   echo "setup: tetriszmq needs Python 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 
-extras="[sweep]"
+extras="[tetris,sweep]"
 if [ "${1:-}" = "--test" ]; then
-  extras="[test,sweep]"
+  extras="[tetris,sweep,test]"
   if ! command -v chromium >/dev/null 2>&1; then
     echo "setup: installing Debian's chromium for the page tests" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
@@ -21,7 +21,7 @@ if [ "${1:-}" = "--test" ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   fi
 fi
-# torch is pinned to the CPU wheel; a looser spec pulls a multi-GB CUDA build.
+# torch's CPU wheel first: pyproject's torch range alone would pull a multi-GB CUDA build.
 .venv/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 -e ".${extras}" 2>&1 \
   | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import tetriszmq, torch, zmq, stable_baselines3, tetris_gymnasium, optuna, psycopg" 

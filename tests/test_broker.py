@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import orjson
 from conftest import free_port
 
-from tetriszmq.stream.broker import Broker
+from tetriszmq.stream.broker import Broker, Outbox
 from tetriszmq.stream.control import request
 from tetriszmq.stream.protocol import Topic
 from tetriszmq.stream.state import TrainerState
@@ -16,7 +17,7 @@ from tetriszmq.stream.state import TrainerState
 def test_one_flush_publishes_every_staged_message_in_order_with_its_own_seq(tmp_path: Path, subscribe):
     pub, ctl = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     journal = tmp_path / "metrics.jsonl"
-    broker = Broker(TrainerState(run="staged"), pub, ctl, journal=journal, heartbeat_every=0.1)
+    broker = Broker(TrainerState(run="staged"), pub, ctl, journal=journal, heartbeat_every=0.1, metrics_every=3600)
     broker.start()
     try:
         sub = subscribe(pub, (b"board", b"episode", b"metrics"))
@@ -44,3 +45,19 @@ def test_one_flush_publishes_every_staged_message_in_order_with_its_own_seq(tmp_
     journaled = [orjson.loads(line) for line in journal.read_bytes().splitlines()]
     assert [m["episode"] for m in journaled if m["topic"] == "episode"] == [1, 2, 3]
     assert broker.outbox.dropped == 0
+
+
+def test_close_returns_even_when_the_broker_thread_has_died():
+    """Issue 11: the close message was sent blocking, so a dead broker thread hung shutdown forever."""
+    pub, ctl = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    broker = Broker(TrainerState(run="dies"), pub, ctl, hwm=1)
+    broker.start()
+    Outbox(broker.ctx, broker.address, 1).close_broker(10)  # the thread ends, as if it had died
+    broker._thread.join(10)
+    assert not broker.running
+    while not broker.outbox.dropped:  # the pipe to the dead thread fills up
+        broker.outbox.post(Topic.EPISODE, {"episode": 1})
+    closer = threading.Thread(target=broker.close, kwargs={"timeout": 1.0}, daemon=True)
+    closer.start()
+    closer.join(30)
+    assert not closer.is_alive(), "close() hung on a dead broker thread"

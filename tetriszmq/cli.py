@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     keys.set_defaults(func=_keys)
 
     args = parser.parse_args(argv)
+    if args.command in ("train", "eval", "play") and importlib.util.find_spec("tetris_gymnasium") is None:
+        print(f"tetriszmq {args.command}: needs the game: pip install 'tetriszmq[tetris]'", file=sys.stderr)
+        return 2
     return args.func(args)
 
 

@@ -8,7 +8,6 @@ callback, and always finish with a final checkpoint and a ``stopped`` status.
 from __future__ import annotations
 
 import math
-import os
 import secrets
 import signal
 import sys
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-import orjson
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
@@ -31,7 +29,7 @@ from tetriszmq.stream.callback import StreamCallback
 from tetriszmq.stream.checkpoints import Checkpoints, counters_of
 from tetriszmq.stream.protocol import State
 from tetriszmq.stream.security import SecurityError, ServerCurve, check_exposure
-from tetriszmq.stream.state import TrainerState
+from tetriszmq.stream.state import TrainerState, write_run_file
 from tetriszmq.tetris.envs import make_vec_env
 
 
@@ -62,10 +60,10 @@ class StopConditions(BaseCallback):
     def _on_step(self) -> bool:
         state = self.state
         if state.best_lines >= self.target_lines:
-            state.reason = f"target_lines {self.target_lines} reached"
+            state.stop_reason = f"target_lines {self.target_lines} reached"
             return False
         if time.monotonic() >= self.deadline:
-            state.reason = "max_minutes reached"
+            state.stop_reason = "max_minutes reached"
             return False
         return True
 
@@ -100,17 +98,16 @@ def train(config: cfg.Config, options: RunOptions) -> int:
     publish = config.publish
     broker = Broker(state, publish.pub, publish.ctl, hwm=publish.hwm, history=publish.history,
                     journal=run_dir / "metrics.jsonl", heartbeat_every=publish.heartbeat_every,
-                    setup_socket=curve.apply if curve else None)
+                    metrics_every=publish.metrics_every, setup_socket=curve.apply if curve else None)
     authenticator = curve.start(broker.ctx) if curve else None
     try:
         broker.start()
     except OSError as exc:
         raise RunError(str(exc)) from None
     checkpoints = Checkpoints(run_dir / "checkpoints", config.train.checkpoint_every)
-    stream = StreamCallback(broker, checkpoints=checkpoints, board_fps=publish.board_fps,
-                            metrics_every=publish.metrics_every)
+    stream = StreamCallback(broker, checkpoints=checkpoints, board_fps=publish.board_fps)
     stream.set_state(State.STARTING)
-    _write_run_file(run_dir, state)
+    write_run_file(run_dir, state)
     progress = None if options.quiet else ProgressLine(state, run_dir, config.train.max_timesteps)
     previous = _stop_on_signals(state)
     try:
@@ -160,14 +157,14 @@ def _learn(model: BaseAlgorithm, config: cfg.Config, state: TrainerState, stream
         if remaining > 0:
             model.learn(remaining, callback=CallbackList([stream, *game, stops]), reset_num_timesteps=False)
         else:
-            state.reason = f"max_timesteps {config.train.max_timesteps} already reached"
+            state.stop_reason = f"max_timesteps {config.train.max_timesteps} already reached"
     except Exception as exc:
         stream.set_state(State.ERROR, f"{type(exc).__name__}: {exc}")
         print(f"tetriszmq: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
         model.get_env().close()
-    why = state.reason or f"max_timesteps {config.train.max_timesteps} reached"
+    why = state.stop_reason or f"max_timesteps {config.train.max_timesteps} reached"
     stream.set_state(State.STOPPING, why)
     try:
         stream.save(final=True)
@@ -187,14 +184,6 @@ def _stop_on_signals(state: TrainerState) -> dict[signal.Signals, signal.Handler
     def handler(signum: int, frame: FrameType | None) -> None:
         if state.stop_requested:
             raise KeyboardInterrupt
-        state.reason = f"signal {signal.Signals(signum).name}"
-        state.request(stop_requested=True)
+        state.request_stop(f"signal {signal.Signals(signum).name}")
 
     return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
-
-
-def _write_run_file(run_dir: Path, state: TrainerState) -> None:
-    """``run.json``: who is training here and where to reach it."""
-    (run_dir / "run.json").write_bytes(orjson.dumps(
-        {"run": state.run, "endpoints": state.endpoints, "pid": os.getpid(), "started": time.time()},
-        option=orjson.OPT_INDENT_2))

@@ -16,8 +16,13 @@ thread, fed by the matching PULL socket:
 - appends episodes, metrics and status to ``metrics.jsonl``,
 - keeps the `RunHistory` that answers ``snapshot`` consistently with ``seq``,
 - answers control requests on REP, even during a long SB3 update,
-- publishes a heartbeat every ``heartbeat_every`` seconds, also while the
-  training thread is busy saving or paused.
+- publishes a heartbeat every ``heartbeat_every`` seconds and a metrics
+  message every ``metrics_every`` seconds (the latest counters and SB3
+  scalars from `TrainerState`), also while the training thread is busy in a
+  long update, saving or paused,
+- and, given a ``watch``, notices a training thread that left ``learn()``
+  without ending the run (an exception): it publishes ``error`` and closes its
+  sockets, so a dead run never looks live and its ports are free again.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from tetriszmq.stream.protocol import Command, ProtocolError, State, Topic
 from tetriszmq.stream.state import TrainerState
 
 _CLOSE = b""  # a flush never sends an empty batch
+_METRICS_NOW = b""  # a metrics record without a body: the broker builds one now (`Outbox.stage_metrics`)
 _TOPICS = tuple(Topic)
 _CODES = {topic: code for code, topic in enumerate(_TOPICS)}
 _RECORD = struct.Struct("<BI")  # one staged message: topic code, body length; then the body
@@ -46,8 +52,29 @@ _BATCH = 256  # hand-offs drained per wake-up before the REP socket gets a turn
 _JOURNALED = frozenset({Topic.STATUS, Topic.METRICS, Topic.EPISODE})
 MAX_WIRE_REQUEST = 1 << 20  # larger requests drop the connection instead of being read
 SWITCH_INTERVAL = 0.001  # s; with CPython's 5 ms a real trainer's board p99 was 19.8 ms on a busy 2-core box, now 9.5
+ENDPOINT_SCHEMES = ("tcp", "ipc", "inproc")
+BIND_RETRY = 2.0  # s during which an address in use is retried (see `_bind`)
 
 SocketSetup = Callable[[zmq.Socket, str], None]
+Watch = Callable[[], "str | None"]  # None while training goes on; else why the run is over
+
+
+def check_endpoints(pub: str, ctl: str) -> None:
+    """Refuse endpoints that cannot be bound, with a message that says why (ZeroMQ's would not)."""
+    for name, endpoint in (("pub", pub), ("ctl", ctl)):
+        if not isinstance(endpoint, str) or "://" not in endpoint:
+            raise ValueError(f"{name}={endpoint!r}: an endpoint is SCHEME://ADDRESS, e.g. tcp://127.0.0.1:5555")
+        scheme, address = endpoint.split("://", 1)
+        if scheme not in ENDPOINT_SCHEMES:
+            raise ValueError(f"{name}={endpoint!r}: scheme {scheme!r} cannot be bound; use one of "
+                             f"{', '.join(ENDPOINT_SCHEMES)}")
+        if scheme == "tcp":
+            host, _, port = address.rpartition(":")
+            if not host or not (port == "*" or (port.isdigit() and int(port) <= 65535)):
+                raise ValueError(f"{name}={endpoint!r}: tcp needs HOST:PORT with a port from 0 to 65535 "
+                                 "(0 or * for any free port)")
+    if pub == ctl and not pub.endswith((":0", ":*")):
+        raise ValueError(f"pub and ctl are both {pub!r}: they are two sockets and need two endpoints")
 
 
 class Outbox:
@@ -77,16 +104,31 @@ class Outbox:
             self.dropped += len(self._staged) // 2
         self._staged = []
 
+    def stage_metrics(self) -> None:
+        """Ask for a metrics message now, in order with what is staged (the broker builds it)."""
+        self._staged += (_RECORD.pack(_CODES[Topic.METRICS], 0), _METRICS_NOW)
+
     def post(self, topic: Topic, fields: dict[str, Any]) -> None:
         """Stage one message and flush now, with whatever was staged before it."""
         self.stage(topic, fields)
         self.flush()
 
-    def close_broker(self) -> None:
-        """Ask the broker to finish: everything staged or posted before this is published first."""
+    def close_broker(self, timeout: float) -> bool:
+        """Ask the broker to finish, after everything staged or posted before this; False if it could not be told.
+
+        Waits at most ``timeout`` seconds for room in the pipe: a broker thread that has died
+        reads nothing, and a blocking send would hang the caller's shutdown forever.
+        """
         self.flush()
-        self._sock.send(_CLOSE)
-        self._sock.close()
+        told = False
+        if self._sock.poll(int(timeout * 1000), zmq.POLLOUT):
+            try:
+                self._sock.send(_CLOSE, zmq.NOBLOCK)
+                told = True
+            except zmq.Again:
+                pass
+        self._sock.close(linger=int(timeout * 1000) if told else 0)
+        return told
 
 
 class Broker:
@@ -102,6 +144,7 @@ class Broker:
         history: int = 20000,
         journal: Path | None = None,
         heartbeat_every: float = 0.5,
+        metrics_every: float = 1.0,
         setup_socket: SocketSetup | None = None,
     ) -> None:
         self.state = state
@@ -110,7 +153,9 @@ class Broker:
         self.history = RunHistory(state.run, history)
         self.journal_path = journal
         self.heartbeat_every = heartbeat_every
+        self.metrics_every = metrics_every
         self.setup_socket = setup_socket
+        self.watch: Watch | None = None  # set by the owner of the training thread, read at heartbeats
         self.ctx = zmq.Context.instance()
         self.address = f"inproc://tetriszmq-broker-{id(self):x}"
         self._ready = threading.Event()
@@ -118,24 +163,28 @@ class Broker:
         self._thread = threading.Thread(target=self._run, name="tetriszmq-broker", daemon=True)
         self._prefixes = {topic: protocol.envelope_prefix(topic, state.run) for topic in Topic}
         self._seq = 0
+        self._sps_mark = (0, 0.0)  # timesteps and time that the next metrics' `sps` counts from
+        self._switch_interval = 0.0  # the interpreter's, to restore at close; 0: not changed
         self.outbox: Outbox
 
     def start(self) -> None:
         """Bind the sockets and start the thread; raises if an endpoint cannot be bound.
 
         The calling thread gets ``self.outbox``, its end of the pipe. Also lowers the
-        interpreter's switch interval to `SWITCH_INTERVAL` (process-wide, never raised): a
-        training thread never waits, so each time the broker thread wants the GIL it waits out
-        a whole interval, several times per board.
+        interpreter's switch interval to `SWITCH_INTERVAL` until `close` (it is process-wide):
+        a training thread never waits, so each time the broker thread wants the GIL it waits
+        out a whole interval, several times per board.
         """
-        if sys.getswitchinterval() > SWITCH_INTERVAL:
-            sys.setswitchinterval(SWITCH_INTERVAL)
+        self.outbox = Outbox(self.ctx, self.address, self.hwm * 10)  # inproc: connecting before the bind is fine
         self._thread.start()
         self._ready.wait()
         if self._error is not None:
             self._thread.join()
+            self.outbox.close_broker(0)
             raise self._error
-        self.outbox = Outbox(self.ctx, self.address, self.hwm * 10)
+        if sys.getswitchinterval() > SWITCH_INTERVAL:
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(SWITCH_INTERVAL)
 
     def set_state(self, new: State, reason: str = "") -> None:
         """Change the trainer's state and announce it (from the thread that started the broker)."""
@@ -149,9 +198,15 @@ class Broker:
         return self._thread.is_alive()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Publish everything posted so far, then stop the thread (from the starting thread)."""
-        self.outbox.close_broker()
-        self._thread.join(timeout)
+        """Publish everything posted so far, then stop the thread (from the starting thread).
+
+        Bounded by ``timeout`` even if the thread has died; restores the switch interval.
+        """
+        if self.outbox.close_broker(timeout if self.running else 0):
+            self._thread.join(timeout)
+        if self._switch_interval and sys.getswitchinterval() == SWITCH_INTERVAL:
+            sys.setswitchinterval(self._switch_interval)
+        self._switch_interval = 0.0
 
     def _run(self) -> None:
         try:
@@ -185,10 +240,7 @@ class Broker:
             for sock, endpoint in ((pub, self.pub_endpoint), (rep, self.ctl_endpoint)):
                 if self.setup_socket is not None:
                     self.setup_socket(sock, endpoint)
-                try:
-                    sock.bind(endpoint)
-                except zmq.ZMQError as exc:
-                    raise OSError(f"cannot bind {endpoint}: {exc}") from None
+                _bind(sock, endpoint)
             journal = None if self.journal_path is None else open_for_append(self.journal_path)
         except BaseException:
             for sock in (pull, pub, rep):
@@ -205,12 +257,19 @@ class Broker:
         poller.register(pull, zmq.POLLIN)
         poller.register(rep, zmq.POLLIN)
         next_beat = time.monotonic()
+        next_metrics = next_beat + self.metrics_every
+        self._sps_mark = (self.state.timesteps, next_beat)
         while True:
             now = time.monotonic()
             if now >= next_beat:
+                if self._abandoned(pub, journal):
+                    return
                 self._publish(pub, journal, Topic.HEARTBEAT, self._heartbeat())
                 next_beat = now + self.heartbeat_every
-            events = dict(poller.poll(max(0.0, next_beat - now) * 1000))
+            if now >= next_metrics:
+                self._publish(pub, journal, Topic.METRICS, self._metrics(periodic=True))
+                next_metrics = now + self.metrics_every
+            events = dict(poller.poll(max(0.0, min(next_beat, next_metrics) - now) * 1000))
             if pull in events and not self._drain(pull, pub, journal):
                 return
             if rep in events:
@@ -234,7 +293,25 @@ class Broker:
                 self._flush(journal)
         return True
 
+    def _abandoned(self, pub: zmq.Socket, journal: IO[bytes] | None) -> bool:
+        """True (after publishing ``error``) if the watch says training ended without closing the run."""
+        reason = self.watch() if self.watch is not None else None
+        if reason is None:
+            return False
+        state = self.state
+        state.state, state.reason = State.ERROR, reason
+        self._publish(pub, journal, Topic.STATUS, protocol.encode_body({
+            "state": str(State.ERROR), "reason": reason, "timesteps": state.timesteps,
+            "episodes": state.episodes, "t": time.time()}))
+        if journal is not None:
+            self._flush(journal)
+        return True
+
     def _publish(self, pub: zmq.Socket, journal: IO[bytes] | None, topic: Topic, body: bytes) -> None:
+        if topic is Topic.METRICS and body == _METRICS_NOW:
+            body = self._metrics(periodic=False)
+        elif topic is Topic.STATUS:  # `sps` counts from a state change: paused time is not training speed
+            self._sps_mark = (self.state.timesteps, time.monotonic())
         self._seq += 1
         payload = protocol.seal(self._prefixes[topic], self._seq, body)
         try:
@@ -257,6 +334,27 @@ class Broker:
             operation(*args)
         except OSError as exc:
             self.state.request(failure=f"cannot write {self.journal_path}: {exc}")
+
+    def _metrics(self, *, periodic: bool) -> bytes:
+        """The latest counters and SB3 scalars; `sps` since the previous metrics message or state change.
+
+        One asked for out of turn (at the end of training) keeps the previous `sps` if little
+        time has passed: a few steps over a few milliseconds say nothing about speed.
+        """
+        state = self.state
+        now, steps = time.monotonic(), state.timesteps
+        steps_then, then = self._sps_mark
+        if now > then and (periodic or now - then >= self.metrics_every / 2):
+            state.sps = (steps - steps_then) / (now - then)
+            self._sps_mark = (steps, now)
+        return protocol.encode_body({
+            "timesteps": steps,
+            "episodes": state.episodes,
+            "sps": round(state.sps, 1),
+            "dropped": self.outbox.dropped,
+            "scalars": state.scalars.copy(),  # one C call under the GIL: the training thread cannot interleave
+            "t": time.time(),
+        })
 
     def _heartbeat(self) -> bytes:
         beat = self.state.summary()
@@ -282,7 +380,7 @@ class Broker:
         if cmd is Command.SNAPSHOT:
             return self.history.snapshot()
         if cmd is Command.STOP:
-            state.request(stop_requested=True)
+            state.request_stop("stop requested")
             return {"state": str(State.STOPPING)}
         if cmd is Command.PAUSE:
             state.request(paused=True)
@@ -294,6 +392,20 @@ class Broker:
             raise ProtocolError("this trainer has no checkpoint directory; save is unavailable")
         state.request(save_requested=True)
         return {"state": str(State.SAVING)}
+
+
+def _bind(sock: zmq.Socket, endpoint: str) -> None:
+    """Bind, retrying briefly while the address is in use: libzmq releases a closed socket's port
+    in its own thread, a moment after ``close`` returns, and the next ``learn()`` binds at once."""
+    deadline = time.monotonic() + BIND_RETRY
+    while True:
+        try:
+            sock.bind(endpoint)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise OSError(f"cannot bind {endpoint}: {exc}") from None
+        time.sleep(0.02)
 
 
 def _records(batch: bytes) -> Iterator[tuple[Topic, bytes]]:

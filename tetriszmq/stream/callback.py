@@ -1,39 +1,59 @@
 """`StreamCallback`: a stable-baselines3 callback that streams a run on ZeroMQ.
 
 Add it to any ``model.learn(callback=...)``. Per step it does a handful of
-attribute reads and one clock read. Board frames, metrics and episodes are
-staged and handed to the broker thread (see `tetriszmq.stream.broker`), which does
-all network and disk I/O, in one batch per `FLUSH_PERIOD`: each hand-off
-wakes that thread, and a woken thread competes for the GIL, so the number of
-hand-offs, not of messages, is what publishing costs training. Control
-requests arrive as flags on the shared `TrainerState` and are obeyed here,
-between steps, where the model is consistent.
+attribute reads and one clock read. Board frames and episodes are staged and
+handed to the broker thread (see `tetriszmq.stream.broker`), which does all
+network and disk I/O and sends the metrics, in one batch per `FLUSH_PERIOD`:
+each hand-off wakes that thread, and a woken thread competes for the GIL, so
+the number of hand-offs, not of messages, is what publishing costs training.
+Control requests arrive as flags on the shared `TrainerState` and are obeyed
+here, between steps, where the model is consistent.
+
+Given endpoints rather than a broker, the callback owns one broker per
+``learn()``: bound at the start, closed at the end, so one callback serves
+several ``learn()`` calls (each a new run id) and holds no socket between
+them. SB3 calls no hook when ``learn()`` raises, so the broker watches the
+training thread's stack (`LearnWatch`): once ``learn()`` is left without
+``on_training_end``, it publishes ``error`` and frees the ports. The
+context-manager form reports the exception itself, at once.
 """
 
 from __future__ import annotations
 
+import atexit
 import math
 import secrets
+import sys
+import threading
 import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter
+from stable_baselines3.common.monitor import Monitor
 
-from tetriszmq.stream.broker import Broker
-from tetriszmq.stream.checkpoints import Checkpoints
+from tetriszmq.stream.broker import Broker, check_endpoints
+from tetriszmq.stream.checkpoints import Checkpoints, counters_of
 from tetriszmq.stream.protocol import State, Topic
-from tetriszmq.stream.state import TrainerState
+from tetriszmq.stream.security import ServerCurve, check_exposure
+from tetriszmq.stream.state import TrainerState, write_run_file
 
 FLUSH_PERIOD = 1 / 30  # seconds between hand-offs to the broker: an episode reaches subscribers this late at most
+EXCEPTION_GRACE = 2.0  # seconds to wait for the exception that ended learn() to be shown (sys.last_value)
+ABANDONED = "learn() ended without on_training_end (an exception or KeyboardInterrupt)"
+EXPOSURE_ADVICE = ("Pass curve=ServerCurve(secret_key_file, allow_dir) (keys from `tetriszmq keys`), "
+                   "or insecure=True.")
 
 
 class LoggerTap(KVWriter):
-    """An SB3 logger output that keeps the latest value of every numeric scalar."""
+    """An SB3 logger output that keeps the latest value of every numeric scalar in ``latest``."""
 
-    def __init__(self) -> None:
-        self.latest: dict[str, float] = {}
+    def __init__(self, latest: dict[str, float]) -> None:
+        self.latest = latest
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
         for key, value in key_values.items():
@@ -44,17 +64,95 @@ class LoggerTap(KVWriter):
         pass
 
 
+class LearnWatch:
+    """Tells the broker thread that ``learn()`` was left without ``on_training_end``, and why.
+
+    It holds the frame of the ``learn()`` in progress and looks for it on the training
+    thread's stack (`sys._current_frames`, a few microseconds, at heartbeat rate).
+    """
+
+    def __init__(self, frame: FrameType, thread_id: int) -> None:
+        self.frame = frame
+        self.thread_id = thread_id
+        self._gone_since = 0.0
+
+    @classmethod
+    def of_caller(cls, model: object) -> LearnWatch | None:
+        """The watch of the ``learn()`` of ``model`` that is calling us; None if there is none."""
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_name == "learn" and frame.f_locals.get("self") is model:
+                return cls(frame, threading.get_ident())
+            frame = frame.f_back
+        return None
+
+    def learning(self) -> bool:
+        frame = sys._current_frames().get(self.thread_id)
+        while frame is not None:
+            if frame is self.frame:
+                return True
+            frame = frame.f_back
+        return False
+
+    def exception(self) -> BaseException | None:
+        """The exception that left ``learn()``, once the interpreter or IPython has shown it."""
+        shown = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+        tb = shown.__traceback__ if shown is not None else None
+        while tb is not None:
+            if tb.tb_frame is self.frame:
+                return shown
+            tb = tb.tb_next
+        return None
+
+    def reason(self) -> str:
+        exc = self.exception()
+        return f"learn() raised {describe(exc)}" if exc is not None else ABANDONED
+
+    def __call__(self) -> str | None:
+        """For `Broker`: None while ``learn()`` runs, and for a moment after, for the exception to be shown."""
+        if self.learning():
+            return None
+        now = time.monotonic()
+        self._gone_since = self._gone_since or now
+        if self.exception() is None and now - self._gone_since < EXCEPTION_GRACE:
+            return None
+        return self.reason()
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+_LIVE: set[StreamCallback] = set()  # callbacks whose own broker is running
+
+
+@atexit.register
+def _close_live_runs() -> None:
+    """A script that dies in ``learn()`` still publishes ``error``, with the exception's message."""
+    for callback in list(_LIVE):
+        callback.close(error=callback.abandoned_reason() or "the process exited during learn()")
+
+
 class StreamCallback(BaseCallback):
     """Publish status, metrics, episodes and board frames; obey stop/pause/resume/save.
 
-    :param broker: a started `Broker` to publish through (the trainer's). If
-        None, the callback starts its own on ``pub``/``ctl`` for the duration
-        of ``learn()`` and stops it afterwards.
-    :param checkpoints: where ``save`` requests and periodic checkpoints go;
-        without it, ``save`` is refused.
-    :param board_fps: board frames per second at most (0: none), so the
-        stream's cost does not grow with training speed.
+    :param broker: a started `Broker` to publish through (the trainer's). If None, the
+        callback binds ``pub``/``ctl`` itself for the duration of each ``learn()``.
+    :param pub: the stream's endpoint (``tcp://HOST:PORT``, ``ipc://PATH``); checked here.
+    :param ctl: the control endpoint; a network address needs ``curve`` or ``insecure``.
+    :param run_name: prefix of the run id (``<run_name>-<6 hex>``, new for each ``learn()``).
+    :param run_dir: a run directory like the trainer's: ``run.json``, ``metrics.jsonl`` and
+        ``checkpoints/`` (``save`` works), so the run is listed with the others.
+    :param checkpoints: where ``save`` requests and periodic checkpoints go (default: under
+        ``run_dir``); without either, ``save`` is refused.
+    :param checkpoint_every: timesteps between periodic checkpoints under ``run_dir`` (0: none).
+    :param board: stream board frames from env 0 if the envs have ``board_frame()``.
+    :param board_fps: board frames per second at most (0: none), so the stream's cost does
+        not grow with training speed.
     :param metrics_every: seconds between metrics messages.
+    :param info_keys: keys of an episode's last ``info`` to publish with it (``is_success``).
+    :param curve: CURVE keys for both sockets; required for a network address.
+    :param insecure: bind a network address without CURVE anyway (with a warning).
     """
 
     def __init__(
@@ -63,58 +161,178 @@ class StreamCallback(BaseCallback):
         *,
         pub: str = "tcp://127.0.0.1:5555",
         ctl: str = "tcp://127.0.0.1:5556",
+        run_name: str = "sb3",
+        run_dir: str | Path | None = None,
         checkpoints: Checkpoints | None = None,
+        checkpoint_every: int = 0,
+        board: bool = True,
         board_fps: float = 30.0,
         metrics_every: float = 1.0,
+        info_keys: Sequence[str] = (),
+        curve: ServerCurve | None = None,
+        insecure: bool = False,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
         self._own_broker = broker is None
         if broker is None:
-            broker = Broker(TrainerState(run=f"sb3-{secrets.token_hex(3)}"), pub, ctl)
-        self.broker = broker
-        self.state = broker.state
+            check_endpoints(pub, ctl)
+            check_exposure([pub, ctl], curve is not None, insecure, advice=EXPOSURE_ADVICE)
+        self.endpoints = (pub, ctl)
+        self.run_name = run_name
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if checkpoints is None and self.run_dir is not None:
+            checkpoints = Checkpoints(self.run_dir / "checkpoints", checkpoint_every)
         self.checkpoints = checkpoints
-        self.board_period = 1.0 / board_fps if board_fps > 0 else math.inf
+        self.board_period = 1.0 / board_fps if board and board_fps > 0 else math.inf
         self.metrics_every = metrics_every
-        self.tap = LoggerTap()
-        self._next_board = self._next_metrics = self._next_flush = 0.0
-        self._last_metrics = (0.0, 0)
+        self.info_keys = tuple(info_keys)
+        self.curve = curve
+        self._authenticator: Any = None
+        self.broker = broker  # an own broker is made by `bind`, once per learn()
+        self.state = broker.state if broker is not None else TrainerState(run="")
+        self.tap = LoggerTap(self.state.scalars)
+        self._bound_early = self._training = False
+        self._next_board = self._next_flush = 0.0
+        self._board_period = self.board_period
+        self._returns = self._lengths = np.zeros(0)  # per env, for envs without a Monitor
 
     # SB3 hooks --------------------------------------------------------------
 
     def _on_training_start(self) -> None:
-        if self._own_broker and not self.broker.running:
-            self.broker.start()
+        if self._own_broker:
+            self._close_abandoned_runs()
+            if not self._bound_early:
+                self.bind()
+            self._bound_early = False
+            self.broker.watch = LearnWatch.of_caller(self.model)
+            if self.run_dir is not None:
+                write_run_file(self.run_dir, self.state, algo=type(self.model).__name__)
+        self._training = True
         self.state.can_save = self.checkpoints is not None
-        self.model.logger.output_formats.append(self.tap)
+        if self.tap not in self.model.logger.output_formats:  # a custom logger outlives a raised learn()
+            self.model.logger.output_formats.append(self.tap)
         if self.checkpoints is not None:
             self.checkpoints.start_at(self.num_timesteps)
-        self._last_metrics = (time.monotonic(), self.num_timesteps)
+        self._decide_per_env_work()
+        self.state.timesteps = self.num_timesteps
         self.set_state(State.RUNNING)
 
     def _on_step(self) -> bool:
         state = self.state
         state.timesteps = self.num_timesteps
         dones = self.locals.get("dones")
+        if self._returns.size:
+            self._returns += self.locals["rewards"]
+            self._lengths += 1
         if dones is not None and np.count_nonzero(dones):  # 4x quicker than dones.any() on one env
             self._episodes_ended(dones, self.locals["infos"])
         now = time.monotonic()
         if now >= self._next_board:
             self._stage_board(now)
         if now >= self._next_flush:
-            self._flush(now)
+            self._next_flush = now + FLUSH_PERIOD
+            self.broker.outbox.flush()
         if self.checkpoints is not None and self.checkpoints.due(self.num_timesteps):
             self.save()
         return self._obey() if state.attention else True
 
     def _on_training_end(self) -> None:
-        self._stage_metrics(time.monotonic())
-        self.broker.outbox.flush()
+        """Also called a second time by rl-zoo3's ``finally``: the second call does nothing."""
+        if not self._training:
+            return
+        self._training = False
         self.model.logger.output_formats.remove(self.tap)
+        self.broker.outbox.stage_metrics()
+        self.broker.outbox.flush()
         if self._own_broker:
-            self.set_state(State.STOPPED, self.state.reason or "training ended")
-            self.broker.close()
+            self.close()
+
+    # Lifetime of an own broker ------------------------------------------------
+
+    def close(self, error: str | None = None) -> None:
+        """End the run: publish ``stopped`` (or ``error``) and free the ports. Safe to repeat."""
+        if self not in _LIVE:
+            return
+        _LIVE.discard(self)
+        self._bound_early = False
+        if self.broker.running:
+            if error is not None:
+                self.set_state(State.ERROR, error)
+            else:
+                self.set_state(State.STOPPED, self.state.stop_reason or "training ended")
+        self.broker.close()
+        self.broker.watch = None  # drops the frame of learn() and all it holds
+        self._stop_authenticator()
+
+    def abandoned_reason(self) -> str | None:
+        """Why the run is over if its ``learn()`` was left without ``on_training_end``; None otherwise."""
+        watch = self.broker.watch if self.broker is not None else None
+        if not isinstance(watch, LearnWatch) or watch.learning():
+            return None
+        return watch.reason()
+
+    def __enter__(self) -> StreamCallback:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """``with StreamCallback(...) as cb: model.learn(callback=cb)`` reports an exception at once."""
+        self.close(error=None if exc is None else f"learn() raised {describe(exc)}")
+
+    def bind(self) -> None:
+        """Bind the endpoints now, for the next ``learn()`` (which otherwise binds them when it starts).
+
+        Each ``learn()`` gets a fresh broker (a thread starts only once) and a new run id.
+        """
+        if not self._own_broker or self in _LIVE:
+            return
+        pub, ctl = self.endpoints
+        self.state = TrainerState(run=f"{self.run_name}-{secrets.token_hex(3)}", **self._counters_now())
+        self.tap.latest = self.state.scalars
+        self.broker = Broker(self.state, pub, ctl, metrics_every=self.metrics_every,
+                             journal=self.run_dir / "metrics.jsonl" if self.run_dir is not None else None,
+                             setup_socket=self.curve.apply if self.curve is not None else None)
+        if self.curve is not None:
+            self._authenticator = self.curve.start(self.broker.ctx)
+        try:
+            self.broker.start()
+        except BaseException:
+            self._stop_authenticator()
+            raise
+        self._bound_early = True
+        _LIVE.add(self)
+
+    @staticmethod
+    def _close_abandoned_runs() -> None:
+        """Runs whose ``learn()`` raised (in a notebook, say) end now, before their ports are wanted again."""
+        for callback in list(_LIVE):
+            reason = callback.abandoned_reason()
+            if reason is not None:
+                callback.close(error=reason)
+
+    def _stop_authenticator(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
+
+    def _counters_now(self) -> dict[str, int]:
+        """Counters carry on when ``learn()`` continues the timesteps; a reset starts them afresh."""
+        if self.num_timesteps == 0:
+            return {}
+        if self.state.run:
+            return {"episodes": self.state.episodes, "best_lines": self.state.best_lines}
+        return counters_of(self.model)
+
+    def _decide_per_env_work(self) -> None:
+        """Once per ``learn()``: board frames only if env 0 has them (never a call that can fail in a
+        subprocess worker), and reward/length accumulators only for envs without a Monitor."""
+        env = self.training_env
+        self._next_board = 0.0 if self.board_period < math.inf and env.has_attr("board_frame") else math.inf
+        self._board_period = self.board_period
+        monitored = all(env.env_is_wrapped(Monitor))
+        self._returns = np.zeros(0) if monitored else np.zeros(env.num_envs)
+        self._lengths = np.zeros(0) if monitored else np.zeros(env.num_envs, np.int64)
 
     # What the trainer and the hooks share ------------------------------------
 
@@ -132,54 +350,39 @@ class StreamCallback(BaseCallback):
     def counters(self) -> dict[str, int]:
         return {"episodes": self.state.episodes, "best_lines": self.state.best_lines}
 
-    def _stage_metrics(self, now: float) -> None:
-        state = self.state
-        then, steps_then = self._last_metrics
-        if now > then:
-            state.sps = (self.num_timesteps - steps_then) / (now - then)
-        self._last_metrics = (now, self.num_timesteps)
-        self._next_metrics = now + self.metrics_every
-        self.broker.outbox.stage(Topic.METRICS, {
-            "timesteps": self.num_timesteps,
-            "episodes": state.episodes,
-            "sps": round(state.sps, 1),
-            "dropped": self.broker.outbox.dropped,
-            "scalars": self.tap.latest,
-        })
-
     # Per-step work -----------------------------------------------------------
 
     def _episodes_ended(self, dones: np.ndarray, infos: list[dict[str, Any]]) -> None:
         state = self.state
         for i in np.flatnonzero(dones):
             info = infos[i]
-            stats = info.get("episode_stats") or _monitor_stats(info)
             state.episodes += 1
-            state.best_lines = max(state.best_lines, stats["lines"])
-            self.broker.outbox.stage(Topic.EPISODE, {
-                "episode": state.episodes,
-                "reward": stats["reward"],
-                "lines": stats["lines"],
-                "length": stats["pieces"],
-                "timesteps": self.num_timesteps,
-            })
+            message: dict[str, Any] = {"episode": state.episodes, **self._episode_stats(i, info),
+                                       "timesteps": self.num_timesteps}
+            if "lines" in message:
+                state.best_lines = max(state.best_lines, message["lines"])
+            for key in self.info_keys:
+                if key in info:
+                    message[key] = _jsonable(info[key])
+            self.broker.outbox.stage(Topic.EPISODE, message)
+
+    def _episode_stats(self, i: int, info: dict[str, Any]) -> dict[str, Any]:
+        """Reward, length and (Tetris) lines: the env's own stats, else Monitor's, else SB3's rewards."""
+        stats = info.get("episode_stats")
+        if stats is not None:
+            return {"reward": stats["reward"], "lines": stats["lines"], "length": stats["pieces"]}
+        if self._returns.size:
+            reward, length = float(self._returns[i]), int(self._lengths[i])
+            self._returns[i] = self._lengths[i] = 0
+            return {"reward": reward, "length": length}
+        episode = info["episode"]
+        return {"reward": float(episode["r"]), "length": int(episode["l"])}
 
     def _stage_board(self, now: float) -> None:
-        self._next_board = now + self.board_period
-        try:
-            frame = self.training_env.env_method("board_frame", indices=0)[0]
-        except AttributeError:
-            self._next_board = math.inf  # an env without frames: stream the rest
-            return
+        self._next_board = now + self._board_period
+        frame = self.training_env.env_method("board_frame", indices=0)[0]
         frame["episode"] = self.state.episodes + 1
         self.broker.outbox.stage(Topic.BOARD, frame)
-
-    def _flush(self, now: float) -> None:
-        """The per-`FLUSH_PERIOD` hand-off: metrics when due, then everything staged."""
-        self._next_flush = now + FLUSH_PERIOD
-        if now >= self._next_metrics:
-            self._stage_metrics(now)
-        self.broker.outbox.flush()
 
     def _obey(self) -> bool:
         """Act on control flags set by the broker thread; False ends ``learn()``."""
@@ -191,12 +394,10 @@ class StreamCallback(BaseCallback):
             self.save()
         if state.paused and not state.stop_requested:
             self._wait_while_paused()
-        if state.stop_requested:
-            state.reason = state.reason or "stop requested"
-            return False
-        return True
+        return not state.stop_requested
 
     def _wait_while_paused(self) -> None:
+        """Wait for ``resume``; a ``stop`` while paused goes straight to stopping, never via ``running``."""
         state = self.state
         self.set_state(State.PAUSED)
         while state.paused and not state.stop_requested and not state.failure:
@@ -205,11 +406,14 @@ class StreamCallback(BaseCallback):
             if state.save_requested:
                 state.save_requested = False
                 self.save()
-        self._last_metrics = (time.monotonic(), self.num_timesteps)  # paused time is not training speed
-        self.set_state(State.RUNNING, "resumed")
+        if not (state.stop_requested or state.failure):
+            self.set_state(State.RUNNING, "resumed")
 
 
-def _monitor_stats(info: dict[str, Any]) -> dict[str, Any]:
-    """Episode stats from SB3's Monitor, for envs that do not report lines."""
-    episode = info.get("episode", {})
-    return {"reward": float(episode.get("r", 0.0)), "lines": 0, "pieces": int(episode.get("l", 0))}
+def _jsonable(value: Any) -> Any:
+    """An info value as JSON can carry it: numpy scalars and arrays as numbers and lists, anything else as text."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)[:200]

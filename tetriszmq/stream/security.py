@@ -103,14 +103,20 @@ class ClientCurve:
         sock.curve_secretkey = self.secret
 
 
-def check_exposure(endpoints: list[str], secured: bool, insecure: bool) -> None:
-    """Refuse to bind beyond loopback without CURVE, unless ``insecure``; then warn."""
+CLI_ADVICE = "Use --curve-secret-key and --curve-allow (see `tetriszmq keys`), or --insecure."
+
+
+def check_exposure(endpoints: list[str], secured: bool, insecure: bool, advice: str = CLI_ADVICE) -> None:
+    """Refuse to bind beyond loopback without CURVE, unless ``insecure``; then warn.
+
+    ``advice`` says how to secure it or override, in the caller's terms (flags or arguments).
+    """
     exposed = [e for e in endpoints if not is_loopback(e)]
     if not exposed or secured:
         return
     if not insecure:
         raise SecurityError(
             f"refusing to bind {', '.join(exposed)} without CURVE: anyone on the network could watch and "
-            "stop training. Use --curve-secret-key and --curve-allow (see `tetriszmq keys`), or --insecure.")
+            f"stop training. {advice}")
     print(f"tetriszmq: WARNING: {', '.join(exposed)} is reachable from the network, unencrypted and "
-          "unauthenticated (--insecure)", file=sys.stderr)
+          "unauthenticated (insecure)", file=sys.stderr)

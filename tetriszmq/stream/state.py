@@ -6,9 +6,13 @@ attribute store is atomic, so the hot path pays no lock.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
 
 from tetriszmq.stream.protocol import State
 
@@ -18,9 +22,11 @@ class TrainerState:
     """Counters and requests that both threads see.
 
     Written by the training thread: ``state``, ``reason``, ``timesteps``,
-    ``episodes``, ``best_lines``, ``sps``. Written by the broker thread (on control
-    requests or I/O errors): ``stop_requested``, ``save_requested``, ``paused``,
-    ``failure``.
+    ``episodes``, ``best_lines``, ``scalars`` (the SB3 logger's latest values). Written by
+    the broker thread: ``sps`` (with each metrics message), and on control requests or I/O
+    errors ``stop_requested``, ``stop_reason``, ``save_requested``, ``paused``, ``failure``.
+    ``stop_reason`` says why training ends, whoever ends it; ``reason`` is the latest
+    status's.
     """
 
     run: str
@@ -32,8 +38,10 @@ class TrainerState:
     episodes: int = 0
     best_lines: int = 0
     sps: float = 0.0
+    scalars: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     stop_requested: bool = False
+    stop_reason: str = ""
     save_requested: bool = False
     paused: bool = False
     failure: str = ""
@@ -53,6 +61,10 @@ class TrainerState:
             setattr(self, name, value)
         self.wake.set()
 
+    def request_stop(self, reason: str) -> None:
+        """Ask training to end at the next step, for ``reason`` (the first reason given wins)."""
+        self.request(stop_requested=True, stop_reason=self.stop_reason or reason)
+
     def summary(self) -> dict[str, object]:
         """The fields of a `status` reply and of a `heartbeat`."""
         return {
@@ -66,3 +78,10 @@ class TrainerState:
             "uptime": round(self.uptime(), 3),
             "endpoints": self.endpoints,
         }
+
+
+def write_run_file(run_dir: Path, state: TrainerState, **extra: object) -> None:
+    """``run.json``: who is training here and where to reach it."""
+    (run_dir / "run.json").write_bytes(orjson.dumps(
+        {"run": state.run, "endpoints": state.endpoints, "pid": os.getpid(), "started": time.time(), **extra},
+        option=orjson.OPT_INDENT_2))

@@ -68,3 +68,10 @@ def test_a_run_directory_from_the_flat_layout_resumes(tmp_path):
     last = orjson.loads(run_dir.joinpath("metrics.jsonl").read_bytes().splitlines()[-1])
     assert last["state"] == "stopped" and last["timesteps"] == before["timesteps"] + 64
     assert last["episodes"] >= before["episodes"]
+    first = orjson.loads(run_dir.joinpath("metrics.jsonl").read_bytes().splitlines()[0])
+    assert orjson.loads(run_dir.joinpath("run.json").read_bytes())["lineage"] == first["run"], \
+        "a directory from before lineages continues the run its journal began"
+    resumed = [m for m in map(orjson.loads, run_dir.joinpath("metrics.jsonl").read_bytes().splitlines())
+               if m["run"] == last["run"] and m["topic"] == "status"]
+    assert resumed[1]["state"] == "starting" and resumed[1]["timesteps"] == before["timesteps"], \
+        "the resumed process announces the checkpoint's counters before it trains"

@@ -29,7 +29,7 @@ from tetriszmq.stream.callback import StreamCallback
 from tetriszmq.stream.checkpoints import Checkpoints, counters_of
 from tetriszmq.stream.protocol import State
 from tetriszmq.stream.security import SecurityError, ServerCurve, check_exposure
-from tetriszmq.stream.state import TrainerState, write_run_file
+from tetriszmq.stream.state import TrainerState, lineage_of, write_run_file
 from tetriszmq.tetris.envs import make_vec_env
 
 
@@ -94,7 +94,8 @@ def train(config: cfg.Config, options: RunOptions) -> int:
     (run_dir / "config.toml").write_text(cfg.to_toml(config))
     torch.set_num_threads(config.agent.torch_threads)
 
-    state = TrainerState(run=f"{config.run.name}-{secrets.token_hex(3)}", can_save=True)
+    state = TrainerState(run=f"{config.run.name}-{secrets.token_hex(3)}", can_save=True,
+                         lineage=lineage_of(run_dir if options.resume else None, config.run.name))
     publish = config.publish
     broker = Broker(state, publish.pub, publish.ctl, hwm=publish.hwm, history=publish.history,
                     journal=run_dir / "metrics.jsonl", heartbeat_every=publish.heartbeat_every,
@@ -112,6 +113,8 @@ def train(config: cfg.Config, options: RunOptions) -> int:
     previous = _stop_on_signals(state)
     try:
         model = _model(config, run_dir, options.resume, state)
+        if options.resume:  # the first status went out before the checkpoint's counters were known
+            stream.set_state(State.STARTING, f"resumed at {state.timesteps} timesteps")
         game = placement_callbacks(run_dir, state.episodes) if config.env.kind == "placement" else []
         return _learn(model, config, state, stream, progress, game)
     finally:

@@ -378,7 +378,7 @@ class Broker:
         if cmd is Command.STATUS:
             return state.summary()
         if cmd is Command.SNAPSHOT:
-            return self.history.snapshot()
+            return {**self.history.snapshot(), "lineage": state.lineage or state.run}
         if cmd is Command.STOP:
             state.request_stop("stop requested")
             return {"state": str(State.STOPPING)}

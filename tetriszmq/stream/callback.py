@@ -40,7 +40,7 @@ from tetriszmq.stream.broker import Broker, check_endpoints
 from tetriszmq.stream.checkpoints import Checkpoints, counters_of
 from tetriszmq.stream.protocol import State, Topic
 from tetriszmq.stream.security import ServerCurve, check_exposure
-from tetriszmq.stream.state import TrainerState, write_run_file
+from tetriszmq.stream.state import TrainerState, lineage_of, write_run_file
 
 FLUSH_PERIOD = 1 / 30  # seconds between hand-offs to the broker: an episode reaches subscribers this late at most
 EXCEPTION_GRACE = 2.0  # seconds to wait for the exception that ended learn() to be shown (sys.last_value)
@@ -181,6 +181,7 @@ class StreamCallback(BaseCallback):
         self.endpoints = (pub, ctl)
         self.run_name = run_name
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.lineage = lineage_of(self.run_dir, run_name)  # one run for every learn() of this callback
         if checkpoints is None and self.run_dir is not None:
             checkpoints = Checkpoints(self.run_dir / "checkpoints", checkpoint_every)
         self.checkpoints = checkpoints
@@ -288,7 +289,8 @@ class StreamCallback(BaseCallback):
         if not self._own_broker or self in _LIVE:
             return
         pub, ctl = self.endpoints
-        self.state = TrainerState(run=f"{self.run_name}-{secrets.token_hex(3)}", **self._counters_now())
+        self.state = TrainerState(run=f"{self.run_name}-{secrets.token_hex(3)}", lineage=self.lineage,
+                                  **self._counters_now())
         self.tap.latest = self.state.scalars
         self.broker = Broker(self.state, pub, ctl, metrics_every=self.metrics_every,
                              journal=self.run_dir / "metrics.jsonl" if self.run_dir is not None else None,

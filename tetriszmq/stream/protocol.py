@@ -104,6 +104,7 @@ class BoardFields(TypedDict):
 class HeartbeatFields(TypedDict):
     state: str
     reason: str
+    lineage: str
     timesteps: int
     episodes: int
     best_lines: int

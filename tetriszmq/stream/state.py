@@ -7,6 +7,8 @@ attribute store is atomic, so the hot path pays no lock.
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ class TrainerState:
     """
 
     run: str
+    lineage: str = ""  # the run this process continues (see `lineage_of`); empty: this process's own run id
     endpoints: dict[str, str] = field(default_factory=dict)
     can_save: bool = False
     state: State = State.STARTING
@@ -71,6 +74,7 @@ class TrainerState:
             "state": str(self.state),
             "reason": self.reason,
             "run": self.run,
+            "lineage": self.lineage or self.run,
             "timesteps": self.timesteps,
             "episodes": self.episodes,
             "best_lines": self.best_lines,
@@ -81,7 +85,43 @@ class TrainerState:
 
 
 def write_run_file(run_dir: Path, state: TrainerState, **extra: object) -> None:
-    """``run.json``: who is training here and where to reach it."""
+    """``run.json``: who is training here, which run it continues, and where to reach it."""
     (run_dir / "run.json").write_bytes(orjson.dumps(
-        {"run": state.run, "endpoints": state.endpoints, "pid": os.getpid(), "started": time.time(), **extra},
+        {"run": state.run, "lineage": state.lineage or state.run, "run_dir": str(run_dir.resolve()),
+         "host": socket.gethostname(), "endpoints": state.endpoints, "pid": os.getpid(), "started": time.time(),
+         **extra},
         option=orjson.OPT_INDENT_2))
+
+
+def lineage_of(run_dir: Path | None, name: str) -> str:
+    """The identity of the run in ``run_dir`` across processes, so a resumed run stays one run on every viewer.
+
+    The lineage an earlier process wrote in ``run.json``; for a directory from before lineages, the run id
+    of its first journaled message; else a new ``<name>-<8 hex>``.
+    """
+    if run_dir is not None:
+        for found in (_json_field(run_dir / "run.json", "lineage"), _first_line_field(run_dir / "metrics.jsonl")):
+            if isinstance(found, str) and found:
+                return found
+    return f"{name}-{secrets.token_hex(4)}"
+
+
+def _json_field(path: Path, key: str) -> object:
+    try:
+        value = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def _first_line_field(path: Path) -> object:
+    try:
+        with open(path, "rb") as journal:
+            first = journal.readline()
+    except OSError:
+        return None
+    try:
+        value = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return None
+    return value.get("run") if isinstance(value, dict) else None

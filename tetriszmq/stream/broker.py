@@ -49,6 +49,9 @@ _TOPICS = tuple(Topic)
 _CODES = {topic: code for code, topic in enumerate(_TOPICS)}
 _RECORD = struct.Struct("<BI")  # one staged message: topic code, body length; then the body
 _BATCH = 256  # hand-offs drained per wake-up before the REP socket gets a turn
+# No periodic metrics before training starts (a resumed run's counters are not loaded yet) or after it
+# ended (`stopped` or `error` is a run's last journaled word).
+_NOT_TRAINING = frozenset({State.STARTING, State.STOPPED, State.ERROR})
 _JOURNALED = frozenset({Topic.STATUS, Topic.METRICS, Topic.EPISODE})
 MAX_WIRE_REQUEST = 1 << 20  # larger requests drop the connection instead of being read
 SWITCH_INTERVAL = 0.001  # s; with CPython's 5 ms a real trainer's board p99 was 19.8 ms on a busy 2-core box, now 9.5
@@ -267,7 +270,8 @@ class Broker:
                 self._publish(pub, journal, Topic.HEARTBEAT, self._heartbeat())
                 next_beat = now + self.heartbeat_every
             if now >= next_metrics:
-                self._publish(pub, journal, Topic.METRICS, self._metrics(periodic=True))
+                if self.state.state not in _NOT_TRAINING:
+                    self._publish(pub, journal, Topic.METRICS, self._metrics(periodic=True))
                 next_metrics = now + self.metrics_every
             events = dict(poller.poll(max(0.0, min(next_beat, next_metrics) - now) * 1000))
             if pull in events and not self._drain(pull, pub, journal):

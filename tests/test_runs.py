@@ -54,14 +54,14 @@ def test_every_run_in_the_folder_is_listed_new_ones_appear_and_stop_acts_on_the_
     root.mkdir()
     for name in ("done-1", "done-2"):
         copy_run(finished_run, root / name)
-    seeds = [trainers(*LONG, "--set", f"run.seed={i}", run_dir=root / f"seed-{i}") for i in range(3)]
+    seeds = [trainers(*LONG, "--set", f"run.seed={i + 1}", run_dir=root / f"seed-{i}") for i in range(3)]
     viewer = viewers(None, None, "--runs", str(root), "--token", "runs-test")
     wait_for(lambda: {k: v in TRAINING for k, v in states(viewer).items() if k.startswith("seed")}
              == {"seed-0": True, "seed-1": True, "seed-2": True}, timeout=120, what="3 live runs")
     runs = listed(viewer)
     assert sorted(runs) == ["done-1", "done-2", "seed-0", "seed-1", "seed-2"]
     assert [(runs[k]["live"], runs[k]["state"]) for k in ("done-1", "done-2")] == [(False, "stopped")] * 2
-    assert {runs[f"seed-{i}"]["seed"] for i in range(3)} == {0, 1, 2}
+    assert {runs[f"seed-{i}"]["seed"] for i in range(3)} == {1, 2, 3}
     assert all(runs[f"seed-{i}"]["link"] == "online" and runs[f"seed-{i}"]["live"] for i in range(3))
 
     late = trainers(*LONG, run_dir=root / "late")

@@ -66,11 +66,9 @@ class Chart {
     this.value = this.el.querySelector(".chart-value");
     this.plotEl = this.el.querySelector(".plot");
     this.logButton = this.el.querySelector(".log");
-    this.log = /loss/.test(column);
-    this.logButton.classList.toggle("on", this.log);
+    this.log = null;  // null: log scale for a loss that is always positive, linear otherwise, until clicked
     this.logButton.addEventListener("click", () => {
-      this.log = !this.log;
-      this.logButton.classList.toggle("on", this.log);
+      this.log = !this.logScale;
       this.shape = null;
       this.touch(true);
     });
@@ -117,14 +115,17 @@ class Chart {
     this.el.hidden = !lines.length;
     if (!lines.length) { this.destroy(); this.showLatest(); return; }
     const smoothing = lines[0].smoothed !== null;
-    const shape = [this.charts.axis, smoothing, this.log, this.allPositive(lines), ...lines.map((l) => l.run.id)].join("|");
+    const positive = lines.every((l) => l.ys.every((y) => y > 0));
+    this.logScale = this.log ?? (/loss/.test(this.column) && positive);
+    this.logButton.classList.toggle("on", this.logScale);
+    const shape = [this.charts.axis, smoothing, this.logScale, positive, ...lines.map((l) => l.run.id)].join("|");
     const tables = lines.map((l) => (smoothing ? [l.xs, l.ys, l.smoothed] : [l.xs, l.ys]));
     const data = lines.length === 1 ? tables[0] : uPlot.join(tables);
     const width = this.plotEl.clientWidth || 300;
     if (shape !== this.shape) {
       this.destroy();
       this.shape = shape;
-      this.plot = new uPlot(this.options(lines, smoothing, width), data, this.plotEl);
+      this.plot = new uPlot(this.options(lines, smoothing, positive, width), data, this.plotEl);
       this.zoomed = false;
     } else {
       this.plot.setData(data, !this.zoomed);
@@ -132,16 +133,13 @@ class Chart {
     this.showLatest();
   }
 
-  allPositive(lines) { return lines.every((l) => l.ys.every((y) => y > 0)); }
-
-  options(lines, smoothing, width) {
+  options(lines, smoothing, positive, width) {
     const series = [{}];
     for (const { run } of lines) {
       series.push({ label: run.id, stroke: smoothing ? rgba(run.colour, 0.22) : run.colour, width: 1, spanGaps: true,
         points: { show: false } });
       if (smoothing) series.push({ label: run.id, stroke: run.colour, width: 1.6, spanGaps: true, points: { show: false } });
     }
-    const positive = this.allPositive(lines);
     const axisStyle = { stroke: "#8a93a6", grid: { stroke: "#262c3a", width: 1 }, ticks: { stroke: "#262c3a" },
       font: "11px system-ui, sans-serif" };
     return {
@@ -149,7 +147,7 @@ class Chart {
       legend: { show: false },
       cursor: { sync: { key: "runs" }, drag: { x: true, y: false } },
       scales: { x: { time: this.charts.axis === "t" },
-        y: this.log ? (positive ? { distr: 3 } : { distr: 4, log: 10 }) : {} },
+        y: this.logScale ? (positive ? { distr: 3 } : { distr: 4, log: 10 }) : {} },
       axes: [{ ...axisStyle, size: 30 }, { ...axisStyle, size: 48, values: (u, vals) => vals.map(format) }],
       series,
       hooks: {

@@ -226,6 +226,16 @@ def test_a_remote_trainer_is_named_by_its_process_and_one_under_runs_is_listed_o
     viewer = viewers(None, None, "--runs", str(root), "--trainer", f"{remote.pub},{remote.ctl}",
                      "--trainer", f"{local.pub},{local.ctl}")
 
+    async def early(session: aiohttp.ClientSession) -> None:
+        """A browser watching every run from before the trainers are heard sees them renamed, and stays."""
+        browser = await connect(session, viewer, runs=True)
+        await browser.watch("*")
+        snapshot = await browser.until(lambda m: m["topic"] == "snapshot" and m["id"].startswith("trainer~tiny-"),
+                                       timeout=120)
+        await browser.until(lambda m: m["topic"] == "episode" and m["id"] == snapshot["id"], timeout=60)
+
+    run(early)
+
     def named() -> bool:
         ids = set(listed(viewer))
         return len(ids) == 2 and "local" in ids and any(i.startswith("trainer~tiny-") for i in ids)

@@ -289,16 +289,19 @@ def _watch_field(text: str) -> Any:
 
 
 def parse_watch(watch: Any) -> Watch:
-    """``{"runs": [ids] | "*", "boards": [ids]}``, a ``watch`` message's field; ValueError says what is wrong."""
+    """``{"runs": [ids] | "*", "boards": [ids] | "*"}``, a ``watch`` message's field; ValueError says what is wrong."""
     if not isinstance(watch, dict) or not watch.keys() <= {"runs", "boards"}:
         raise ValueError('expected {"watch": {"runs": [...] or "*", "boards": [...]}}')
     runs_, boards = watch.get("runs", []), watch.get("boards", [])
-    return Watch(None if runs_ == "*" else _ids(runs_, "runs"), _ids(boards, "boards"))
+    return Watch(_ids(runs_, "runs"), _ids(boards, "boards"))
 
 
-def _ids(value: Any, name: str) -> frozenset[str]:
+def _ids(value: Any, name: str) -> frozenset[str] | None:
+    """A list of run ids, or None for ``"*"`` (all)."""
+    if value == "*":
+        return None
     if not isinstance(value, list) or not all(isinstance(v, str) and RUN_ID.fullmatch(v) for v in value):
-        raise ValueError(f'"{name}" must be a list of run ids' + (' or "*"' if name == "runs" else ""))
+        raise ValueError(f'"{name}" must be a list of run ids or "*"')
     return frozenset(value)
 
 

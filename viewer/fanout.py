@@ -136,14 +136,18 @@ class Watch:
     """What a client in runs mode asked for (its ``watch`` message): whose history, whose boards.
 
     :param runs: the runs whose snapshot, status, episodes, metrics and heartbeats it gets; None: all.
-    :param boards: the runs whose board frames it gets (the ones it draws); watching a board watches its run.
+    :param boards: the runs whose board frames it gets (the ones it draws); None: all. Watching a board
+        watches its run.
     """
 
     runs: frozenset[str] | None
-    boards: frozenset[str] = frozenset()
+    boards: frozenset[str] | None = frozenset()
 
     def wants(self, run: str) -> bool:
-        return self.runs is None or run in self.runs or run in self.boards
+        return self.runs is None or self.boards is None or run in self.runs or run in self.boards
+
+    def draws(self, run: str) -> bool:
+        return self.boards is None or run in self.boards
 
     def wanted(self, known: Iterable[str]) -> set[str]:
         return {run for run in known if self.wants(run)}
@@ -210,7 +214,7 @@ class Client:
             return False
         if run == LISTING:
             return True
-        return run in self.watch.boards if message.topic == "board" else self.watch.wants(run)
+        return self.watch.draws(run) if message.topic == "board" else self.watch.wants(run)
 
     def key(self) -> object:
         """Clients with equal keys take the same messages: one joined write serves them all."""

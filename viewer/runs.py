@@ -291,7 +291,7 @@ class Runs:
 
     async def opened(self, ident: str) -> bytes:
         """The run's snapshot as the WebSocket sends it, loading its history first (KeyError: no such run)."""
-        if ident not in self.listing_entries():
+        if not self._exists(ident):
             raise KeyError(ident)
         loading = self.load(ident)
         if loading is not None:
@@ -304,7 +304,11 @@ class Runs:
         return self._fed
 
     def known(self) -> list[str]:
-        return list(self._listed)
+        return [*self.catalogue.entries, *(i for i, r in self.runs.items() if r.remote is not None)]
+
+    def _exists(self, ident: str) -> bool:
+        run = self.runs.get(ident)
+        return ident in self.catalogue.entries or (run is not None and run.remote is not None)
 
     def snapshot(self, ident: str, legacy: bool) -> tuple[bytes, ...] | None:
         if ident == LISTING:
@@ -316,7 +320,7 @@ class Runs:
                 return None
             head, *rest = run.feed.hub.snapshot_parts()
             return (b'{"id":"%s",%s' % (ident.encode(), head[1:]), *rest)
-        if ident not in self._listed:
+        if not self._exists(ident):
             return None
         if run is None or run.series is None:
             self.load(ident)
@@ -393,7 +397,7 @@ class Runs:
                     ControlError(409, "no trainer is live")
             return self.feeds[0]
         run = self.runs.get(ident)
-        if run is None and ident not in self._listed:
+        if not self._exists(ident):
             raise ControlError(404, f"no run {ident[:80]}")
         if run is None or run.feed is None:
             raise ControlError(409, f"run {ident} has no live trainer")

@@ -114,6 +114,7 @@ class Chart {
     this.el.dataset.points = String(lines.reduce((n, l) => n + l.xs.length, 0));
     this.el.hidden = !lines.length;
     if (!lines.length) { this.destroy(); this.showLatest(); return; }
+    if (!performance.getEntriesByName("first chart paint").length) performance.mark("first chart paint");
     const smoothing = lines[0].smoothed !== null;
     const positive = lines.every((l) => l.ys.every((y) => y > 0));
     this.logScale = this.log ?? (/loss/.test(this.column) && positive);

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,10 @@ def test_a_resumed_run_is_one_run_whose_episodes_continue(tmp_path, trainers, vi
         assert list(listed(viewer)) == ["tiny"] and listed(viewer)["tiny"]["live"]
 
     run(body)
+
+
+def test_run_json_names_the_host_so_a_copy_elsewhere_is_not_judged_by_local_pids(finished_run):
+    assert orjson.loads((finished_run / "run.json").read_bytes())["host"] == socket.gethostname()
 
 
 def resumed_process(run_dir: Path) -> str:

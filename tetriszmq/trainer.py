@@ -11,6 +11,7 @@ import math
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -194,7 +195,11 @@ def _stop_on_signals(state: TrainerState) -> dict[signal.Signals, signal.Handler
 
 
 def _write_run_file(run_dir: Path, state: TrainerState) -> None:
-    """``run.json``: who is training here and where to reach it."""
+    """``run.json``: who is training here and where to reach it.
+
+    ``host``: a viewer on another machine (a copied run directory, a shared disk) must not judge the
+    run by its own processes' pids.
+    """
     (run_dir / "run.json").write_bytes(orjson.dumps(
-        {"run": state.run, "endpoints": state.endpoints, "pid": os.getpid(), "started": time.time()},
-        option=orjson.OPT_INDENT_2))
+        {"run": state.run, "endpoints": state.endpoints, "pid": os.getpid(), "host": socket.gethostname(),
+         "started": time.time()}, option=orjson.OPT_INDENT_2))

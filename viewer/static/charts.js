@@ -2,8 +2,11 @@
 //
 // One chart per quantity (lines, reward, length per episode; every SB3 scalar), one line per
 // selected run in the run's colour: the raw values faint, the debiased EMA (as TensorBoard's
-// smoothing) on top. Runs have their own x values, so their columns are joined on x
-// (uPlot.join) and the gaps spanned. Hover reads each run's own nearest value. Redraws are
+// smoothing) on top. Runs have their own x values, so each run is folded onto one shared grid
+// of two columns per pixel over the x range shown (min and max of the points in each, in the
+// order they came, so spikes stay): uPlot then draws at most two points per pixel per line,
+// however many runs and points there are, and a zoom refolds the range zoomed into. Hover reads
+// each run's own nearest point, at full resolution. Redraws are
 // scheduled (`Charts.frame`): a chart is redrawn at most every MIN_INTERVAL ms, visible ones
 // only, and a frame stops redrawing once FRAME_BUDGET ms are spent, so many live runs never
 // make a frame long.
@@ -46,6 +49,41 @@ function nearest(xs, x) {
     if (xs[mid] < x) lo = mid + 1; else hi = mid;
   }
   return lo > 0 && Math.abs(xs[lo - 1] - x) < Math.abs(xs[lo] - x) ? lo - 1 : lo;
+}
+
+// Where ``x`` would go in the sorted ``xs``: the first index whose value is not below it.
+function lowerBound(xs, x) {
+  let lo = 0, hi = xs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (xs[mid] < x) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+// One line's points in [lo, hi] as two values per bucket of the grid (see the top of this file).
+function fold(xs, ys, lo, hi, step, buckets) {
+  const out = new Array(2 * buckets).fill(null);
+  let bucket = -1, low = 0, high = 0, lowAt = 0, highAt = 0, n = 0;
+  const flush = () => {
+    if (bucket < 0) return;
+    const lowFirst = lowAt <= highAt;
+    out[2 * bucket] = lowFirst ? low : high;
+    if (low !== high) out[2 * bucket + 1] = lowFirst ? high : low;
+  };
+  for (let i = lowerBound(xs, lo); i < xs.length && xs[i] <= hi; i++, n++) {
+    const b = Math.min(buckets - 1, Math.floor((xs[i] - lo) / step)), y = ys[i];
+    if (b !== bucket) {
+      flush();
+      bucket = b; low = high = y; lowAt = highAt = n;
+    } else if (y < low) {
+      low = y; lowAt = n;
+    } else if (y > high) {
+      high = y; highAt = n;
+    }
+  }
+  flush();
+  return out;
 }
 
 function rgba(hex, alpha) {
@@ -120,18 +158,33 @@ class Chart {
     this.logScale = this.log ?? (/loss/.test(this.column) && positive);
     this.logButton.classList.toggle("on", this.logScale);
     const shape = [this.charts.axis, smoothing, this.logScale, positive, ...lines.map((l) => l.run.id)].join("|");
-    const tables = lines.map((l) => (smoothing ? [l.xs, l.ys, l.smoothed] : [l.xs, l.ys]));
-    const data = lines.length === 1 ? tables[0] : uPlot.join(tables);
     const width = this.plotEl.clientWidth || 300;
     if (shape !== this.shape) {
       this.destroy();
       this.shape = shape;
-      this.plot = new uPlot(this.options(lines, smoothing, positive, width), data, this.plotEl);
       this.zoomed = false;
+      this.plot = new uPlot(this.options(lines, smoothing, positive, width), this.grid(lines, smoothing, width),
+        this.plotEl);
     } else {
-      this.plot.setData(data, !this.zoomed);
+      this.plot.setData(this.grid(lines, smoothing, width), !this.zoomed);
     }
     this.showLatest();
+  }
+
+  // uPlot's data: the shared grid's x values, then each line folded onto it (raw, then smoothed).
+  grid(lines, smoothing, width) {
+    let lo = Math.min(...lines.map((l) => l.xs[0])), hi = Math.max(...lines.map((l) => l.xs[l.xs.length - 1]));
+    if (this.zoomed && this.plot) ({ min: lo, max: hi } = this.plot.scales.x);
+    if (!(hi > lo)) hi = lo + 1;
+    const buckets = Math.max(50, Math.round(width)), step = (hi - lo) / buckets;
+    const xs = new Array(2 * buckets);
+    for (let b = 0; b < buckets; b++) { xs[2 * b] = lo + b * step; xs[2 * b + 1] = lo + (b + 0.5) * step; }
+    const data = [xs];
+    for (const l of lines) {
+      data.push(fold(l.xs, l.ys, lo, hi, step, buckets));
+      if (smoothing) data.push(fold(l.xs, l.smoothed, lo, hi, step, buckets));
+    }
+    return data;
   }
 
   options(lines, smoothing, positive, width) {
@@ -153,8 +206,9 @@ class Chart {
       series,
       hooks: {
         setCursor: [(u) => this.showHover(u)],
-        setSelect: [(u) => { if (u.select.width > 0) this.zoomed = true; }],
-        ready: [(u) => u.over.addEventListener("dblclick", () => { this.zoomed = false; })],
+        // A drag zooms: refold the range zoomed into (on the next frame, once uPlot has set it).
+        setSelect: [(u) => { if (u.select.width > 0) { this.zoomed = true; this.touch(true); } }],
+        ready: [(u) => u.over.addEventListener("dblclick", () => { this.zoomed = false; this.touch(true); })],
       },
     };
   }

@@ -135,7 +135,7 @@ class Chart {
       const keptX = [], keptY = [];
       for (let i = 0; i < xs.length; i++) {
         const x = xs[i], y = ys[i];
-        if (x === null || y === null || !Number.isFinite(y) || (keptX.length && x < keptX[keptX.length - 1])) continue;
+        if (!Number.isFinite(x) || !Number.isFinite(y) || (keptX.length && x < keptX[keptX.length - 1])) continue;
         keptX.push(x); keptY.push(y);
       }
       if (!keptX.length) continue;

@@ -20,6 +20,8 @@ SCRIPTS = {
     "placement_speed": (["bench/placement_speed.py", "--quick"], r"placements/s"),
     "learning": (["bench/learning.py", "--quick"], r"agent\s+mean\s+median\s+min\s+max\s+capped"),
     "catalogue": (["bench/catalogue.py", "--quick"], r"figure\s+value"),
+    "runs_fanout": (["bench/runs_fanout.py", "--quick"], r"trainers\s+mode\s+clients\s+min %"),
+    "page": (["bench/page.py", "--quick"], r"figure\s+value"),
     "recording": (["bench/recording.py", "--quick"], r"placement callbacks on_step"),
     "sweep": (["bench/sweep.py", "--quick"], r"config\s+eval mean lines"),
 }

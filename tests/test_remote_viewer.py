@@ -47,7 +47,8 @@ def test_a_viewer_with_the_allowed_key_relays_the_stream_and_stops_the_trainer(s
     trainer = viewer.status()["trainer"]
     assert (trainer["link"], trainer["handshake"], trainer["run"]) == ("online", None, snapshot["run"])
 
-    assert post_control(viewer, "stop") == {"status": 200, "reply": {"ok": True, "state": "stopping"}}
+    ident = viewer.status()["trainer"]["id"]
+    assert post_control(viewer, "stop") == {"status": 200, "reply": {"ok": True, "state": "stopping", "run": ident}}
     assert secured_trainer.wait(60) == 0
 
 

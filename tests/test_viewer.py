@@ -205,7 +205,8 @@ def test_control_needs_the_token_and_stop_stops_the_trainer(trainers, viewers):
             assert response.status == 413
         assert trainer.proc.poll() is None
         status, reply = await control(session, viewer, {"cmd": "stop"}, token="s3cret")
-        assert (status, reply) == (200, {"ok": True, "state": "stopping"})
+        ident = viewer.status()["trainer"]["id"]  # the run it acted on: its only trainer's
+        assert (status, reply) == (200, {"ok": True, "state": "stopping", "run": ident})
 
     run(body)
     assert trainer.wait(60) == 0

@@ -144,7 +144,9 @@ def test_before_any_trainer_the_status_and_the_snapshot_say_none_the_same_way(vi
 
 
 @pytest.mark.parametrize(("args", "says"), [
-    (["--ctl", "tcp://127.0.0.1"], "'tcp://127.0.0.1' is not a ZeroMQ endpoint"),
+    (["--trainer", "tcp://127.0.0.1:5555", "--ctl", "tcp://127.0.0.1"], "'tcp://127.0.0.1' is not a ZeroMQ endpoint"),
+    (["--trainer", "tcp://127.0.0.1:5555,tcp://127.0.0.1"], "'tcp://127.0.0.1' is not a ZeroMQ endpoint"),
+    (["--ctl", "tcp://127.0.0.1:5556"], "--ctl goes with exactly one --trainer PUB"),
     (["--trainer", "nonsense://x", "--ctl", "tcp://127.0.0.1:1"], "'nonsense://x' is not a ZeroMQ endpoint"),
     (["--token", "two words"], "the control token may hold only"),
     (["--snapshot-rate", "0"], "must be a positive number"),

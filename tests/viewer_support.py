@@ -78,11 +78,14 @@ class ViewerProcess:
         raise TimeoutError(f"viewer not ready within {timeout}s:\n{self.output()}")
 
 
-def start_viewer(log_dir: Path, pub: str, ctl: str, *extra: str, port: int | None = None,
+def start_viewer(log_dir: Path, pub: str | None, ctl: str | None, *extra: str, port: int | None = None,
                  env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> ViewerProcess:
+    """A viewer of the trainer at ``pub``/``ctl`` (None: only its ``--runs``); without ``--runs`` in ``extra``,
+    its runs folder is an empty one of its own, not the repository's ``runs/``."""
     log = log_dir / f"viewer.{time.monotonic_ns()}.log"
-    args = [*prefix, sys.executable, "-m", "viewer", "--trainer", pub, "--ctl", ctl,
-            "--port", str(port or free_port()), *extra]
+    trainer = ["--trainer", pub, "--ctl", ctl] if pub is not None and ctl is not None else []
+    runs = [] if "--runs" in extra else ["--runs", str(log_dir / "viewer-runs")]
+    args = [*prefix, sys.executable, "-m", "viewer", *trainer, *runs, "--port", str(port or free_port()), *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
@@ -98,10 +101,11 @@ def start_viewer(log_dir: Path, pub: str, ctl: str, *extra: str, port: int | Non
 
 @pytest.fixture
 def viewers(tmp_path: Path) -> Iterator[Callable[..., ViewerProcess]]:
-    """Start viewers with ``viewers(pub, ctl, *extra_args)``; all are killed at teardown."""
+    """Start viewers with ``viewers(pub, ctl, *extra_args)`` (``viewers(None, None, "--runs", DIR)``: no
+    --trainer); all are killed at teardown."""
     started: list[ViewerProcess] = []
 
-    def start(pub: str, ctl: str, *extra: str, port: int | None = None,
+    def start(pub: str | None, ctl: str | None, *extra: str, port: int | None = None,
               env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> ViewerProcess:
         viewer = start_viewer(tmp_path, pub, ctl, *extra, port=port, env=env, prefix=prefix)
         started.append(viewer)
@@ -129,6 +133,9 @@ class Browser:
                 if predicate(self.messages[-1]):
                     return self.messages[-1]
 
+    async def watch(self, runs: list[str] | str, boards: list[str] = ()) -> None:
+        await self.ws.send_str(orjson.dumps({"watch": {"runs": runs, "boards": list(boards)}}).decode())
+
     def snapshots(self) -> list[dict[str, Any]]:
         return [m for m in self.messages if m["topic"] == "snapshot"]
 
@@ -145,8 +152,11 @@ async def fetch_status(session: aiohttp.ClientSession, viewer: ViewerProcess) ->
         return await response.json()
 
 
-async def connect(session: aiohttp.ClientSession, viewer: ViewerProcess) -> Browser:
-    ws = await session.ws_connect(viewer.url + "/ws", max_msg_size=0, heartbeat=None)
+async def connect(session: aiohttp.ClientSession, viewer: ViewerProcess, runs: bool = False,
+                  headers: dict[str, str] | None = None) -> Browser:
+    """A browser on /ws; ``runs``: in runs mode, as the page (the run list first, then what it watches)."""
+    ws = await session.ws_connect(viewer.url + ("/ws?runs=1" if runs else "/ws"), max_msg_size=0, heartbeat=None,
+                                  headers=headers)
     return Browser(ws)
 
 

@@ -1,4 +1,4 @@
-"""The ``tetriszmq-viewer`` command: serve a trainer's live stream to browsers."""
+"""The ``tetriszmq-viewer`` command: serve every run (run folders, live trainers) to browsers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import secrets
 import signal
 import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from tetriszmq.stream.security import SecurityError, is_loopback
 from viewer.app import TOKEN, Settings, create_app
 from viewer.fanout import Limits
 from viewer.hub import HubSettings, check_endpoints
+from viewer.runs import RunsSettings
 
 TOKEN_ENV = "TETRISZMQ_TOKEN"
 
@@ -26,19 +28,19 @@ TOKEN_ENV = "TETRISZMQ_TOKEN"
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        ctl = args.ctl or default_ctl(args.trainer)
-        check_endpoints(args.trainer, ctl)
+        trainers = trainer_endpoints(args.trainer or [], args.ctl)
+        check_endpoints(*(endpoint for pair in trainers for endpoint in pair))
         curve = client_curve(args)
         check_host(args.host, args.insecure)
         token = check_token(args.token or os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(18))
     except ValueError as exc:  # SecurityError included
         print(f"tetriszmq-viewer: {exc}", file=sys.stderr)
         return 2
+    hub = HubSettings(trainer="", ctl="", history=args.history, offline_after=args.offline_after, curve=curve)
     settings = Settings(
-        hub=HubSettings(trainer=args.trainer, ctl=ctl, history=args.history, offline_after=args.offline_after,
-                        curve=curve),
+        runs=RunsSettings(roots=tuple(Path(p) for p in args.runs or ["runs"]), trainers=tuple(trainers), hub=hub),
         limits=Limits(send_timeout=args.send_timeout, snapshot_rate=args.snapshot_rate * 1e6),
-        host=args.host, port=args.port, token=token,
+        host=args.host, port=args.port, token=token, allow_origins=frozenset(args.allow_origin or ()),
     )
     logging.basicConfig(level=logging.WARNING, format="tetriszmq-viewer: %(message)s")
     logging.getLogger("aiohttp.server").addFilter(_drop_client_faults)
@@ -62,9 +64,17 @@ def _drop_client_faults(record: logging.LogRecord) -> bool:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tetriszmq-viewer",
-                                     description="Watch a tetriszmq trainer live in the browser.")
-    parser.add_argument("--trainer", default="tcp://127.0.0.1:5555", help="the trainer's PUB endpoint")
-    parser.add_argument("--ctl", help="the trainer's control (REP) endpoint; default: --trainer's port + 1")
+                                     description="Watch tetriszmq runs, live and finished, in the browser.")
+    parser.add_argument("--runs", action="append", metavar="DIR",
+                        help="a folder of run directories (repeatable; default: runs): every run in it is shown, "
+                        "and a trainer started in it is followed live")
+    parser.add_argument("--trainer", action="append", metavar="PUB[,CTL]",
+                        help="a live trainer not under --runs (repeatable): its PUB endpoint, and its control "
+                        "(REP) endpoint after a comma (default: PUB's port + 1)")
+    parser.add_argument("--ctl", help="the control endpoint of a single --trainer (as --trainer PUB,CTL)")
+    parser.add_argument("--allow-origin", action="append", metavar="ORIGIN",
+                        help="another site (e.g. https://dash.example.org) whose pages may use /ws and "
+                        "/api/control (repeatable; * for any); default: this viewer's own page only")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (default: 127.0.0.1 only; anything else needs --insecure)")
     parser.add_argument("--port", type=int, default=8080)
@@ -97,6 +107,17 @@ def check_token(token: str) -> str:
         raise ValueError("the control token may hold only letters, digits and - . _ ~ + / (then = padding), "
                          "as an 'Authorization: Bearer' header carries it")
     return token
+
+
+def trainer_endpoints(trainers: list[str], ctl: str | None) -> list[tuple[str, str]]:
+    """``(pub, ctl)`` of each ``--trainer PUB[,CTL]``; ``--ctl`` goes with a single ``--trainer PUB``."""
+    if ctl is not None and (len(trainers) != 1 or "," in trainers[0]):
+        raise ValueError("--ctl goes with exactly one --trainer PUB; for several, write --trainer PUB,CTL")
+    pairs = []
+    for trainer in trainers:
+        pub, _, own = trainer.partition(",")
+        pairs.append((pub, own or ctl or default_ctl(pub)))
+    return pairs
 
 
 def default_ctl(trainer: str) -> str:
@@ -139,8 +160,9 @@ async def _serve(settings: Settings) -> None:
 
 def _announce(settings: Settings, port: int) -> None:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    hub = settings.hub
-    print(f"tetriszmq-viewer: trainer {hub.trainer}, control {hub.ctl}\n"
+    runs = settings.runs
+    trainers = "".join(f"\n  trainer {pub}, control {ctl}" for pub, ctl in runs.trainers)
+    print(f"tetriszmq-viewer: runs in {', '.join(map(str, runs.roots))}{trainers}\n"
           f"  open http://{host}:{port}/#token={settings.token}\n"
           f"  control token: {settings.token} (without it the page is read-only)", flush=True)
 

@@ -1,8 +1,9 @@
-"""Broadcasting the trainer's stream to many WebSocket clients from one event loop.
+"""Broadcasting every run's stream to many WebSocket clients from one event loop.
 
-Each message is framed once (an unmasked, uncompressed WebSocket text frame
-around the trainer's payload bytes) and the same ``bytes`` goes to every
-client. A healthy client is written to directly on its transport from the
+Each message is framed once per form (an unmasked, uncompressed WebSocket text
+frame around the trainer's payload bytes, or around the same bytes with the
+run's catalogue ``id`` spliced in) and the same ``bytes`` goes to every client
+of that form. A healthy client is written to directly on its transport from the
 broadcast loop: no task wake-up, no copy, no per-client encoding. A client
 whose transport buffer is over `Limits.slow_bytes` is *slow*: it is served
 by its own writer task from a latest-wins slot per board/heartbeat and a
@@ -12,7 +13,15 @@ resyncs in a row, or a write that waits longer than `Limits.send_timeout`,
 it is disconnected. So a slow browser gets fewer frames, never a backlog,
 and costs at most about ``slow_bytes`` plus a queue of references.
 
-Snapshots carry the run's whole history (megabytes at the history cap), so
+What a client receives is per run: a client in *runs mode* (it sent a
+``watch``, see `Watch`) gets the runs it watches and the boards it draws; a
+*legacy* client (today's one-run page and scripts) gets every live run as the
+viewer of one trainer did. Either way a run's messages reach a client only
+after that run's snapshot: while a run is in `Client.due`, its messages are
+skipped for that client, because the snapshot, taken when it is written,
+includes them. Clients that want the same thing share one joined write per burst.
+
+Snapshots carry a run's whole history (hundreds of KB to megabytes), so
 they share one byte budget (`SnapshotBudget`): a crowd of browsers
 reconnecting at once is served one after another at `Limits.snapshot_rate`,
 not all at once.
@@ -27,13 +36,14 @@ is set, which aiohttp does before it sends its close frame.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -41,9 +51,24 @@ from aiohttp.abc import AbstractStreamWriter
 TEXT, CONTINUATION = 0x1, 0x0
 FIN = 0x80
 LATEST_WINS = frozenset({"board", "heartbeat"})  # state, not history: only the newest matters
+LISTING = ""  # the run id of the viewer's own ``runs`` messages: due first for a client in runs mode
 _LEN1, _LEN2, _LEN3 = struct.Struct("!BB"), struct.Struct("!BBH"), struct.Struct("!BBQ")
 
-SnapshotParts = Callable[[], tuple[bytes, ...]]
+
+class Source(Protocol):
+    """The runs the fan-out serves (`viewer.runs.Runs`)."""
+
+    def fed(self) -> frozenset[str]:
+        """Ids of the runs a live trainer feeds: what a legacy client gets."""
+        ...
+
+    def known(self) -> Iterable[str]:
+        """Every run id there is."""
+        ...
+
+    def snapshot(self, run: str, legacy: bool) -> tuple[bytes, ...] | None:
+        """The run's snapshot message in parts; None while its history is still loading, or if it is gone."""
+        ...
 
 
 def ws_frame(payload: bytes | memoryview, opcode: int = TEXT, fin: bool = True) -> bytes:
@@ -89,7 +114,7 @@ class SnapshotBudget:
         self.refilled = time.monotonic()
         self.lock = asyncio.Lock()
 
-    async def take(self, snapshot: SnapshotParts) -> tuple[bytes, ...]:
+    async def take(self, snapshot: Callable[[], tuple[bytes, ...] | None]) -> tuple[bytes, ...] | None:
         """Wait for this client's turn, then take a fresh snapshot and charge its size."""
         async with self.lock:
             self._refill()
@@ -97,7 +122,7 @@ class SnapshotBudget:
                 await asyncio.sleep(-self.level / self.rate)
                 self._refill()
             parts = snapshot()
-            self.level -= sum(map(len, parts))
+            self.level -= sum(map(len, parts or ()))
             return parts
 
     def _refill(self) -> None:
@@ -106,33 +131,130 @@ class SnapshotBudget:
         self.refilled = now
 
 
+@dataclass(frozen=True)
+class Watch:
+    """What a client in runs mode asked for (its ``watch`` message): whose history, whose boards.
+
+    :param runs: the runs whose snapshot, status, episodes, metrics and heartbeats it gets; None: all.
+    :param boards: the runs whose board frames it gets (the ones it draws); None: all. Watching a board
+        watches its run.
+    """
+
+    runs: frozenset[str] | None
+    boards: frozenset[str] | None = frozenset()
+
+    def wants(self, run: str) -> bool:
+        return self.runs is None or self.boards is None or run in self.runs or run in self.boards
+
+    def draws(self, run: str) -> bool:
+        return self.boards is None or run in self.boards
+
+    def wanted(self, known: Iterable[str]) -> set[str]:
+        return {run for run in known if self.wants(run)}
+
+
+class Message:
+    """One message for every client, framed once per form when first needed.
+
+    ``spliced`` is the payload with the run's ``id`` added (runs mode); None when clients in
+    runs mode already have it (a history message their run's snapshot included).
+    """
+
+    __slots__ = ("run", "topic", "raw", "spliced", "_frames")
+
+    def __init__(self, run: str, topic: str, raw: bytes, spliced: bytes | None) -> None:
+        self.run, self.topic, self.raw, self.spliced = run, topic, raw, spliced
+        self._frames: list[bytes | None] = [None, None]
+
+    def frame(self, legacy: bool) -> bytes:
+        frame = self._frames[legacy]
+        if frame is None:
+            payload = self.raw if legacy else self.spliced
+            assert payload is not None
+            frame = self._frames[legacy] = ws_frame(payload)
+        return frame
+
+
 class Client:
-    """One browser: its transport, its slow-path state and its counters."""
+    """One browser: its transport, what it watches, its slow-path state and its counters."""
 
     def __init__(self, ident: int, ws: web.WebSocketResponse, writer: AbstractStreamWriter,
                  transport: asyncio.Transport, remote: str | None, fanout: Fanout) -> None:
         self.ident, self.ws, self.writer, self.transport, self.remote = ident, ws, writer, transport, remote
         self.fanout = fanout
+        self.watch: Watch | None = None  # None: a legacy client (no ``watch`` sent)
         self.fast = False  # True: the broadcast writes directly; False: the writer task owns the transport
-        self.resync = True  # a fresh snapshot is due (always first)
-        self.queue: deque[bytes] = deque()
-        self.latest: dict[str, bytes] = {}
+        self.due: set[str] = set(fanout.source.fed())  # runs whose snapshot is due (always first)
+        self.queue: deque[Message] = deque()
+        self.latest: dict[tuple[str, str], Message] = {}
         self.wake = asyncio.Event()
         self.wake.set()
         self.failure: str | None = None
         self.task: asyncio.Task[None] | None = None
         self.sent = self.dropped = self.resyncs = self.resyncs_in_a_row = self.ignored = 0
 
-    def push(self, topic: str, frame: bytes) -> None:
+    @property
+    def legacy(self) -> bool:
+        return self.watch is None
+
+    def wants(self, run: str) -> bool:
+        """Whether this client follows ``run`` at all (a snapshot of it is, or will be, due)."""
+        if self.watch is None:
+            return run in self.fanout.source.fed()
+        return run == LISTING or self.watch.wants(run)
+
+    def takes(self, message: Message) -> bool:
+        """Whether ``message`` goes to this client now."""
+        run = message.run
+        if run in self.due:
+            return False  # the run's snapshot, taken when it is written, will include it
+        if self.watch is None:
+            return run in self.fanout.source.fed()
+        if message.spliced is None:
+            return False
+        if run == LISTING:
+            return True
+        return self.watch.draws(run) if message.topic == "board" else self.watch.wants(run)
+
+    def key(self) -> object:
+        """Clients with equal keys take the same messages: one joined write serves them all."""
+        return self if self.due else self.watch
+
+    def set_watch(self, watch: Watch) -> None:
+        """Take a ``watch`` message: runs newly watched get a snapshot; the first one switches to runs mode."""
+        known = self.fanout.source.known()
+        if self.watch is None:
+            self.due = {LISTING}
+            self.queue.clear()
+            self.latest.clear()
+            added = watch.wanted(known)
+        else:
+            added = watch.wanted(known) - self.watch.wanted(known)
+        self.watch = watch
+        self.due = {run for run in self.due if self.wants(run)} | added
+        if self.due:
+            self.fast = False
+            self.wake.set()
+
+    def resync(self, run: str) -> None:
+        """A fresh snapshot of ``run`` is due (a new trainer process, a run that appeared, its history loaded)."""
+        if not self.wants(run):
+            return
+        self.due.add(run)
+        self.queue = deque(m for m in self.queue if m.run != run)
+        self.latest = {key: m for key, m in self.latest.items() if key[0] != run}
+        self.fast = False
+        self.wake.set()
+
+    def push(self, message: Message) -> None:
         """Slow path: keep a message for the writer task (latest-wins or bounded queue)."""
-        if topic in LATEST_WINS:
-            if topic == "board" and "board" in self.latest:
+        if message.topic in LATEST_WINS:
+            key = (message.run, message.topic)
+            if message.topic == "board" and key in self.latest:
                 self.dropped += 1
-            self.latest[topic] = frame
-        elif self.resync:
-            pass  # the snapshot, taken when it is written, will include this message
+            self.latest[key] = message
         elif len(self.queue) < self.fanout.limits.max_queue:
-            self.queue.append(frame)
+            self.queue.append(message)
         else:
             self.request_resync()
             return
@@ -140,13 +262,14 @@ class Client:
         self.wake.set()
 
     def request_resync(self) -> None:
-        """Replace whatever is queued by a fresh snapshot; too many in a row disconnect."""
+        """Replace whatever is queued by fresh snapshots of every run it follows; too many in a row disconnect."""
         self.resyncs += 1
         self.resyncs_in_a_row += 1
         if self.resyncs_in_a_row > self.fanout.limits.max_resyncs:
             self.fail(f"too slow: resynchronised {self.resyncs_in_a_row - 1} times without catching up")
             return
-        self.resync, self.fast = True, False
+        self.due = {run for run in [LISTING, *self.fanout.source.known()] if self.wants(run)}
+        self.fast = False
         self.queue.clear()
         self.latest.clear()
         self.wake.set()
@@ -175,19 +298,31 @@ class Client:
             self.fail("connection lost")
 
     async def _write_pending(self) -> None:
+        """Snapshots first (those whose history is still loading wait, without holding up other runs)."""
+        unready: set[str] = set()
         while True:
-            if self.resync:
-                parts = await self.fanout.budget.take(self.fanout.snapshot)  # messages until now are in it
-                self.resync = False
-                self.queue.clear()
-                self.latest.clear()
-                await self._write_message(parts)
+            due = next(iter(self.due - unready), None)
+            if due is not None:
+                parts = await self.fanout.budget.take(functools.partial(self._take_snapshot, due))
+                if parts is None:
+                    unready.add(due)
+                elif parts:
+                    await self._write_message(parts)
             elif self.queue:
-                await self._write(self.queue.popleft())
+                await self._write(self.queue.popleft().frame(self.legacy))
             elif self.latest:
-                await self._write(self.latest.popitem()[1])
+                await self._write(self.latest.popitem()[1].frame(self.legacy))
             else:
                 return
+
+    def _take_snapshot(self, run: str) -> tuple[bytes, ...] | None:
+        """The snapshot of ``run`` now; from now on its messages go to this client again."""
+        if run not in self.due:
+            return ()  # no longer wanted (a new watch) while this client waited for its turn
+        parts = self.fanout.source.snapshot(run, self.legacy)
+        if parts is not None or run not in self.fanout.source.known():
+            self.due.discard(run)
+        return parts
 
     async def _write_message(self, parts: tuple[bytes, ...]) -> None:
         """Write one large message as fragments, waiting for the client between them."""
@@ -208,26 +343,27 @@ class Client:
     def stats(self) -> dict[str, Any]:
         return {"id": self.ident, "remote": self.remote, "fast": self.fast, "sent": self.sent,
                 "dropped": self.dropped, "resyncs": self.resyncs, "ignored": self.ignored, "queued": len(self.queue),
-                "buffered": self.transport.get_write_buffer_size()}
+                "buffered": self.transport.get_write_buffer_size(), "mode": "legacy" if self.legacy else "runs",
+                "due": sorted(self.due)}
 
 
 class Fanout:
     """Every connected client, and the broadcast that frames a message once for all of them."""
 
-    def __init__(self, limits: Limits, snapshot: SnapshotParts) -> None:
+    def __init__(self, limits: Limits, source: Source) -> None:
         self.limits = limits
-        self.snapshot = snapshot
+        self.source = source
         self.budget = SnapshotBudget(limits.snapshot_rate)
         self._clients: dict[int, Client] = {}
         self._all: tuple[Client, ...] = ()  # iteration order, rebuilt on attach/detach (rare)
         self._next_id = 0
-        self._batch: list[tuple[str, bytes]] = []
+        self._batch: list[Message] = []
         self.published = 0
         self.departed = {"sent": 0, "dropped": 0}  # counters of clients gone: /api/status totals are cumulative
         self.disconnected: dict[str, int] = {}
 
     def attach(self, ws: web.WebSocketResponse, writer: AbstractStreamWriter, request: web.Request) -> Client:
-        """Register a prepared WebSocket; its first message will be a snapshot."""
+        """Register a prepared WebSocket; its first messages will be snapshots."""
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("client went away during the handshake")
@@ -250,38 +386,57 @@ class Fanout:
             kind = "left" if client.failure is None else client.failure.split(":", 1)[0]
             self.disconnected[kind] = self.disconnected.get(kind, 0) + 1
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        """Queue one message for every client; it goes out when the current burst ends.
+    def publish(self, run: str, topic: str, raw: bytes, spliced: bytes | None) -> None:
+        """Queue one message of ``run`` for every client that takes it; it goes out when the current burst ends.
 
-        Messages that arrive together (the hub drains its socket without yielding)
+        Messages that arrive together (a hub drains its socket without yielding)
         are written with one ``transport.write`` per client: under load the cost
         is per burst, not per message, so the viewer keeps up instead of lagging.
         """
-        self._batch.append((topic, ws_frame(payload)))
+        self._batch.append(Message(run, topic, raw, spliced))
         if len(self._batch) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         """Write the burst straight to every fast client; never awaits, never encodes per client."""
         batch, self._batch = self._batch, []
-        data = batch[0][1] if len(batch) == 1 else b"".join(frame for _, frame in batch)
         limit = self.limits.slow_bytes
         self.published += len(batch)
+        joined: dict[object, tuple[bytes, int]] = {}
         for client in self._all:
             transport = client.transport
             if client.fast and transport.get_write_buffer_size() <= limit and not (
                     client.ws.closed or transport.is_closing()):
-                transport.write(data)
-                client.sent += len(batch)
+                key = client.key()
+                if key not in joined:
+                    frames = [m.frame(client.legacy) for m in batch if client.takes(m)]
+                    joined[key] = (b"".join(frames), len(frames))
+                data, count = joined[key]
+                if count:
+                    transport.write(data)
+                    client.sent += count
             else:
-                for topic, frame in batch:
-                    client.push(topic, frame)
+                for message in batch:
+                    if client.takes(message):
+                        client.push(message)
 
-    def resync_all(self) -> None:
-        """Send every client a fresh snapshot (a new run started)."""
+    def resync(self, run: str, legacy: bool = True) -> None:
+        """Send a fresh snapshot of ``run`` to every client that follows it (a new trainer process, a new run).
+
+        :param legacy: legacy clients too (not for a run that just appeared in the run list: they
+            follow live trainers, and get a snapshot when one starts feeding a run).
+        """
         for client in self._all:
-            client.resyncs_in_a_row = 0
-            client.request_resync()
+            if legacy or not client.legacy:
+                client.resyncs_in_a_row = 0
+                client.resync(run)
+
+    def ready(self, run: str) -> None:
+        """``run``'s history has loaded: wake the clients whose snapshot of it waited."""
+        for client in self._all:
+            if run in client.due:
+                client.fast = False
+                client.wake.set()
 
     def clients(self) -> tuple[Client, ...]:
         return self._all

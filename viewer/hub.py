@@ -1,4 +1,4 @@
-"""The viewer's ZeroMQ side: one hub per viewer process, owning the trainer link.
+"""The viewer's ZeroMQ side: one hub per live trainer, owning that trainer's link.
 
 The hub subscribes to a trainer's PUB stream and keeps what a late-joining
 browser needs (`RunHistory`: last status and board, episodes, metrics). When
@@ -182,6 +182,19 @@ class Hub:
             metrics = b"[%s]" % b",".join(history.metrics) if history else b"[]"
             self._blobs = (self._history_version, episodes, metrics)
         return episodes, metrics
+
+    def history_after(self, seq: int) -> list[bytes]:
+        """The history messages (status, episodes, metrics) past ``seq``, in seq order: what a run's series lacks."""
+        history = self.history
+        if history is None or history.seq <= seq:
+            return []
+        newer = [p for p in (history.status,) if p is not None and _seq_of(p) > seq]
+        for items in (history.episodes, history.metrics):
+            for payload in reversed(items):  # newest first: stop at the first one already had
+                if _seq_of(payload) <= seq:
+                    break
+                newer.append(payload)
+        return sorted(newer, key=_seq_of)
 
     def link_message(self) -> bytes:
         """The viewer's own ``link`` message: the trainer link's state, as browsers see it."""
@@ -389,6 +402,11 @@ def _envelope(frames: list[bytes]) -> tuple[Topic | str, str, int]:
     if not isinstance(run, str) or not protocol.RUN_ID_PATTERN.match(run) or type(seq) is not int:
         raise ProtocolError("payload lacks a valid run and seq")
     return topic, run, seq
+
+
+def _seq_of(payload: bytes) -> int:
+    head = _ENVELOPE.match(payload)
+    return int(head[2]) if head is not None else protocol.decode_payload(payload)["seq"]
 
 
 def _topic(frame: bytes) -> Topic | str:

@@ -57,6 +57,8 @@ class Result:
     load: str
     rss: list[tuple[float, float]] = field(default_factory=list)  # (seconds since window start, MB)
     status: dict[str, Any] = field(default_factory=dict)  # the viewer's /api/status at the end
+    publishers: int = 1  # live trainers
+    watch: bool = False  # clients in runs mode, watching every run
 
     def pct(self, which: str, q: float) -> float:
         values = getattr(self, which)
@@ -73,23 +75,27 @@ class Result:
 
 
 def run_case(server: str, count: int, seconds: float, *, stalled_count: int = 0, procs: int = 4,
-             warmup: float = 2.0, grace: float = 1.0, pace: float = 0.002, extra: Sequence[str] = ()) -> Result:
+             warmup: float = 2.0, grace: float = 1.0, pace: float = 0.002, extra: Sequence[str] = (),
+             publishers: int = 1, watch: bool = False) -> Result:
     """One measured run: ``count`` reading clients (+ ``stalled_count`` stalled) on ``server``.
 
     ``server``: "viewer" or "naive"; ``extra``: more viewer flags. About 250 connections are timed
     (every ``count // 250``-th), enough samples across the broadcast without the clients' own
-    CPU crowding the viewer's.
+    CPU crowding the viewer's. ``publishers``: live trainers the viewer follows (the frame share
+    counts every one's boards); ``watch``: clients in runs mode, watching every run and board.
     """
     timed_every = max(1, count // TIMED)
-    pub, ctl, port = free_endpoint(), free_endpoint(), free_port()
+    port = free_port()
+    endpoints = [(free_endpoint(), free_endpoint()) for _ in range(publishers)]
     with ExitStack() as stack:
-        _, stream = stack.enter_context(spawned(publisher, pub, ctl, FPS))
-        if not stream.poll(30):
-            raise TimeoutError("publisher did not start")
-        stream.recv()
-        pid = stack.enter_context(serving(server, pub, ctl, port, extra))
+        streams = [stack.enter_context(spawned(publisher, pub, ctl, FPS))[1] for pub, ctl in endpoints]
+        for stream in streams:
+            if not stream.poll(30):
+                raise TimeoutError("publisher did not start")
+            stream.recv()
+        pid = stack.enter_context(serving(server, endpoints, port, extra))
         sizes = [count // procs + (i < count % procs) for i in range(min(procs, count))]
-        readers = [stack.enter_context(spawned(clients, port, size, timed_every, pace)) for size in sizes]
+        readers = [stack.enter_context(spawned(clients, port, size, timed_every, pace, watch)) for size in sizes]
         for proc, pipe in readers:
             wait_for(pipe.poll, 120, 0.1, what="client process", alive=proc.is_alive)
             pipe.recv()
@@ -122,8 +128,9 @@ def run_case(server: str, count: int, seconds: float, *, stalled_count: int = 0,
             at_socket.frombytes(socket_bytes)
             at_read.frombytes(read_bytes)
             closed += gone
-        stream.send(("count", t0, t1))
-        expected = stream.recv()
+        for stream in streams:
+            stream.send(("count", t0, t1))
+        expected = sum(stream.recv() for stream in streams)
     return Result(
         server=server, clients=count, stalled=stalled_count, seconds=seconds, expected=expected,
         shares=np.array(boards, dtype=float) / max(expected, 1),
@@ -131,5 +138,6 @@ def run_case(server: str, count: int, seconds: float, *, stalled_count: int = 0,
         at_read_ms=np.frombuffer(at_read, dtype=np.float64) * 1e3,
         closed=closed, cpu=(cpu1 - cpu0) / seconds * 100, clients_cpu=(clients1 - clients0) / seconds * 100,
         machine=(busy1[0] - busy0[0]) / ((busy1[1] - busy0[1]) or 1) * (os.cpu_count() or 1) * 100,
-        waited=(delay1 - delay0) / seconds * 1e3, load=load, rss=rss, status=status)
+        waited=(delay1 - delay0) / seconds * 1e3, load=load, rss=rss, status=status, publishers=publishers,
+        watch=watch)
 

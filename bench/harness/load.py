@@ -19,9 +19,10 @@ import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
-BOARD_HEAD = b'{"v":1,"topic":"board"'
-HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+BOARD_TOPIC = b'"topic":"board"'  # near the start of a board payload (after the run's "id" in runs mode)
+HANDSHAKE = (b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
              b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n")
+WATCH_ALL = b'{"watch":{"runs":"*","boards":"*"}}'  # runs mode: every run's history and board, as a dashboard
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python does not export it
 STAMP = struct.Struct("qq")
 LIGHT_EVERY = 0.25  # seconds between reads of an untimed client connection
@@ -37,8 +38,12 @@ class Conn:
         self.sock, self.pending, self.boards, self.closed = sock, pending, 0, False
 
 
-def _connect(port: int, count: int, rcvbuf: int | None = None) -> Iterator[tuple[socket.socket, bytes]]:
-    """Open ``count`` WebSocket connections, a batch at a time; yield each with the bytes after its 101."""
+def _connect(port: int, count: int, rcvbuf: int | None = None, watch: bool = False
+             ) -> Iterator[tuple[socket.socket, bytes]]:
+    """Open ``count`` WebSocket connections, a batch at a time; yield each with the bytes after its 101.
+
+    ``watch``: in runs mode (``/ws?runs=1``), watching every run and board.
+    """
     for first in range(0, count, CONNECT_BATCH):
         batch = []
         for _ in range(min(CONNECT_BATCH, count - first)):
@@ -47,7 +52,7 @@ def _connect(port: int, count: int, rcvbuf: int | None = None) -> Iterator[tuple
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             sock.settimeout(60)
             sock.connect(("127.0.0.1", port))
-            sock.sendall(HANDSHAKE % base64.b64encode(os.urandom(16)))
+            sock.sendall(HANDSHAKE % (b"/ws?runs=1" if watch else b"/ws", base64.b64encode(os.urandom(16))))
             batch.append(sock)
         for sock in batch:
             data = b""
@@ -59,6 +64,8 @@ def _connect(port: int, count: int, rcvbuf: int | None = None) -> Iterator[tuple
             head, rest = data.split(b"\r\n\r\n", 1)
             if not head.startswith(b"HTTP/1.1 101"):
                 raise ConnectionError(f"handshake refused: {head[:80]!r}")
+            if watch:  # a client's frame is masked: a zero key leaves the payload as it is
+                sock.sendall(bytes((0x81, 0x80 | len(WATCH_ALL))) + b"\0\0\0\0" + WATCH_ALL)
             yield sock, rest
 
 
@@ -77,10 +84,10 @@ class Clients:
     its broadcast. Neither changes the kernel's arrival stamps.
     """
 
-    def __init__(self, port: int, count: int, timed_every: int) -> None:
+    def __init__(self, port: int, count: int, timed_every: int, watch: bool = False) -> None:
         self.timed, self.light = select.epoll(), select.epoll()
         self.conns: dict[int, Conn] = {}
-        for i, (sock, rest) in enumerate(_connect(port, count)):
+        for i, (sock, rest) in enumerate(_connect(port, count, watch=watch)):
             sock.setblocking(False)
             self.conns[sock.fileno()] = Conn(sock, rest)
             if i % timed_every == 0:
@@ -151,7 +158,7 @@ class Clients:
             if stop > end:
                 break
             first = data[pos]
-            if first == 0x81 and data.startswith(BOARD_HEAD, pos + head):
+            if first == 0x81 and data.find(BOARD_TOPIC, pos + head, min(stop, pos + head + 120)) >= 0:
                 tail = data.rfind(b'"t":', stop - 40, stop)  # `Outbox.post` puts `t` last
                 t = float(data[tail + 4:stop - 1])
                 if self.t0 <= t < self.t1:
@@ -170,15 +177,15 @@ class Clients:
                 sum(c.closed for c in conns))
 
 
-def clients(port: int, count: int, timed_every: int, pace: float, pipe: Connection) -> None:
-    """A client process (see `Clients`).
+def clients(port: int, count: int, timed_every: int, pace: float, watch: bool, pipe: Connection) -> None:
+    """A client process (see `Clients`); ``watch``: in runs mode, watching every run.
 
     Protocol on ``pipe``: send "ready" once connected; receive (t0, t1, until); read until
     ``until``; send (board counts per connection, latencies at the socket, latencies at read,
     connections the server closed).
     """
     os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-    pool = Clients(port, count, timed_every)
+    pool = Clients(port, count, timed_every, watch)
     pipe.send("ready")
     pool.run(pipe, pace)
     pipe.send(pool.results())

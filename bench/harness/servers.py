@@ -3,9 +3,11 @@ the naive broadcaster a new user writes first."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections import deque
@@ -75,14 +77,16 @@ def _listening(port: int) -> bool:
         return True
 
 
-def _relaying(port: int) -> bool:
-    trainer = get_json(port, "/api/status")["trainer"]
-    return trainer["link"] == "online" and not trainer["syncing"]
+def _relaying(port: int, trainers: int) -> bool:
+    links = get_json(port, "/api/status")["trainers"]
+    return len(links) == trainers and all(t["link"] == "online" and not t["syncing"] for t in links)
 
 
 @contextmanager
-def serving(kind: str, pub: str, ctl: str, port: int, extra: Sequence[str]) -> Iterator[int]:
-    """Start the viewer or the naive baseline on ``port``; yield its pid once it relays the stream."""
+def serving(kind: str, endpoints: Sequence[tuple[str, str]], port: int, extra: Sequence[str]) -> Iterator[int]:
+    """Start the viewer (of every ``(pub, ctl)``) or the naive baseline (of the first) on ``port``;
+    yield its pid once it relays the streams."""
+    pub = endpoints[0][0]
     if kind == "naive":
         proc = SPAWN.Process(target=naive_viewer, args=(pub, port), daemon=True)
         proc.start()
@@ -94,12 +98,14 @@ def serving(kind: str, pub: str, ctl: str, port: int, extra: Sequence[str]) -> I
             proc.terminate()
             reap(proc, 5)
         return
-    args = [sys.executable, "-m", "viewer", "--trainer", pub, "--ctl", ctl, "--port", str(port),
-            "--token", "bench", *extra]
+    trainers = [arg for pub, ctl in endpoints for arg in ("--trainer", f"{pub},{ctl}")]
+    no_runs = tempfile.mkdtemp(prefix="bench-no-runs-")  # not the repository's runs/: only these trainers
+    args = [sys.executable, "-m", "viewer", *trainers, "--runs", no_runs, "--port", str(port), "--token", "bench",
+            *extra]
     viewer = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: _relaying(port), 30, 0.1, what="viewer", alive=lambda: viewer.poll() is None,
-                 tolerate=(OSError,))
+        wait_for(lambda: _relaying(port, len(endpoints)), 60, 0.1, what="viewer",
+                 alive=lambda: viewer.poll() is None, tolerate=(OSError,))
         yield viewer.pid
     finally:
         viewer.terminate()
@@ -113,4 +119,5 @@ def serving(kind: str, pub: str, ctl: str, port: int, extra: Sequence[str]) -> I
         viewer.stderr.close()
         if viewer.returncode not in (0, -15) or "Traceback" in errors:
             print(f"viewer (exit {viewer.returncode}) said:\n{errors[-2000:]}", file=sys.stderr)
+        os.rmdir(no_runs)
 

@@ -114,11 +114,12 @@ const control = (cmd, authorization = `Bearer ${opts.token}`) =>
   http("POST", "/api/control", { body: JSON.stringify({ cmd }), authorization });
 
 class Browser {
-  // A WebSocket client like the page: the snapshot first, then trainer and link messages.
-  constructor() {
+  // A WebSocket client: on /ws, as a one-run page (snapshots, then trainer and link messages);
+  // on /ws?runs=1, as the page (the run list, then what it watches).
+  constructor(path = "/ws") {
     this.messages = [];
     this.texts = [];
-    this.ws = new WebSocket(opts.viewer.replace(/^http/, "ws") + "/ws");
+    this.ws = new WebSocket(opts.viewer.replace(/^http/, "ws") + path);
     this.ws.on("message", (data) => {
       this.texts.push(data.toString("utf8"));
       this.messages.push(JSON.parse(data.toString("utf8")));
@@ -246,9 +247,30 @@ async function main() {
     await stream.until((m) => m.topic === "status" && /^saved /.test(m.reason), 0, "a saved status");
   });
 
-  await check("control through the viewer: any case of 'Bearer', the trainer's reply", async () => {
+  await check("viewer runs mode: the run list, then a watched run's snapshot before its messages, with its id",
+    async () => {
+      const { json: listing } = await http("GET", "/api/runs");
+      const entry = listing.runs.find((r) => r.process === run);
+      assert.ok(entry, "the trainer's run is listed");
+      const runs = new Browser("/ws?runs=1");
+      const first = await runs.until(() => true, "the run list");
+      assert.deepEqual([first.topic, first.full], ["runs", true]);
+      runs.ws.send(JSON.stringify({ watch: { runs: [entry.id], boards: [] } }));
+      const snapshot = await runs.until((m) => m.topic === "snapshot", "the watched run's snapshot");
+      assert.deepEqual([snapshot.id, snapshot.run], [entry.id, run]);
+      assert.equal(snapshot.history.episodes.columns[0], "episodes");
+      const episode = await runs.until((m) => m.topic === "episode" && m.seq > snapshot.seq, "a live episode");
+      assert.equal(episode.id, entry.id);
+      const mine = runs.messages.filter((m) => m.id === entry.id);
+      assert.equal(mine[0].topic, "snapshot", "nothing of a run before its snapshot");
+      assert.ok(!mine.some((m) => m.topic === "board"), "no boards it did not ask for");
+      runs.ws.close();
+    });
+
+  await check("control through the viewer: any case of 'Bearer', the trainer's reply, the run it acted on", async () => {
+    const { json: status } = await http("GET", "/api/status");
     const paused = await control("pause", `bearer ${opts.token}`);
-    assert.deepEqual([paused.status, paused.json], [200, { ok: true, state: "paused" }]);
+    assert.deepEqual([paused.status, paused.json], [200, { ok: true, state: "paused", run: status.trainer.id }]);
     await browser.until((m) => m.topic === "status" && m.state === "paused", "paused on /ws");
     const resumed = await control("resume");
     assert.deepEqual([resumed.status, resumed.json.state], [200, "running"]);

@@ -11,9 +11,47 @@ from types import SimpleNamespace
 
 import pytest
 
-from viewer.fanout import CONTINUATION, TEXT, Client, Fanout, Limits, ws_frame
+from viewer.fanout import CONTINUATION, LISTING, TEXT, Client, Fanout, Limits, Message, Watch, ws_frame
 
 SNAPSHOT = (b'{"topic":"snapshot",', b'"episodes":[]}')
+RUN = "exp1"
+
+
+class Source:
+    """The runs: ``RUN`` is live (fed); ``loading`` ones have no snapshot yet."""
+
+    def __init__(self) -> None:
+        self.runs = {RUN}
+        self.loading: set[str] = set()
+
+    def fed(self) -> frozenset[str]:
+        return frozenset({RUN})
+
+    def known(self) -> set[str]:
+        return self.runs
+
+    def snapshot(self, run: str, legacy: bool) -> tuple[bytes, ...] | None:
+        if run in self.loading:
+            return None
+        return (b'{"run":"%s",' % run.encode(), b'"legacy":%s}' % (b"true" if legacy else b"false"))
+
+
+def received(transport: Transport) -> list[bytes]:
+    """The messages written, fragments joined (every frame here is short: a 2-byte header)."""
+    messages, parts = [], b""
+    for write in transport.writes:
+        while write:
+            size = write[1] & 0x7F
+            parts += write[2:2 + size]
+            if write[0] & 0x80:
+                messages.append(parts)
+                parts = b""
+            write = write[2 + size:]
+    return messages
+
+
+def message(topic: str, payload: bytes, run: str = RUN) -> Message:
+    return Message(run, topic, payload, b'{"id":"%s",%s' % (run.encode(), payload[1:]))
 
 
 class Transport:
@@ -53,7 +91,7 @@ def attach(fanout: Fanout) -> tuple[Client, Transport]:
 
 
 def fanout(**limits: int) -> Fanout:
-    return Fanout(Limits(**limits), lambda: SNAPSHOT)
+    return Fanout(Limits(**limits), Source())
 
 
 async def settle(client: Client) -> None:
@@ -78,9 +116,9 @@ def test_a_new_client_gets_the_snapshot_first_as_fragments_then_joins_the_fast_p
     async def scenario() -> None:
         hub = fanout(chunk=16)
         client, transport = attach(hub)
-        assert not client.fast and client.resync
+        assert not client.fast and client.due == {RUN}
         await settle(client)
-        payload = b"".join(SNAPSHOT)
+        payload = b"".join(hub.source.snapshot(RUN, legacy=True))
         opcodes = [frame[0] for frame in transport.writes]
         assert opcodes[0] == TEXT and opcodes[-1] == 0x80 | CONTINUATION and len(opcodes) == -(-len(payload) // 16)
         assert b"".join(frame[2:] for frame in transport.writes) == payload
@@ -100,12 +138,12 @@ def test_one_burst_is_one_write_to_a_fast_client_and_queued_for_a_slow_one():
         for transport in (fast_transport, slow_transport):
             transport.writes.clear()
         slow_transport.buffered = 1001
-        hub.publish("episode", b'{"seq":1}')
-        hub.publish("episode", b'{"seq":2}')
+        hub.publish(RUN, "episode", b'{"seq":1}', None)
+        hub.publish(RUN, "episode", b'{"seq":2}', None)
         await asyncio.sleep(0)  # the flush runs once the burst ends
         assert fast_transport.writes == [ws_frame(b'{"seq":1}') + ws_frame(b'{"seq":2}')]
         assert fast.sent == 1 + 2 and hub.published == 2  # the snapshot, then the burst
-        assert slow_transport.writes == [] and list(slow.queue) == [ws_frame(b'{"seq":1}'), ws_frame(b'{"seq":2}')]
+        assert slow_transport.writes == [] and [m.raw for m in slow.queue] == [b'{"seq":1}', b'{"seq":2}']
         assert not slow.fast
         for client in (fast, slow):
             client.task.cancel()
@@ -115,44 +153,48 @@ def test_one_burst_is_one_write_to_a_fast_client_and_queued_for_a_slow_one():
 
 def test_a_slow_client_keeps_only_the_newest_board_and_counts_the_ones_it_missed():
     client, _ = attach(fanout())
-    client.resync = False
+    client.due.clear()
     for n in range(3):
-        client.push("board", b"board %d" % n)
-    client.push("heartbeat", b"beat")
-    assert client.latest == {"board": b"board 2", "heartbeat": b"beat"} and client.dropped == 2
-    assert not client.queue
+        client.push(message("board", b"{%d}" % n))
+    client.push(message("heartbeat", b"{beat}"))
+    assert {key: m.raw for key, m in client.latest.items()} == {(RUN, "board"): b"{2}", (RUN, "heartbeat"): b"{beat}"}
+    assert client.dropped == 2 and not client.queue
 
 
 def test_ordered_messages_wait_for_a_due_snapshot_to_include_them():
     client, _ = attach(fanout())
-    assert client.resync
-    client.push("episode", b"episode")
-    assert not client.queue  # the snapshot, taken when it is written, covers it
+    assert client.due == {RUN}
+    assert not client.takes(message("episode", b"{}"))  # the snapshot, taken when it is written, covers it
+    client.due.clear()
+    assert client.takes(message("episode", b"{}"))
 
 
 def test_a_full_queue_turns_into_a_resync_and_too_many_in_a_row_disconnect():
     hub = fanout(max_queue=2, max_resyncs=2)
     client, _ = attach(hub)
-    client.resync = False
+    client.due.clear()
     for round_ in range(1, 3):
         for n in range(3):
-            client.push("episode", b"%d" % n)
-            client.resync = False  # as if the writer task had written the snapshot, without catching up
+            client.push(message("episode", b"{%d}" % n))
+            client.due.clear()  # as if the writer task had written the snapshot, without catching up
         assert client.resyncs == round_ and client.failure is None
     for n in range(3):
-        client.push("episode", b"%d" % n)
+        client.push(message("episode", b"{%d}" % n))
     assert client.failure == "too slow: resynchronised 2 times without catching up"
     assert client not in hub.clients() and hub.disconnected == {"too slow": 1}
 
 
-def test_a_new_run_resyncs_every_client_and_forgives_earlier_resyncs():
+def test_a_new_process_resyncs_its_run_for_every_client_and_forgives_earlier_resyncs():
     hub = fanout(max_resyncs=1)
     clients = [attach(hub)[0] for _ in range(3)]
     for client in clients:
-        client.resync, client.resyncs_in_a_row = False, 1
-        client.queue.append(b"old")
-    hub.resync_all()
-    assert all(c.resync and not c.queue and c.failure is None and c.resyncs_in_a_row == 1 for c in clients)
+        client.due.clear()
+        client.resyncs_in_a_row = 1
+        client.queue.extend([message("episode", b"{old}"), message("episode", b"{other}", run="exp2")])
+    hub.resync(RUN)
+    for c in clients:
+        assert c.due == {RUN} and [m.run for m in c.queue] == ["exp2"]
+        assert c.failure is None and c.resyncs_in_a_row == 0
 
 
 def test_a_closed_transport_fails_the_client_once_with_the_first_reason():
@@ -172,7 +214,63 @@ def test_a_closed_transport_fails_the_client_once_with_the_first_reason():
 @pytest.mark.parametrize("topic", ["status", "metrics", "episode"])
 def test_history_topics_are_queued_in_order_for_a_slow_client(topic):
     client, _ = attach(fanout())
-    client.resync = False
+    client.due.clear()
     for n in range(3):
-        client.push(topic, b"%d" % n)
-    assert list(client.queue) == [b"0", b"1", b"2"] and not client.latest
+        client.push(message(topic, b"{%d}" % n))
+    assert [m.raw for m in client.queue] == [b"{0}", b"{1}", b"{2}"] and not client.latest
+
+
+def test_a_client_in_runs_mode_gets_the_run_list_first_then_what_it_watches_with_ids():
+    async def scenario() -> None:
+        hub = fanout()
+        hub.source.runs = {RUN, "exp2", "exp3"}
+        client, transport = attach(hub)
+        client.set_watch(Watch(frozenset()))
+        assert client.due == {LISTING} and not client.legacy
+        await settle(client)
+        assert received(transport) == [b'{"run":"","legacy":false}']
+        client.set_watch(Watch(frozenset({"exp2"}), boards=frozenset({"exp3"})))
+        assert client.due == {"exp2", "exp3"}
+        await settle(client)
+        transport.writes.clear()
+        for run, topic in [("exp2", "episode"), ("exp2", "board"), ("exp3", "board"), (RUN, "episode")]:
+            hub.publish(run, topic, b'{"topic":"%s"}' % topic.encode(), b'{"id":"%s","topic":"%s"}'
+                        % (run.encode(), topic.encode()))
+        await asyncio.sleep(0)
+        assert received(transport) == [b'{"id":"exp2","topic":"episode"}', b'{"id":"exp3","topic":"board"}']
+        client.task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_snapshot_still_loading_holds_back_only_its_own_run():
+    async def scenario() -> None:
+        hub = fanout()
+        hub.source.runs = {RUN, "old"}
+        hub.source.loading = {"old"}
+        client, transport = attach(hub)
+        client.set_watch(Watch(None))
+        await settle(client)
+        assert client.due == {"old"} and client.fast  # the others' snapshots went; the client is live
+        hub.publish(RUN, "episode", b"{}", b'{"id":"exp1"}')
+        hub.publish("old", "episode", b"{}", b'{"id":"old"}')
+        await asyncio.sleep(0)
+        assert received(transport)[-1] == b'{"id":"exp1"}'
+        hub.source.loading.clear()
+        hub.ready("old")
+        await settle(client)
+        assert client.due == set() and received(transport)[-1] == b'{"run":"old","legacy":false}'
+        client.task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_history_message_the_snapshot_already_had_skips_runs_mode_but_not_legacy_clients():
+    hub = fanout()
+    legacy, _ = attach(hub)
+    watching, _ = attach(hub)
+    watching.set_watch(Watch(None))
+    for client in (legacy, watching):
+        client.due.clear()
+    known = Message(RUN, "episode", b"{}", None)
+    assert legacy.takes(known) and not watching.takes(known)

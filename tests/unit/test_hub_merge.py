@@ -88,10 +88,10 @@ def test_a_new_run_is_held_until_its_snapshot_then_browsers_resync_and_get_only_
         hub.on_frames(frames(Topic.EPISODE, 7))
         await asyncio.sleep(0)  # the snapshot request runs as its own task
         assert hub.asked == [Command.SNAPSHOT] and hub.status()["syncing"]
-        assert hub.sink.sent == []  # nothing of a new run reaches browsers before its snapshot
+        assert hub.sink.sent == []  # not even a board: no browser sees a run before that run's snapshot
         assert hub.sink.links == ["online"]
         await hub.answer(snapshot(6, (Topic.EPISODE, 1), (Topic.EPISODE, 5), (Topic.BOARD, 6)))
-        assert hub.sink.sent == [("resync", -1), ("episode", 7)]  # board 6 travels in the snapshot
+        assert hub.sink.sent == [("resync", -1), ("episode", 7)]  # board 6 is in the snapshot
         assert hub.run == RUN and hub.history.seq == 7
         assert [orjson.loads(e)["seq"] for e in hub.history.episodes] == [1, 5, 7]
 

@@ -1,162 +1,37 @@
-// Small canvas line charts that stay fast for long runs.
+// Charts that overlay the selected runs, drawn with uPlot (viewer/static/vendor/uplot/).
 //
-// Points live in growable typed arrays. A redraw is O(points) with no
-// allocation: when there are more points than pixels, each pixel column is
-// drawn as the min..max of the points it covers (so spikes stay visible).
-// Charts only mark themselves dirty on new data; `drawAll` runs on
-// requestAnimationFrame and skips clean charts.
+// One chart per quantity (lines, reward, length per episode; every SB3 scalar), one line per
+// selected run in the run's colour: the raw values faint, the debiased EMA (as TensorBoard's
+// smoothing) on top. Runs have their own x values, so each run is folded onto one shared grid
+// of two columns per pixel over the x range shown (min and max of the points in each, in the
+// order they came, so spikes stay): uPlot then draws at most two points per pixel per line,
+// however many runs and points there are, and a zoom refolds the range zoomed into. Hover reads
+// each run's own nearest point, at full resolution. Redraws are
+// scheduled (`Charts.frame`): a chart is redrawn at most every MIN_INTERVAL ms, visible ones
+// only, and a frame stops redrawing once FRAME_BUDGET ms are spent, so many live runs never
+// make a frame long.
 
-export class Series {
-  constructor(colour, width = 1) {
-    this.colour = colour;
-    this.width = width;
-    this.x = new Float64Array(256);
-    this.y = new Float64Array(256);
-    this.n = 0;
+const MIN_INTERVAL = 250;
+const FRAME_BUDGET = 4;
+const COSTS_KEPT = 600;
+
+// TensorBoard's smoothing: an exponential moving average divided by its weights' sum so far,
+// so that the first points are not pulled towards zero.
+export function smooth(ys, weight) {
+  const out = new Array(ys.length);
+  let last = 0, count = 0;
+  for (let i = 0; i < ys.length; i++) {
+    const y = ys[i];
+    if (y === null || !Number.isFinite(y)) { out[i] = null; continue; }
+    last = last * weight + (1 - weight) * y;
+    count++;
+    out[i] = weight === 0 ? y : last / (1 - Math.pow(weight, count));
   }
-
-  push(x, y) {
-    if (this.n === this.x.length) {
-      const grow = (a) => { const b = new Float64Array(a.length * 2); b.set(a); return b; };
-      this.x = grow(this.x);
-      this.y = grow(this.y);
-    }
-    this.x[this.n] = x;
-    this.y[this.n] = y;
-    this.n++;
-  }
-
-  clear() { this.n = 0; }
-}
-
-// A moving average over the last `window` values, kept as a running sum.
-export class MovingAverage extends Series {
-  constructor(colour, window) {
-    super(colour, 2);
-    this.window = new Float64Array(window);
-    this.sum = 0;
-    this.count = 0;
-  }
-
-  add(x, y) {
-    const slot = this.count % this.window.length;
-    if (this.count >= this.window.length) this.sum -= this.window[slot];
-    this.window[slot] = y;
-    this.sum += y;
-    this.count++;
-    this.push(x, this.sum / Math.min(this.count, this.window.length));
-  }
-
-  clear() { super.clear(); this.sum = 0; this.count = 0; }
-}
-
-const PAD = { left: 44, right: 8, top: 20, bottom: 16 };
-
-export class Chart {
-  constructor(canvas, title, series) {
-    this.canvas = canvas;
-    this.title = title;
-    this.series = series;
-    this.dirty = true;
-  }
-
-  touch() { this.dirty = true; }
-
-  clear() { this.series.forEach((s) => s.clear()); this.dirty = true; }
-
-  points() { return this.series[0].n; }
-
-  draw() {
-    const canvas = this.canvas, ratio = window.devicePixelRatio || 1;
-    const w = Math.round(canvas.clientWidth * ratio), h = Math.round(canvas.clientHeight * ratio);
-    if (!w || !h) return;
-    if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-    const cw = w / ratio, ch = h / ratio;
-    ctx.clearRect(0, 0, cw, ch);
-    ctx.font = "11px system-ui, sans-serif";
-    ctx.fillStyle = "#8a93a6";
-    ctx.fillText(this.title, PAD.left, 12);
-    canvas.dataset.points = String(this.points());
-    const box = this.bounds();
-    if (!box) return;
-    const plot = { x: PAD.left, y: PAD.top, w: cw - PAD.left - PAD.right, h: ch - PAD.top - PAD.bottom };
-    this.axes(ctx, plot, box);
-    for (const s of this.series) this.line(ctx, s, plot, box);
-    const last = this.series[0];
-    ctx.fillStyle = "#d8dde8";
-    ctx.textAlign = "right";
-    ctx.fillText(format(last.y[last.n - 1]), cw - PAD.right, 12);
-    ctx.textAlign = "left";
-  }
-
-  bounds() {
-    let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
-    for (const s of this.series) {
-      if (!s.n) continue;
-      x0 = Math.min(x0, s.x[0]); x1 = Math.max(x1, s.x[s.n - 1]);
-      for (let i = 0; i < s.n; i++) { const v = s.y[i]; if (v < y0) y0 = v; if (v > y1) y1 = v; }
-    }
-    if (x0 === Infinity) return null;
-    if (y0 === y1) { y0 -= 1; y1 += 1; }
-    if (x0 === x1) { x1 = x0 + 1; }
-    return { x0, x1, y0, y1 };
-  }
-
-  axes(ctx, plot, box) {
-    ctx.strokeStyle = "#262c3a";
-    ctx.lineWidth = 1;
-    ctx.beginPath();
-    for (const f of [0, 0.5, 1]) {
-      const y = Math.round(plot.y + plot.h * (1 - f)) + 0.5;
-      ctx.moveTo(plot.x, y); ctx.lineTo(plot.x + plot.w, y);
-      ctx.fillText(format(box.y0 + (box.y1 - box.y0) * f), 2, y + 4);
-    }
-    ctx.stroke();
-    ctx.fillText(format(box.x0), plot.x, plot.y + plot.h + 13);
-    ctx.textAlign = "right";
-    ctx.fillText(format(box.x1), plot.x + plot.w, plot.y + plot.h + 13);
-    ctx.textAlign = "left";
-  }
-
-  line(ctx, s, plot, box) {
-    if (!s.n) return;
-    const sx = plot.w / (box.x1 - box.x0), sy = plot.h / (box.y1 - box.y0);
-    const px = (x) => plot.x + (x - box.x0) * sx, py = (y) => plot.y + plot.h - (y - box.y0) * sy;
-    ctx.strokeStyle = s.colour;
-    ctx.lineWidth = s.width;
-    ctx.beginPath();
-    if (s.n <= plot.w * 2) {
-      ctx.moveTo(px(s.x[0]), py(s.y[0]));
-      for (let i = 1; i < s.n; i++) ctx.lineTo(px(s.x[i]), py(s.y[i]));
-    } else {
-      // One vertical stroke per pixel column: min..max of the points in it.
-      let column = Math.floor(px(s.x[0])), lo = s.y[0], hi = s.y[0];
-      ctx.moveTo(column, py(s.y[0]));
-      for (let i = 1; i <= s.n; i++) {
-        const c = i < s.n ? Math.floor(px(s.x[i])) : Infinity;
-        if (c !== column) {
-          ctx.lineTo(column, py(lo)); ctx.lineTo(column, py(hi));
-          if (i === s.n) break;
-          column = c; lo = hi = s.y[i];
-        } else {
-          const v = s.y[i]; if (v < lo) lo = v; if (v > hi) hi = v;
-        }
-      }
-    }
-    ctx.stroke();
-  }
-}
-
-export function drawAll(charts) {
-  for (const chart of charts) {
-    if (chart.dirty) { chart.dirty = false; chart.draw(); }
-  }
+  return out;
 }
 
 export function format(v) {
-  if (!Number.isFinite(v)) return "–";
+  if (v === null || v === undefined || !Number.isFinite(v)) return "–";
   const a = Math.abs(v);
   if (a >= 1e6) return (v / 1e6).toFixed(2) + "M";
   if (a >= 1e4) return (v / 1e3).toFixed(1) + "k";
@@ -164,4 +39,305 @@ export function format(v) {
   if (a >= 1) return v.toFixed(2);
   if (a === 0) return "0";
   return v.toPrecision(2);
+}
+
+function nearest(xs, x) {
+  let lo = 0, hi = xs.length - 1;
+  if (hi < 0) return -1;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (xs[mid] < x) lo = mid + 1; else hi = mid;
+  }
+  return lo > 0 && Math.abs(xs[lo - 1] - x) < Math.abs(xs[lo] - x) ? lo - 1 : lo;
+}
+
+// Where ``x`` would go in the sorted ``xs``: the first index whose value is not below it.
+function lowerBound(xs, x) {
+  let lo = 0, hi = xs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (xs[mid] < x) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+// One line's points in [lo, hi] as two values per bucket of the grid (see the top of this file).
+function fold(xs, ys, lo, hi, step, buckets) {
+  const out = new Array(2 * buckets).fill(null);
+  let bucket = -1, low = 0, high = 0, lowAt = 0, highAt = 0, n = 0;
+  const flush = () => {
+    if (bucket < 0) return;
+    const lowFirst = lowAt <= highAt;
+    out[2 * bucket] = lowFirst ? low : high;
+    if (low !== high) out[2 * bucket + 1] = lowFirst ? high : low;
+  };
+  for (let i = lowerBound(xs, lo); i < xs.length && xs[i] <= hi; i++, n++) {
+    const b = Math.min(buckets - 1, Math.floor((xs[i] - lo) / step)), y = ys[i];
+    if (b !== bucket) {
+      flush();
+      bucket = b; low = high = y; lowAt = highAt = n;
+    } else if (y < low) {
+      low = y; lowAt = n;
+    } else if (y > high) {
+      high = y; highAt = n;
+    }
+  }
+  flush();
+  return out;
+}
+
+function rgba(hex, alpha) {
+  const n = parseInt(hex.slice(1), 16);
+  return `rgba(${n >> 16},${(n >> 8) & 255},${n & 255},${alpha})`;
+}
+
+// One chart: a title, a value box (hover or latest values) and a uPlot.
+class Chart {
+  constructor(charts, key, title, source, column, holder, small) {
+    Object.assign(this, { charts, key, title, source, column, small });
+    this.el = document.createElement("div");
+    this.el.className = "chart" + (small ? " small" : "");
+    this.el.dataset.chart = key;
+    this.el.innerHTML = `<div class="chart-head"><span class="chart-title"></span><span class="chart-value"></span>
+      <button class="log" title="logarithmic y axis">log</button></div><div class="plot"></div>`;
+    this.el.querySelector(".chart-title").textContent = title;
+    this.value = this.el.querySelector(".chart-value");
+    this.plotEl = this.el.querySelector(".plot");
+    this.logButton = this.el.querySelector(".log");
+    this.log = null;  // null: log scale for a loss that is always positive, linear otherwise, until clicked
+    this.logButton.addEventListener("click", () => {
+      this.log = !this.logScale;
+      this.shape = null;
+      this.touch(true);
+    });
+    holder.appendChild(this.el);
+    this.plot = null;
+    this.shape = null;   // what the uPlot instance was built for: rebuilt when it changes
+    this.lines = [];     // per drawn run: {run, xs, ys, smoothed}
+    this.dirty = true;
+    this.urgent = true;
+    this.drawn = 0;
+    this.zoomed = false;
+    this.visible = true;
+    charts.observer?.observe(this.el);
+  }
+
+  touch(urgent = false) { this.dirty = true; this.urgent ||= urgent; }
+
+  // What to draw: each selected run that has this column, as its own xs and ys.
+  collect() {
+    const axis = this.charts.axis, weight = this.charts.weight;
+    const lines = [];
+    for (const run of this.charts.selectedRuns()) {
+      const table = run[this.source];
+      const ys = table.column(this.column), xs = table.column(axis);
+      if (!ys || !xs || !table.length) continue;
+      const keptX = [], keptY = [];
+      for (let i = 0; i < xs.length; i++) {
+        const x = xs[i], y = ys[i];
+        if (!Number.isFinite(x) || !Number.isFinite(y) || (keptX.length && x < keptX[keptX.length - 1])) continue;
+        keptX.push(x); keptY.push(y);
+      }
+      if (!keptX.length) continue;
+      lines.push({ run, xs: keptX, ys: keptY, smoothed: weight > 0 ? smooth(keptY, weight) : null });
+    }
+    return lines;
+  }
+
+  draw() {
+    this.dirty = this.urgent = false;
+    this.drawn = performance.now();
+    const lines = this.lines = this.collect();
+    this.el.dataset.runs = String(lines.length);
+    this.el.dataset.points = String(lines.reduce((n, l) => n + l.xs.length, 0));
+    this.el.hidden = !lines.length;
+    if (!lines.length) { this.destroy(); this.showLatest(); return; }
+    if (!performance.getEntriesByName("first chart paint").length) performance.mark("first chart paint");
+    const smoothing = lines[0].smoothed !== null;
+    const positive = lines.every((l) => l.ys.every((y) => y > 0));
+    this.logScale = this.log ?? (/loss/.test(this.column) && positive);
+    this.logButton.classList.toggle("on", this.logScale);
+    const shape = [this.charts.axis, smoothing, this.logScale, positive, ...lines.map((l) => l.run.id)].join("|");
+    const width = this.plotEl.clientWidth || 300;
+    if (shape !== this.shape) {
+      this.destroy();
+      this.shape = shape;
+      this.zoomed = false;
+      this.plot = new uPlot(this.options(lines, smoothing, positive, width), this.grid(lines, smoothing, width),
+        this.plotEl);
+    } else {
+      this.plot.setData(this.grid(lines, smoothing, width), !this.zoomed);
+    }
+    this.showLatest();
+  }
+
+  // uPlot's data: the shared grid's x values, then each line folded onto it (raw, then smoothed).
+  grid(lines, smoothing, width) {
+    let lo = Math.min(...lines.map((l) => l.xs[0])), hi = Math.max(...lines.map((l) => l.xs[l.xs.length - 1]));
+    if (this.zoomed && this.plot) ({ min: lo, max: hi } = this.plot.scales.x);
+    if (!(hi > lo)) hi = lo + 1;
+    const buckets = Math.max(50, Math.round(width)), step = (hi - lo) / buckets;
+    const xs = new Array(2 * buckets);
+    for (let b = 0; b < buckets; b++) { xs[2 * b] = lo + b * step; xs[2 * b + 1] = lo + (b + 0.5) * step; }
+    const data = [xs];
+    for (const l of lines) {
+      data.push(fold(l.xs, l.ys, lo, hi, step, buckets));
+      if (smoothing) data.push(fold(l.xs, l.smoothed, lo, hi, step, buckets));
+    }
+    return data;
+  }
+
+  options(lines, smoothing, positive, width) {
+    const series = [{}];
+    for (const { run } of lines) {
+      series.push({ label: run.id, stroke: smoothing ? rgba(run.colour, 0.22) : run.colour, width: 1, spanGaps: true,
+        points: { show: false } });
+      if (smoothing) series.push({ label: run.id, stroke: run.colour, width: 1.6, spanGaps: true, points: { show: false } });
+    }
+    const axisStyle = { stroke: "#8a93a6", grid: { stroke: "#262c3a", width: 1 }, ticks: { stroke: "#262c3a" },
+      font: "11px system-ui, sans-serif" };
+    return {
+      width, height: this.small ? 140 : 210,
+      legend: { show: false },
+      cursor: { sync: { key: "runs" }, drag: { x: true, y: false } },
+      scales: { x: { time: this.charts.axis === "t" },
+        y: this.logScale ? (positive ? { distr: 3 } : { distr: 4, log: 10 }) : {} },
+      axes: [{ ...axisStyle, size: 30 }, { ...axisStyle, size: 48, values: (u, vals) => vals.map(format) }],
+      series,
+      hooks: {
+        setCursor: [(u) => this.showHover(u)],
+        // A drag zooms: refold the range zoomed into (on the next frame, once uPlot has set it).
+        setSelect: [(u) => { if (u.select.width > 0) { this.zoomed = true; this.touch(true); } }],
+        ready: [(u) => u.over.addEventListener("dblclick", () => { this.zoomed = false; this.touch(true); })],
+      },
+    };
+  }
+
+  showHover(u) {
+    const idx = u.cursor.idx;
+    if (idx === null || idx === undefined || u.cursor.left < 0) { this.showLatest(); return; }
+    const x = u.data[0][idx];
+    this.showValues(this.lines.map((l) => {
+      const i = nearest(l.xs, x);
+      return [l.run.colour, i < 0 ? null : (l.smoothed || l.ys)[i]];
+    }));
+  }
+
+  showLatest() {
+    this.showValues(this.lines.map((l) => [l.run.colour, (l.smoothed || l.ys)[l.ys.length - 1]]));
+  }
+
+  showValues(values) {
+    const shown = values.slice(0, 8).map(([colour, v]) => `<b style="color:${colour}">${format(v)}</b>`);
+    if (values.length > 8) shown.push("…");
+    const html = shown.join(" ");
+    if (this.value.innerHTML !== html) this.value.innerHTML = html;
+  }
+
+  resize() {
+    if (this.plot && this.plotEl.clientWidth) this.plot.setSize({ width: this.plotEl.clientWidth, height: this.plot.height });
+  }
+
+  destroy() {
+    if (this.plot) { this.plot.destroy(); this.plot = null; }
+    this.shape = null;
+  }
+}
+
+// Every chart of the page, grouped by namespace, and the redraw scheduler.
+export class Charts {
+  constructor(main, groups, selectedRuns) {
+    this.main = main;
+    this.groups = groups;
+    this.selectedRuns = selectedRuns;
+    this.axis = "timesteps";
+    this.weight = 0.6;
+    this.charts = new Map();
+    this.sections = new Map();
+    this.costs = [];  // ms of script spent here per animation frame that redrew (bench/page.py reads it)
+    this.frames = 0;
+    this.observer = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
+      for (const e of entries) {
+        const chart = this.byElement.get(e.target);
+        if (chart) chart.visible = e.isIntersecting;
+      }
+    }, { rootMargin: "200px" }) : null;
+    this.byElement = new Map();
+    new ResizeObserver(() => this.charts.forEach((c) => c.resize())).observe(main.parentElement);
+  }
+
+  // The chart of one table column, made on first use in its namespace's group.
+  ensure(source, column) {
+    const key = `${source}:${column}`;
+    let chart = this.charts.get(key);
+    if (chart) return chart;
+    let holder, title = column, small = true;
+    if (source === "episodes") {
+      title = `${column} per episode`;
+      small = column === "length";
+      holder = small ? this.section("episode/", true) : this.main;
+    } else {
+      if (column === "sps") title = "steps/s";
+      const slash = column.indexOf("/");
+      const group = column === "sps" ? "time/" : slash > 0 ? column.slice(0, slash + 1) : "other";
+      holder = this.section(group, group !== "time/");
+    }
+    chart = new Chart(this, key, title, source, column, holder, small);
+    this.byElement.set(chart.el, chart);
+    this.charts.set(key, chart);
+    this.sort(holder);
+    return chart;
+  }
+
+  section(name, open) {
+    let section = this.sections.get(name);
+    if (!section) {
+      section = document.createElement("details");
+      section.className = "group";
+      section.open = open;
+      section.dataset.group = name;
+      section.innerHTML = `<summary></summary><div class="grid"></div>`;
+      section.querySelector("summary").textContent = name;
+      section.addEventListener("toggle", () => this.touchAll(true));
+      this.sections.set(name, section);
+      const after = [...this.sections.keys()].sort().find((other) => other > name);
+      this.groups.insertBefore(section, after ? this.sections.get(after) : null);
+    }
+    return section.querySelector(".grid");
+  }
+
+  sort(holder) {
+    const order = { "episodes:lines": 0, "episodes:reward": 1 };
+    [...holder.children].sort((a, b) => (order[a.dataset.chart] ?? 9) - (order[b.dataset.chart] ?? 9) ||
+      a.dataset.chart.localeCompare(b.dataset.chart)).forEach((el) => holder.appendChild(el));
+  }
+
+  // A run's table got rows: its charts need a redraw (soon, not at once).
+  touchTable(run, source) {
+    for (const column of run[source].values()) {
+      if (source === "episodes" && column === "lines" && !run.hasLines()) continue;
+      this.ensure(source, column).touch();
+    }
+  }
+
+  touchAll(urgent = false) { this.charts.forEach((c) => c.touch(urgent)); }
+
+  // One animation frame's share of redraws.
+  frame() {
+    const start = performance.now();
+    let worked = false;
+    for (const chart of this.charts.values()) {
+      // A hidden chart (no run has its column yet) is drawn anyway: drawing is what shows it.
+      if (!chart.dirty || !(chart.visible || chart.el.hidden) || chart.el.closest("details:not([open])")) continue;
+      if (!chart.urgent && start - chart.drawn < MIN_INTERVAL) continue;
+      chart.draw();
+      worked = true;
+      if (performance.now() - start > FRAME_BUDGET) break;
+    }
+    this.frames++;
+    if (worked) {
+      this.costs.push(performance.now() - start);
+      if (this.costs.length > COSTS_KEPT) this.costs.splice(0, this.costs.length - COSTS_KEPT);
+    }
+  }
 }

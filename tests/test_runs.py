@@ -68,6 +68,7 @@ def test_every_run_in_the_folder_is_listed_new_ones_appear_and_stop_acts_on_the_
     late = trainers(*LONG, run_dir=root / "late")
     wait_for(lambda: listed(viewer).get("late", {}).get("link") == "online", timeout=60, every=0.5,
              what="a trainer started after the viewer")  # the viewer rescans every second
+    wait_for(lambda: listed(viewer)["late"]["state"] in TRAINING, timeout=60, what="the late trainer training")
 
     async def body(session: aiohttp.ClientSession) -> None:
         status, reply = await post(session, viewer, {"cmd": "stop"})
@@ -84,7 +85,8 @@ def test_every_run_in_the_folder_is_listed_new_ones_appear_and_stop_acts_on_the_
     wait_for(lambda: listed(viewer)["seed-1"]["state"] == "stopped", timeout=30, what="seed-1 stopped")
     assert all(t.proc.poll() is None for t in (seeds[0], seeds[2], late))
     runs = listed(viewer)
-    assert all(runs[k]["live"] and runs[k]["state"] in TRAINING for k in ("seed-0", "seed-2", "late"))
+    assert all(runs[k]["live"] and runs[k]["state"] in TRAINING for k in ("seed-0", "seed-2", "late")), {
+        k: (runs[k]["live"], runs[k]["state"]) for k in ("seed-0", "seed-2", "late")}
 
 
 def test_a_resumed_run_is_one_run_whose_episodes_continue(tmp_path, trainers, viewers, finished_run):

@@ -3,8 +3,10 @@
 The placement environment scores all ~34 candidate placements every step, so
 a board is stored as 10 column bitmasks (bit ``r`` = row ``r`` counted from the
 top, bit 20 = the floor, always set) and every feature is a handful of integer
-operations over an ``(N, 10)`` array: about 5x cheaper than the same features
-over ``(N, 20, 10)`` boolean boards (~45 us vs ~250 us for all of them, 34 boards).
+operations over an ``(N, 10)`` array, and the counts that are sums over columns
+(heights, holes, column transitions, hole depth) come from one lookup table for all
+of them at once. What costs is the number of numpy calls (~0.5 us each), not the
+size of the arrays: all 11 default features of 34 boards take about 30 us.
 
 Definitions (the classic four, plus the Dellacherie / Thiery-Scherrer "BCTS" set):
 
@@ -184,7 +186,9 @@ def _cumulative_wells(a: Afterstates) -> np.ndarray:
 
 
 def _rows_with_holes(a: Afterstates) -> np.ndarray:
-    return np.bitwise_count(np.bitwise_or.reduce(_hole_bits_table()[a.cols & PLAYFIELD], axis=1))
+    cols = a.cols
+    holes = ~(cols | ((cols & -cols) - 1)) & PLAYFIELD  # neither filled nor above the column's top
+    return np.bitwise_count(np.bitwise_or.reduce(holes, axis=1))
 
 
 # Per-column counts, some over pairs of cells in a column, which a few bit operations cannot do
@@ -195,13 +199,6 @@ FIELD_BITS, FIELD_MASK = 16, 0xFFFF
 _FIELD_SHIFTS = np.arange(4, dtype=np.int64) * FIELD_BITS
 
 
-def _all_columns() -> tuple[np.ndarray, np.ndarray]:
-    """Every column's mask (floor bit set) and the bits of its holes."""
-    cols = np.arange(1 << ROWS, dtype=np.int64) | FLOOR
-    holes = ~cols & ~((cols & -cols) - 1) & PLAYFIELD
-    return cols, holes
-
-
 @cache
 def _column_table() -> np.ndarray:
     """Indexed by a column's 20 row bits: its height, holes, transitions (floor filled) and hole depth.
@@ -210,7 +207,8 @@ def _column_table() -> np.ndarray:
     fetches them and one sum adds them up over the columns: a count is at most 100 (hole
     depth: 10 holes under 10 cells), its sum over 10 columns at most 1,000 < 2^16.
     """
-    cols, holes = _all_columns()
+    cols = np.arange(1 << ROWS, dtype=np.int64) | FLOOR
+    holes = ~cols & ~((cols & -cols) - 1) & PLAYFIELD
     depth = np.zeros(1 << ROWS, dtype=np.int64)
     for d in range(1, ROWS):
         depth += np.bitwise_count(holes & (cols << d))  # holes with a filled cell d rows above
@@ -224,12 +222,6 @@ def _column_table() -> np.ndarray:
     for field, count in counts.items():
         table |= count.astype(np.int64) << (FIELD_BITS * field)
     return table
-
-
-@cache
-def _hole_bits_table() -> np.ndarray:
-    """Indexed by a column's 20 row bits: the bits of its holes."""
-    return _all_columns()[1].astype(np.int32)
 
 
 @cache

@@ -123,3 +123,21 @@ def test_per_episode_training_with_several_envs_is_refused_at_construction():
     with pytest.raises(ValueError, match="n_envs"):
         AfterstateDQN(env=envs, train_freq=(1, "episode"))
     AfterstateDQN(env=envs, train_freq=16)
+
+
+@pytest.mark.slow  # trains a model
+def test_the_policys_own_predict_chooses_what_sb3s_generic_predict_chooses(trained):
+    """`AfterstatePolicy.predict` skips SB3's deep copy and mode switching, and nothing else."""
+    from stable_baselines3.common.policies import BasePolicy
+
+    rng = np.random.default_rng(1)
+    batch = {"features": rng.random((8, 40, len(FEATURES)), dtype=np.float32) * 10,
+             "mask": (rng.random((8, 40)) < 0.5).astype(np.int8)}
+    batch["mask"][:, 3] = 1
+    single = {"features": batch["features"][0], "mask": batch["mask"][0]}
+    for obs in (batch, single):
+        ours, _ = trained.policy.predict(obs)
+        theirs, _ = BasePolicy.predict(trained.policy, obs, deterministic=True)
+        assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
+    trained.exploration_rate = 1.0  # the exploring path writes into the array predict returns
+    assert single["mask"][int(trained.predict(single, deterministic=False)[0])] == 1

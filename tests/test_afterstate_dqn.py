@@ -141,3 +141,29 @@ def test_the_policys_own_predict_chooses_what_sb3s_generic_predict_chooses(train
         assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
     trained.exploration_rate = 1.0  # the exploring path writes into the array predict returns
     assert single["mask"][int(trained.predict(single, deterministic=False)[0])] == 1
+
+
+def test_the_replay_buffer_holds_what_sb3s_own_store_transition_would_store():
+    """Short capped games: ended episodes' terminal observations, in two envs, without SB3's deep copy."""
+    from functools import partial
+
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+    from tetriszmq.stream.checkpoints import ring_arrays
+
+    def model() -> AfterstateDQN:
+        envs = DummyVecEnv([lambda: Monitor(PlacementTetris(features=FEATURES, max_pieces=5))] * 2)
+        envs.seed(4)
+        made = AfterstateDQN(env=envs, seed=4, learning_starts=1_000, buffer_size=200, train_freq=4)
+        made.set_logger(Logger(folder=None, output_formats=[]))
+        return made
+
+    ours, theirs = model(), model()
+    theirs._store_transition = partial(OffPolicyAlgorithm._store_transition, theirs)
+    for model_ in (ours, theirs):
+        model_.set_random_seed(4)  # exploration draws from the global generators: each run from the same state
+        model_.learn(60)
+    assert ours.replay_buffer.pos == theirs.replay_buffer.pos == 32  # 30 steps of 2 envs, in rounds of 4
+    for name, array in ring_arrays(ours.replay_buffer).items():
+        assert np.array_equal(array, ring_arrays(theirs.replay_buffer)[name]), name
+    assert ours.replay_buffer.dones.sum() == 0 and ours.replay_buffer.rewards.any()  # capped, never lost

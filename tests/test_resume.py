@@ -114,3 +114,17 @@ def test_kill_9_mid_run_then_resume_keeps_the_buffer_and_continues_the_counts(tr
     Checkpoints(first.run_dir / "checkpoints", every=0).restore(killed)  # its segments are still named
     for name, array in ring_arrays(killed.replay_buffer).items():
         assert np.array_equal(array[:rows], ring_arrays(final.replay_buffer)[name][:rows]), name
+
+
+def test_sb3s_own_dqn_and_its_dict_buffer_come_back_too(tmp_path):
+    from stable_baselines3 import DQN
+
+    env = DummyVecEnv([lambda: PlacementTetris(features=("holes", "lines"), max_pieces=30)])
+    trained = DQN("MultiInputPolicy", env, buffer_size=500, learning_starts=50, seed=1).learn(300)
+    Checkpoints(tmp_path, every=0).save(trained, {})
+    restored = DQN.load(tmp_path / "latest.zip", env=env)
+    Checkpoints(tmp_path, every=0).restore(restored)
+    assert "observations.features" in ring_arrays(trained.replay_buffer)
+    assert buffer_rows(restored) == 300
+    for name, array in ring_arrays(trained.replay_buffer).items():
+        assert np.array_equal(array, ring_arrays(restored.replay_buffer)[name]), name

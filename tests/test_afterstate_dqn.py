@@ -67,12 +67,18 @@ def test_a_short_run_updates_the_network_and_only_plays_legal_placements(trained
     assert trained.policy.feature_names == FEATURES
 
 
+def random_observations(seed: int, n: int, legal: float) -> dict[str, np.ndarray]:
+    """``n`` envs' observations with random features; each placement legal with probability ``legal``."""
+    rng = np.random.default_rng(seed)
+    obs = {"features": rng.random((n, 40, len(FEATURES)), dtype=np.float32) * 10,
+           "mask": (rng.random((n, 40)) < legal).astype(np.int8)}
+    obs["mask"][:, 0] = 1
+    return obs
+
+
 @pytest.mark.slow  # trains a model
 def test_greedy_choice_ignores_illegal_placements_even_when_they_score_best(trained):
-    rng = np.random.default_rng(0)
-    obs = {"features": rng.random((64, 40, len(FEATURES)), dtype=np.float32) * 10,
-           "mask": (rng.random((64, 40)) < 0.3).astype(np.int8)}
-    obs["mask"][:, 0] = 1
+    obs = random_observations(0, 64, 0.3)
     values = trained.policy.q_net(th.as_tensor(obs["features"])).detach().numpy()
     assert (obs["mask"][np.arange(64), values.argmax(axis=1)] == 0).any()  # unmasked, it would cheat
     actions, _ = trained.predict(obs, deterministic=True)
@@ -130,10 +136,7 @@ def test_the_policys_own_predict_chooses_what_sb3s_generic_predict_chooses(train
     """`AfterstatePolicy.predict` skips SB3's deep copy and mode switching, and nothing else."""
     from stable_baselines3.common.policies import BasePolicy
 
-    rng = np.random.default_rng(1)
-    batch = {"features": rng.random((8, 40, len(FEATURES)), dtype=np.float32) * 10,
-             "mask": (rng.random((8, 40)) < 0.5).astype(np.int8)}
-    batch["mask"][:, 3] = 1
+    batch = random_observations(1, 8, 0.5)
     single = {"features": batch["features"][0], "mask": batch["mask"][0]}
     for obs in (batch, single):
         ours, _ = trained.policy.predict(obs)

@@ -136,13 +136,14 @@ class Afterstates:
     def column_sums(self) -> np.ndarray:
         """``(N, 4)`` the counts summed over the columns, indexed by `HEIGHT`, `HOLES`, ...
 
-        One sum of the packed entries: 16 bits per count hold the sum of 10 columns.
+        One sum of the packed entries: 16 bits per count hold the sum of 10 columns, and
+        a view of the sums as int16 unpacks them with no further work.
         """
-        return (self.per_column.sum(axis=1)[:, None] >> _FIELD_SHIFTS) & FIELD_MASK
+        return _fields(self.per_column.sum(axis=1))
 
     @_lazy
     def heights(self) -> np.ndarray:
-        return self.per_column & FIELD_MASK
+        return _fields(self.per_column)[..., HEIGHT]
 
     @_lazy
     def max_height(self) -> np.ndarray:
@@ -174,14 +175,22 @@ def _count(bits: np.ndarray) -> np.ndarray:
     return np.bitwise_count(bits).sum(axis=1, dtype=np.int64)
 
 
+def _fields(packed: np.ndarray) -> np.ndarray:
+    """``(...)`` packed int64 counts -> ``(..., 4)`` int16 view (the counts are 16-bit, low first).
+
+    Little-endian explicitly: on a big-endian machine ``astype`` makes the one copy that keeps it right.
+    """
+    return packed.astype("<i8", copy=False).view("<i2").reshape(*packed.shape, 4)
+
+
 def _row_transitions(a: Afterstates) -> np.ndarray:
-    changes = _count((a.walled[:, 1:] ^ a.walled[:, :-1]) & PLAYFIELD)
+    changes = _count(a.walled[:, 1:] ^ a.walled[:, :-1])  # the floor bit, set everywhere, cancels
     empty_rows_above_stack = ROWS - a.max_height
     return changes - 2 * empty_rows_above_stack
 
 
 def _cumulative_wells(a: Afterstates) -> np.ndarray:
-    wells = a.walled[:, :-2] & a.walled[:, 2:] & ~a.cols & PLAYFIELD
+    wells = a.walled[:, :-2] & a.walled[:, 2:] & ~a.cols  # ~cols clears the floor bit, the walls the rest
     return _well_table()[wells].sum(axis=1, dtype=np.int64)
 
 
@@ -195,8 +204,7 @@ def _rows_with_holes(a: Afterstates) -> np.ndarray:
 # but a lookup table over all 2^20 columns can; each is built on first use (~0.1-0.3 s).
 
 HEIGHT, HOLES, COLUMN_TRANSITIONS, HOLE_DEPTH = range(4)  # the counts of `_column_table`, low bits first
-FIELD_BITS, FIELD_MASK = 16, 0xFFFF
-_FIELD_SHIFTS = np.arange(4, dtype=np.int64) * FIELD_BITS
+FIELD_BITS = 16
 
 
 @cache

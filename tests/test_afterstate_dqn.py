@@ -67,12 +67,18 @@ def test_a_short_run_updates_the_network_and_only_plays_legal_placements(trained
     assert trained.policy.feature_names == FEATURES
 
 
+def random_observations(seed: int, n: int, legal: float) -> dict[str, np.ndarray]:
+    """``n`` envs' observations with random features; each placement legal with probability ``legal``."""
+    rng = np.random.default_rng(seed)
+    obs = {"features": rng.random((n, 40, len(FEATURES)), dtype=np.float32) * 10,
+           "mask": (rng.random((n, 40)) < legal).astype(np.int8)}
+    obs["mask"][:, 0] = 1
+    return obs
+
+
 @pytest.mark.slow  # trains a model
 def test_greedy_choice_ignores_illegal_placements_even_when_they_score_best(trained):
-    rng = np.random.default_rng(0)
-    obs = {"features": rng.random((64, 40, len(FEATURES)), dtype=np.float32) * 10,
-           "mask": (rng.random((64, 40)) < 0.3).astype(np.int8)}
-    obs["mask"][:, 0] = 1
+    obs = random_observations(0, 64, 0.3)
     values = trained.policy.q_net(th.as_tensor(obs["features"])).detach().numpy()
     assert (obs["mask"][np.arange(64), values.argmax(axis=1)] == 0).any()  # unmasked, it would cheat
     actions, _ = trained.predict(obs, deterministic=True)
@@ -123,3 +129,44 @@ def test_per_episode_training_with_several_envs_is_refused_at_construction():
     with pytest.raises(ValueError, match="n_envs"):
         AfterstateDQN(env=envs, train_freq=(1, "episode"))
     AfterstateDQN(env=envs, train_freq=16)
+
+
+@pytest.mark.slow  # trains a model
+def test_the_policys_own_predict_chooses_what_sb3s_generic_predict_chooses(trained):
+    """`AfterstatePolicy.predict` skips SB3's deep copy and mode switching, and nothing else."""
+    from stable_baselines3.common.policies import BasePolicy
+
+    batch = random_observations(1, 8, 0.5)
+    single = {"features": batch["features"][0], "mask": batch["mask"][0]}
+    for obs in (batch, single):
+        ours, _ = trained.policy.predict(obs)
+        theirs, _ = BasePolicy.predict(trained.policy, obs, deterministic=True)
+        assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
+    trained.exploration_rate = 1.0  # the exploring path writes into the array predict returns
+    assert single["mask"][int(trained.predict(single, deterministic=False)[0])] == 1
+
+
+def test_the_replay_buffer_holds_what_sb3s_own_store_transition_would_store():
+    """Short capped games: ended episodes' terminal observations, in two envs, without SB3's deep copy."""
+    from functools import partial
+
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+    from tetriszmq.stream.checkpoints import ring_arrays
+
+    def model() -> AfterstateDQN:
+        envs = DummyVecEnv([lambda: Monitor(PlacementTetris(features=FEATURES, max_pieces=5))] * 2)
+        envs.seed(4)
+        made = AfterstateDQN(env=envs, seed=4, learning_starts=1_000, buffer_size=200, train_freq=4)
+        made.set_logger(Logger(folder=None, output_formats=[]))
+        return made
+
+    ours, theirs = model(), model()
+    theirs._store_transition = partial(OffPolicyAlgorithm._store_transition, theirs)
+    for model_ in (ours, theirs):
+        model_.set_random_seed(4)  # exploration draws from the global generators: each run from the same state
+        model_.learn(60)
+    assert ours.replay_buffer.pos == theirs.replay_buffer.pos == 32  # 30 steps of 2 envs, in rounds of 4
+    for name, array in ring_arrays(ours.replay_buffer).items():
+        assert np.array_equal(array, ring_arrays(theirs.replay_buffer)[name]), name
+    assert ours.replay_buffer.dones.sum() == 0 and ours.replay_buffer.rewards.any()  # capped, never lost

@@ -172,6 +172,40 @@ def test_hole_counts_on_a_hand_made_board():
     assert values["aggregate_height"] == 5 + 2
 
 
+def features_cell_by_cell(filled: np.ndarray) -> dict[str, int]:
+    """The module docstring's definitions of `tetriszmq.tetris.features`, one cell at a time."""
+    rows, cols = filled.shape
+    tops = [next((r for r in range(rows) if filled[r, c]), rows) for c in range(cols)]
+    heights = [rows - t for t in tops]
+    hole = [[not filled[r, c] and r > tops[c] for c in range(cols)] for r in range(rows)]
+    walled = np.pad(filled, ((0, 0), (1, 1)), constant_values=True)
+    well = [[not filled[r, c] and walled[r, c] and walled[r, c + 2] for c in range(cols)] for r in range(rows)]
+    return {
+        "holes": sum(map(sum, hole)),
+        "bumpiness": sum(abs(a - b) for a, b in zip(heights, heights[1:], strict=False)),
+        "aggregate_height": sum(heights),
+        "max_height": max(heights),
+        "row_transitions": sum(int(walled[r, c] != walled[r, c + 1]) for r in range(rows - max(heights), rows)
+                               for c in range(cols + 1)),
+        "column_transitions": sum(int(filled[r, c] != (filled[r + 1, c] if r + 1 < rows else True))
+                                  for r in range(rows) for c in range(cols)),
+        "cumulative_wells": sum(next(k for k in range(r + 2) if k > r or not well[r - k][c])
+                                for r in range(rows) for c in range(cols) if well[r][c]),
+        "hole_depth": sum(int(filled[:r, c].sum()) for r in range(rows) for c in range(cols) if hole[r][c]),
+        "rows_with_holes": sum(any(row) for row in hole),
+    }
+
+
+def test_every_board_feature_matches_its_cell_by_cell_definition_on_random_ragged_boards():
+    rng = np.random.default_rng(11)
+    names = [n for n in FEATURES if n not in ("lines", "landing_height", "eroded_cells")]
+    for _ in range(60):
+        tops = rng.integers(0, 21, size=10)
+        filled = (np.arange(20)[:, None] >= tops) & (rng.random((20, 10)) < rng.uniform(0.5, 1.0))
+        ours = dict(zip(names, board_features(filled, names), strict=True))
+        assert ours == features_cell_by_cell(filled)
+
+
 def test_a_flat_i_piece_completing_a_row_reports_lines_erosion_and_landing():
     filled = parse(["XXX....XXX", "XXX....XXX"])
     piece = PIECES[0]  # I

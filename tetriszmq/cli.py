@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     _player_arguments(evaluate)
     evaluate.add_argument("--games", type=int, default=20)
     evaluate.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    evaluate.add_argument("--workers", type=int,
+                          help="processes playing games at once (default: one per CPU if games x max pieces >= 50,000)")
     evaluate.add_argument("--record", type=Path, metavar="DIR",
                           help="keep each game's episode record in DIR, for `tetriszmq replay DIR --episode N`")
     evaluate.set_defaults(func=_eval)
@@ -140,7 +143,7 @@ def _player_arguments(parser: argparse.ArgumentParser) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--checkpoint", type=Path,
                      help="a checkpoint of a placement agent (e.g. runs/x/checkpoints/final)")
-    who.add_argument("--agent", choices=["dellacherie"], help="a hand-tuned agent")
+    who.add_argument("--agent", choices=["dellacherie", "bcts"], help="a hand-tuned agent")
     parser.add_argument("--algo", help="the checkpoint's algorithm (default: from its run's config.toml)")
     parser.add_argument("--max-pieces", type=int, default=10_000, help="piece cap per game")
     parser.add_argument("--seed", type=int, default=1, help="game i is seeded seed + i (> 0)")
@@ -149,10 +152,11 @@ def _player_arguments(parser: argparse.ArgumentParser) -> None:
 def _player(args: argparse.Namespace):
     """The policy named on the command line: a hand-tuned agent or a loaded checkpoint."""
     from tetriszmq.evaluate import ModelPolicy
+    from tetriszmq.tetris.bcts import Bcts
     from tetriszmq.tetris.dellacherie import Dellacherie
 
-    if args.agent == "dellacherie":
-        return Dellacherie()
+    if args.agent is not None:
+        return {"dellacherie": Dellacherie, "bcts": Bcts}[args.agent]()
     from tetriszmq import agents
     from tetriszmq import config as cfg
 
@@ -167,11 +171,18 @@ def _player(args: argparse.Namespace):
 
 def _eval(args: argparse.Namespace) -> int:
     from tetriszmq.config import ConfigError
-    from tetriszmq.evaluate import evaluate
+    from tetriszmq.evaluate import default_workers, evaluate
+
+    start = time.monotonic()
+
+    def progress(game: int, result: dict) -> None:  # on stderr: --json's stdout stays one object
+        print(f"tetriszmq eval: seed {args.seed + game - 1}: {result['lines']:,} lines, {result['pieces']:,} pieces"
+              f"{' (capped)' if result['capped'] else ''}, {time.monotonic() - start:,.0f} s", file=sys.stderr)
 
     try:
         result = evaluate(_player(args), games=args.games, max_pieces=args.max_pieces, seed=args.seed,
-                          record=args.record)
+                          record=args.record, workers=args.workers or default_workers(args.games, args.max_pieces),
+                          on_game=progress)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"tetriszmq eval: {exc}", file=sys.stderr)
         return 2

@@ -4,12 +4,20 @@ Game ``i`` is seeded with ``seed + i``, so two evaluations with the same
 arguments play the same pieces, and two policies can be compared game by game.
 With ``record``, each game is also kept as an episode record (``episode-<i>.rec``,
 i from 1), which ``tetriszmq replay DIR --episode i`` plays again.
+
+With ``workers`` > 1 the games are shared out to that many processes (spawned, one
+torch thread each, the policy sent once to each); a game depends only on its seed
+and the policy, so the result is the one a single process gives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import io
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,6 +56,15 @@ class ModelPolicy:
         action, _ = self.model.predict(obs, deterministic=True)
         return int(action)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled as the model's own save file, so a worker process rebuilds it with ``load``."""
+        saved = io.BytesIO()
+        self.model.save(saved)
+        return {"algo": type(self.model), "model": saved.getvalue(), "feature_names": self.feature_names}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["algo"].load(io.BytesIO(state["model"]), device="cpu"), state["feature_names"])
+
 
 def play_game(policy: Callable[[Observation], int], env: PlacementTetris, seed: int) -> dict[str, Any]:
     """One game to game over or the env's piece cap: its ``episode_stats``, whether it was capped, its record."""
@@ -58,6 +75,10 @@ def play_game(policy: Callable[[Observation], int], env: PlacementTetris, seed: 
             return {**info["episode_stats"], "capped": truncated, "record": info["episode_record"]}
 
 
+PARALLEL_FROM = 50_000  # pieces (games x cap) from which `default_workers` uses every CPU
+GameDone = Callable[[int, dict[str, Any]], None]  # (game number from 1, its result): e.g. a progress line
+
+
 def evaluate(
     player: Policy | BaseAlgorithm | Callable[[Observation], int],
     games: int = 10,
@@ -65,11 +86,15 @@ def evaluate(
     seed: int = 1,
     features: Sequence[str] | None = None,
     record: Path | None = None,
+    workers: int = 1,
+    on_game: GameDone | None = None,
 ) -> dict[str, Any]:
     """Play ``games`` games capped at ``max_pieces`` pieces; seeds ``seed, seed + 1, ...`` (> 0).
 
     The environment reports ``features``, else the player's ``feature_names``, else the default set.
     ``record``: a folder that keeps each game's episode record, game ``i`` (from 1) as ``episode-<i>.rec``.
+    ``workers``: processes playing games at once (1: this process); the player must then pickle.
+    ``on_game``: called as each game ends (in the order they end when ``workers`` > 1).
 
     :return: per-game ``lines`` and ``pieces``, their mean / median / min / max,
         and ``capped``: how many games reached the piece cap.
@@ -77,23 +102,71 @@ def evaluate(
     if seed < 1:
         raise ValueError("seed must be > 0: tetris-gymnasium ignores seed 0")
     policy = ModelPolicy(player) if isinstance(player, BaseAlgorithm) else player
-    names = features or getattr(policy, "feature_names", DEFAULT_FEATURES)
-    env = PlacementTetris(features=names, max_pieces=max_pieces)
+    names = tuple(features or getattr(policy, "feature_names", DEFAULT_FEATURES))
     if record is not None:
         record.mkdir(parents=True, exist_ok=True)
-    results = []
-    for game in range(1, games + 1):
-        results.append(play_game(policy, env, seed + game - 1))
+    results: dict[int, dict[str, Any]] = {}
+    play = _in_processes if workers > 1 and games > 1 else _here
+    for game, result in play(policy, names, max_pieces, seed, games, workers):
+        results[game] = result
         if record is not None:
-            records.write(records.episode_path(record, game), replace(results[-1]["record"], episode=game))
-    lines = np.array([r["lines"] for r in results])
+            records.write(records.episode_path(record, game), replace(result["record"], episode=game))
+        if on_game is not None:
+            on_game(game, result)
+    ordered = [results[game] for game in range(1, games + 1)]
+    lines = np.array([r["lines"] for r in ordered])
     return {
         "lines": lines.tolist(),
-        "pieces": [r["pieces"] for r in results],
+        "pieces": [r["pieces"] for r in ordered],
         "mean": float(lines.mean()),
         "median": float(np.median(lines)),
         "min": int(lines.min()),
         "max": int(lines.max()),
-        "capped": sum(r["capped"] for r in results),
+        "capped": sum(r["capped"] for r in ordered),
         "max_pieces": max_pieces,
     }
+
+
+def default_workers(games: int, max_pieces: int) -> int:
+    """One process per CPU this process may run on, for evaluations long enough to repay starting them.
+
+    A worker costs a few CPU-seconds to start (it imports torch and SB3); a game of a few thousand
+    pieces costs about as much, so short evaluations stay in this process.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cpus, games) if games * max_pieces >= PARALLEL_FROM else 1
+
+
+Games = Iterator[tuple[int, dict[str, Any]]]
+
+
+def _here(policy: Callable[[Observation], int], names: tuple[str, ...], max_pieces: int, seed: int, games: int,
+          workers: int) -> Games:
+    env = PlacementTetris(features=names, max_pieces=max_pieces)
+    for game in range(1, games + 1):
+        yield game, play_game(policy, env, seed + game - 1)
+
+
+def _in_processes(policy: Callable[[Observation], int], names: tuple[str, ...], max_pieces: int, seed: int,
+                  games: int, workers: int) -> Games:
+    with ProcessPoolExecutor(min(workers, games), mp_context=get_context("spawn"), initializer=_start_worker,
+                             initargs=(policy, names, max_pieces)) as pool:
+        futures = {pool.submit(_worker_game, seed + game - 1): game for game in range(1, games + 1)}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+_worker: tuple[Callable[[Observation], int], PlacementTetris] | None = None  # a worker process's policy and env
+
+
+def _start_worker(policy: Callable[[Observation], int], names: tuple[str, ...], max_pieces: int) -> None:
+    global _worker
+    import torch
+
+    torch.set_num_threads(1)  # one process per core: torch's own threads would only contend
+    _worker = (policy, PlacementTetris(features=names, max_pieces=max_pieces))
+
+
+def _worker_game(seed: int) -> dict[str, Any]:
+    assert _worker is not None
+    return play_game(*_worker, seed)

@@ -26,7 +26,7 @@ from tetriszmq.progress import ProgressLine
 from tetriszmq.recorder import placement_callbacks
 from tetriszmq.stream.broker import Broker
 from tetriszmq.stream.callback import StreamCallback
-from tetriszmq.stream.checkpoints import Checkpoints, counters_of
+from tetriszmq.stream.checkpoints import CheckpointError, Checkpoints, counters_of
 from tetriszmq.stream.protocol import State
 from tetriszmq.stream.security import SecurityError, ServerCurve, check_exposure
 from tetriszmq.stream.state import TrainerState, lineage_of, write_run_file
@@ -112,7 +112,7 @@ def train(config: cfg.Config, options: RunOptions) -> int:
     progress = None if options.quiet else ProgressLine(state, run_dir, config.train.max_timesteps)
     previous = _stop_on_signals(state)
     try:
-        model = _model(config, run_dir, options.resume, state)
+        model = _model(config, run_dir, options.resume, state, checkpoints)
         if options.resume:  # the first status went out before the checkpoint's counters were known
             stream.set_state(State.STARTING, f"resumed at {state.timesteps} timesteps")
         game = placement_callbacks(run_dir, state.episodes) if config.env.kind == "placement" else []
@@ -138,11 +138,17 @@ def _curve(config: cfg.Config) -> ServerCurve | None:
     return curve
 
 
-def _model(config: cfg.Config, run_dir: Path, resume: bool, state: TrainerState) -> BaseAlgorithm:
+def _model(config: cfg.Config, run_dir: Path, resume: bool, state: TrainerState,
+           checkpoints: Checkpoints) -> BaseAlgorithm:
     env = make_vec_env(config.env, config.run.seed)
     if not resume:
         return agents.build_model(config.agent, env, config.run.seed)
-    model = agents.load_model(config.agent, run_dir / "checkpoints" / "latest.zip", env)
+    model = agents.load_model(config.agent, checkpoints.latest, env)
+    try:
+        checkpoints.restore(model)  # the replay buffer and RNG states: learning goes on where it stopped
+    except (CheckpointError, OSError, ValueError) as exc:
+        raise RunError(f"--resume: {exc}") from None
+    env.seed(config.run.seed + model.num_timesteps)  # new games, not the run's first ones again
     counters = counters_of(model)
     state.timesteps = model.num_timesteps
     state.episodes = counters.get("episodes", 0)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from tetriszmq.tetris.features import DELLACHERIE_FEATURES
-
 WEIGHTS: dict[str, float] = {
     "landing_height": -1.0,
     "eroded_cells": 1.0,
@@ -22,16 +20,19 @@ WEIGHTS: dict[str, float] = {
 }
 
 
-class Dellacherie:
-    """``act(obs) -> action`` for a `PlacementTetris` built with `feature_names` (in any order).
+class LinearAgent:
+    """``act(obs) -> action``: the legal placement whose features score best under fixed ``weights``.
 
-    :param feature_names: the features the environment reports; must include the six weighted ones.
+    :param feature_names: the features the environment reports (in any order); must include the
+        weighted ones. Default: exactly those.
     """
 
-    def __init__(self, feature_names: tuple[str, ...] = DELLACHERIE_FEATURES) -> None:
-        self.feature_names = tuple(feature_names)
-        self._columns = [self.feature_names.index(name) for name in WEIGHTS]
-        self._weights = np.array(list(WEIGHTS.values()), dtype=np.float32)
+    weights: dict[str, float] = WEIGHTS
+
+    def __init__(self, feature_names: tuple[str, ...] | None = None) -> None:
+        self.feature_names = tuple(feature_names or self.weights)
+        self._columns = [self.feature_names.index(name) for name in self.weights]
+        self._weights = np.array(list(self.weights.values()), dtype=np.float32)
 
     def __call__(self, obs: dict[str, np.ndarray]) -> int:
         return int(np.argmax(np.where(obs["mask"] > 0, self.scores(obs), -np.inf)))
@@ -39,3 +40,7 @@ class Dellacherie:
     def scores(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """The evaluation of each of the 40 placements (meaningless where illegal)."""
         return obs["features"][:, self._columns] @ self._weights
+
+
+class Dellacherie(LinearAgent):
+    """Dellacherie's six weights (`WEIGHTS`)."""

@@ -36,6 +36,7 @@ from tetriszmq.tetris.features import (
     COLS,
     DEFAULT_FEATURES,
     FEATURES,
+    HOLES,
     PLAYFIELD,
     ROWS,
     Afterstates,
@@ -70,7 +71,9 @@ class PieceTable:
     rows: np.ndarray  # (K, 4) row of each cell inside the rotated matrix
     cols: np.ndarray  # (K, 4) playfield column of each cell
     col_bits: np.ndarray  # (K, 10) int64 the cells as column bitmasks, the matrix's top row at bit 0
+    below: np.ndarray  # (K, 4) one row under each cell inside the rotated matrix
     middle: np.ndarray  # (K,) middle row of the piece inside its matrix, for landing height
+    unblocked: np.ndarray  # (K,) all False, read-only: what most steps' `landing_rows` returns as blocked
     mask: np.ndarray  # (40,) int8
     spawn_rows: np.ndarray  # (4,) cells of the unrotated piece where it spawns
     spawn_cols: np.ndarray
@@ -103,11 +106,18 @@ def _piece_table(index: int) -> PieceTable:
         rows=rows_arr,
         cols=cols_arr,
         col_bits=col_bits,
+        below=rows_arr + 1,
+        unblocked=_read_only(np.zeros(len(actions), dtype=bool)),
         middle=(rows_arr.min(axis=1) + rows_arr.max(axis=1)) / 2,
         mask=mask,
         spawn_rows=spawn_rows,
         spawn_cols=spawn_cols + (COLS + 2 * PAD) // 2 - base.shape[0] // 2 - PAD,
     )
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
 
 
 PIECES: tuple[PieceTable, ...] = tuple(_piece_table(i) for i in range(len(Tetris.TETROMINOES)))
@@ -145,6 +155,7 @@ class PlacementTetris(gym.Env):
         self.action_space = spaces.Discrete(N_ACTIONS)
         self._queue = TetrominoQueue(BagRandomizer(len(PIECES)))
         self.board = np.zeros((ROWS, COLS), dtype=np.uint8)  # piece kinds, like tetris-gymnasium's playfield
+        self._cols = column_masks(self.board > 0)  # the same board as column bitmasks, what the features read
         self._piece = PIECES[0]
         self._landing_row = np.zeros(0, dtype=int)
         self._blocked = np.zeros(0, dtype=bool)
@@ -164,6 +175,7 @@ class PlacementTetris(gym.Env):
         self.episode_seed = seed or int(self.np_random.integers(1, SEED_LIMIT))
         self._queue.reset(seed=self.episode_seed)  # tetris-gymnasium's own 7-bag: same seed, same pieces
         self.board[:] = 0
+        self._cols = column_masks(self.board > 0)
         self._piece = PIECES[self._queue.get_next_tetromino()]
         self._pieces = self._lines = 0
         self._score = 0.0
@@ -249,11 +261,10 @@ class PlacementTetris(gym.Env):
     def _add_board_stats(self, slot: int) -> None:
         """Add the holes, max height and bumpiness of the board just left (already computed as its afterstate)."""
         after, sums = self._after, self._board_sums
-        heights = after.heights[slot]
         sums[0] += 1
-        sums[1] += int(np.bitwise_count(after.holes[slot]).sum())
-        sums[2] += int(heights.max())
-        sums[3] += int(np.abs(np.diff(heights)).sum())
+        sums[1] += int(after.column_sums[slot, HOLES])
+        sums[2] += int(after.max_height[slot])
+        sums[3] += int(after.bumpiness[slot])
 
     def _episode_stats(self) -> dict[str, float]:
         """The game's own counters, and the mean holes, max height and bumpiness of the boards left."""
@@ -285,20 +296,23 @@ class PlacementTetris(gym.Env):
         return bool(self.board[self._piece.spawn_rows, self._piece.spawn_cols].any())
 
     def _lock(self, slot: int) -> int:
-        """Write the current piece where it lands and clear full rows; return their number."""
+        """Write the current piece where it lands and clear full rows; return their number.
+
+        The column masks of the result were already computed, as this placement's afterstate.
+        """
         piece = self._piece
         self.board[self._landing_row[slot] + piece.rows[slot], piece.cols[slot]] = piece.kind
-        full = self.board.all(axis=1)
-        n = int(full.sum())
+        self._cols = self._after.cols[slot]
+        n = int(self._after.lines[slot])
         if n:
+            full = self.board.all(axis=1)
             self.board = np.concatenate([np.zeros((n, COLS), dtype=np.uint8), self.board[~full]])
         return n
 
     def _observe(self) -> dict[str, np.ndarray]:
-        piece, filled = self._piece, self.board > 0
-        cols = column_masks(filled)
-        self._landing_row, self._blocked = landing_rows(piece, filled, cols)
-        afterstates = place_all(piece, cols, self._landing_row)
+        piece = self._piece
+        self._landing_row, self._blocked = landing_rows(piece, self.board, self._cols)
+        afterstates = place_all(piece, self._cols, self._landing_row)
         features = np.zeros((N_ACTIONS, len(self.feature_names)), dtype=np.float32)
         features[piece.actions] = afterstates.compute(self.feature_names)
         self._after = afterstates
@@ -309,13 +323,17 @@ class PlacementTetris(gym.Env):
 def landing_rows(piece: PieceTable, filled: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row of each legal placement after a hard drop, and whether it is blocked (game over).
 
+    ``filled``: the board, non-zero where filled; ``cols``: the same as column masks.
+
     A piece that starts above the surface of its columns lands one row above the
     first surface cell it meets. Otherwise (a stack reaching the top rows) we
     replay tetris-gymnasium exactly: game over if the piece overlaps the stack at
     row 0, else a row-by-row drop, which may slide it into a cave under an overhang.
     """
     surface = np.bitwise_count((cols & -cols) - 1).astype(np.int64)  # top filled row, 20 when empty
-    rows = (surface[piece.cols] - 1 - piece.rows).min(axis=1)
+    rows = (surface[piece.cols] - piece.below).min(axis=1)
+    if rows.min() >= 0:
+        return rows, piece.unblocked
     blocked = np.zeros(len(rows), dtype=bool)
     for slot in np.flatnonzero(rows < 0):
         cells_rows, cells_cols = piece.rows[slot], piece.cols[slot]
@@ -346,10 +364,12 @@ def place_all(piece: PieceTable, cols: np.ndarray, landing_row: np.ndarray) -> A
         placed = np.where(shift >= 0, piece.col_bits << np.maximum(shift, 0), piece.col_bits >> np.maximum(-shift, 0))
     after = cols | placed
     full = np.bitwise_and.reduce(after, axis=1) & PLAYFIELD
-    lines = np.bitwise_count(full).astype(np.int64)
-    eroded_cells = lines * np.bitwise_count(placed & full[:, None]).sum(axis=1)
     if full.any():
+        lines = np.bitwise_count(full).astype(np.int64)
+        eroded_cells = lines * np.bitwise_count(placed & full[:, None]).sum(axis=1)
         after = _clear_rows(after, full)
+    else:  # most placements clear nothing
+        lines = eroded_cells = np.zeros(len(after), dtype=np.int64)
     return Afterstates(
         cols=after,
         lines=lines,

@@ -65,3 +65,16 @@ def test_each_step_names_modules_that_exist_and_functions_they_define(step, modu
 
 def test_the_readme_links_the_page():
     assert "docs/ARCHITECTURE.md" in (ROOT / "README.md").read_text()
+
+
+FENCE = re.compile(r"^```[\w+-]*$")
+
+
+@pytest.mark.parametrize("document", ["README.md", *sorted(p.name for p in (ROOT / "docs").glob("*.md"))])
+def test_every_code_fence_is_a_fence_line_of_its_own(document):
+    """A fence with text after it does not close its block: the rest of the page would read as code."""
+    path = ROOT / document if document == "README.md" else ROOT / "docs" / document
+    broken = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1)
+              if line.lstrip().startswith("```") and not FENCE.match(line.strip())]
+    assert not broken, broken
+    assert sum(1 for line in path.read_text().splitlines() if line.strip().startswith("```")) % 2 == 0

@@ -193,8 +193,8 @@ class Broker:
         """Change the trainer's state and announce it (from the thread that started the broker)."""
         state = self.state
         state.state, state.reason = new, reason
-        self.outbox.post(Topic.STATUS, {"state": str(new), "reason": reason,
-                                        "timesteps": state.timesteps, "episodes": state.episodes})
+        self.outbox.post(Topic.STATUS, {"state": str(new), "reason": reason, "timesteps": state.timesteps,
+                                        "episodes": state.episodes, "best_lines": state.best_lines})
 
     @property
     def running(self) -> bool:

@@ -73,6 +73,7 @@ class StatusFields(TypedDict):
     reason: str
     timesteps: int
     episodes: int
+    best_lines: int
 
 
 class MetricsFields(TypedDict):

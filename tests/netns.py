@@ -99,10 +99,9 @@ def _session_lan(roles: tuple[str, ...]) -> Iterator[list[Host]]:
 
 
 @pytest.fixture(scope="session")
-def hosts() -> Iterator[tuple[Host, Host]]:
-    """(server, client), made once per session; skips the tests that need them where namespaces cannot be made."""
-    for server, client in _session_lan(("srv", "cli")):
-        yield server, client
+def hosts() -> Iterator[list[Host]]:
+    """[server, client], made once per session; skips the tests that need them where namespaces cannot be made."""
+    yield from _session_lan(("srv", "cli"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,219 @@
+"""The relay: trainers on two hosts dial out to it, a client on a fourth host follows and steers them."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import ROOT, TRAINING, TrainerProcess, free_port, reap, wait_for
+from netns import LONG, Host, run_in
+
+from tetriszmq.stream.control import request
+from tetriszmq.stream.security import make_keys
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def relay_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tetriszmq keys --names relay,node,client``'s keys, and a stranger's node and client under stranger/."""
+    directory = tmp_path_factory.mktemp("relay-keys")
+    make_keys(directory, ("relay", "node", "client"))
+    make_keys(directory / "stranger", ("stranger-relay", "node", "client"))
+    return directory
+
+
+def curve(keys: Path, who: str, stranger: bool = False) -> list[str]:
+    """A node's or a client's CURVE options towards the relay."""
+    secret = (keys / "stranger" if stranger else keys) / f"{who}.key_secret"
+    return ["--curve-server-key", str(keys / "relay.key"), "--curve-secret-key", str(secret)]
+
+
+@dataclass
+class RelayProcess:
+    args: list[str]
+    log: Path
+    trainers: str  # where trainers connect (`train --relay`)
+    viewers: str  # where clients connect
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        starts = self.log.read_text().count("tetriszmq relay: trainers connect")
+        wait_for(lambda: self.log.read_text().count("tetriszmq relay: trainers connect") > starts, 60,
+                 what="relay ready", alive=lambda: self.proc.poll() is None)
+
+    def kill(self) -> None:
+        self.proc.kill()  # SIGKILL: no chance to close anything
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def relay(four_hosts: list[Host], relay_keys: Path, tmp_path: Path) -> Iterator[RelayProcess]:
+    """A CURVE relay on the first host, binding its address; trainers' nodes and clients let in."""
+    host = four_hosts[0]
+    trainers, viewers = (f"tcp://{host.address}:{free_port()}" for _ in range(2))
+    args = [*host.prefix(), sys.executable, "-m", "tetriszmq", "relay", "--trainers", trainers, "--viewers", viewers,
+            "--curve-secret-key", str(relay_keys / "relay.key_secret"), "--curve-allow", str(relay_keys / "allowed")]
+    process = RelayProcess(args, tmp_path / "relay.log", trainers, viewers)
+    process.start()
+    yield process
+    reap([process.proc])
+
+
+class Client:
+    """tests/relay_client.py in a host: its events as they come, and reports on demand."""
+
+    def __init__(self, host: Host, viewers: str, *extra: str) -> None:
+        self.proc = subprocess.Popen([*host.prefix(), sys.executable, "tests/relay_client.py", viewers, *extra],
+                                     cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.events: queue.Queue[dict] = queue.Queue()
+        self.seen: list[dict] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.events.put(orjson.loads(line))
+
+    def until(self, predicate: Callable[[dict], bool], timeout: float = 90) -> dict:
+        """Wait for the next event that satisfies ``predicate``, keeping every event in ``seen``."""
+        while True:
+            event = self.events.get(timeout=timeout)
+            self.seen.append(event)
+            if predicate(event):
+                return event
+
+    def report(self) -> dict[str, dict]:
+        self.proc.stdin.write("report\n")
+        self.proc.stdin.flush()
+        return self.until(lambda event: event["event"] == "report")["runs"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        reap([self.proc])
+
+
+def lineage(trainer: TrainerProcess) -> str:
+    wait_for(lambda: (trainer.run_dir / "run.json").exists(), 120, what="run.json", alive=lambda: trainer.proc.poll()
+             is None)
+    return orjson.loads((trainer.run_dir / "run.json").read_bytes())["lineage"]
+
+
+def journal_seqs(trainer: TrainerProcess, run: str) -> set[int]:
+    """The seqs of the episodes and metrics that process ``run`` journaled."""
+    lines = (orjson.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_bytes().splitlines())
+    return {msg["seq"] for msg in lines if msg["run"] == run and msg["topic"] in ("episode", "metrics")}
+
+
+def ctl(host: Host, relay: RelayProcess, cmd: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_in(host, "-m", "tetriszmq", "ctl", cmd, "--relay", relay.viewers, "--timeout", "3", *extra)
+
+
+def test_two_trainers_behind_a_relay_stream_stop_and_survive_its_kill(four_hosts, relay, relay_keys, trainers):
+    _, node_a, node_b, client_host = four_hosts
+    a, b = (trainers(*LONG, "--relay", relay.trainers, *curve(relay_keys, "node"), prefix=node.prefix())
+            for node in (node_a, node_b))
+    lineages = {lineage(a): a, lineage(b): b}
+    client = Client(client_host, relay.viewers, *curve(relay_keys, "client"))
+    try:
+        joined = {client.until(lambda e: e["event"] == "snapshot")["lineage"] for _ in range(2)}
+        assert joined == set(lineages)
+        listed = orjson.loads(ctl(client_host, relay, "runs", *curve(relay_keys, "client")).stdout)
+        assert {r["lineage"] for r in listed["runs"]} == set(lineages)
+
+        relay.kill()
+        relay.start()
+        caught_up = {client.until(lambda e: e["event"] == "snapshot")["lineage"] for _ in range(2)}
+        assert caught_up == set(lineages)  # both trainers reconnected and said hello; the client filled its gaps
+
+        stopped = ctl(client_host, relay, "stop", "--run", lineage(a), *curve(relay_keys, "client"))
+        assert orjson.loads(stopped.stdout) == {"ok": True, "state": "stopping"}, stopped.stderr
+        assert a.wait(120) == 0
+        status = lambda: orjson.loads(ctl(client_host, relay, "status", "--run", lineage(b),  # noqa: E731
+                                          *curve(relay_keys, "client")).stdout)
+        before = status()["timesteps"]
+        wait_for(lambda: status()["timesteps"] > before, 120, every=0.5, what="the other run trains on")
+        assert status()["state"] in TRAINING and b.proc.poll() is None
+
+        run_of = {t: orjson.loads((t.run_dir / "run.json").read_bytes())["run"] for t in (a, b)}
+        wait_for(lambda: client.report()[run_of[a]]["state"] == "stopped", 60, every=0.5, what="stopped seen")
+        runs = client.report()
+        assert set(runs) == set(run_of.values())
+        for trainer, run in run_of.items():
+            held = runs[run]
+            assert held["lost"] > 0 and held["snapshots"] >= 2  # the kill cost messages on the wire ...
+            journaled = {seq for seq in journal_seqs(trainer, run) if seq <= held["seq"]}
+            assert journaled <= set(held["kept"])  # ... and the snapshots gave every episode and metric back
+    finally:
+        client.close()
+
+
+def test_wrong_keys_get_nothing(four_hosts, relay, relay_keys, trainers):
+    _, node_a, _, client_host = four_hosts
+    stranger = trainers(*LONG, "--relay", relay.trainers, *curve(relay_keys, "node", stranger=True),
+                        prefix=node_a.prefix())
+    wait_for(lambda: len((stranger.run_dir / "metrics.jsonl").read_bytes().splitlines()) > 10, 120,
+             what="the stranger trainer trains", tolerate=(FileNotFoundError,), alive=lambda: stranger.proc.poll()
+             is None)
+    listed = ctl(client_host, relay, "runs", *curve(relay_keys, "client"))
+    assert orjson.loads(listed.stdout) == {"ok": True, "runs": []}  # a node whose key is not allowed is not routed
+    refused = ctl(client_host, relay, "runs", "--retries", "0", *curve(relay_keys, "client", stranger=True))
+    assert refused.returncode == 3 and "no reply" in refused.stderr
+    heard = run_in(client_host, "tests/probe.py", relay.viewers, "--messages", "1", "--timeout", "3",
+                   *curve(relay_keys, "client", stranger=True))
+    assert orjson.loads(heard.stdout)["received"] == 0
+
+
+def relay_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tetriszmq", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_a_request_for_an_unknown_run_gets_a_clear_error(tmp_path):
+    trainers, viewers = (f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}" for _ in range(2))
+    process = RelayProcess([sys.executable, "-m", "tetriszmq", "relay", "--trainers", trainers, "--viewers", viewers],
+                           tmp_path / "relay.log", trainers, viewers)
+    process.start()
+    try:
+        unknown = relay_cli("ctl", "status", "--relay", viewers, "--run", "nobody-123456")
+        assert unknown.returncode == 1
+        assert orjson.loads(unknown.stdout) == {"ok": False, "error": 'unknown run "nobody-123456": the relay '
+                                                "routes to none (a process run id or a lineage)"}
+        assert orjson.loads(relay_cli("ctl", "runs", "--relay", viewers).stdout) == {"ok": True, "runs": []}
+        unnamed = request(viewers.split(",")[1], "status")
+        assert unnamed["ok"] is False and '"run"' in unnamed["error"] and "runs" in unnamed["error"]
+    finally:
+        process.proc.terminate()
+        assert process.proc.wait(30) == 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["relay", "--trainers", "tcp://127.0.0.1:6001", "--viewers", "tcp://127.0.0.1:6002"],
+     "need four different endpoints"),
+    (["relay", "--trainers", "tcp://0.0.0.0:6001"], "refusing to bind tcp://0.0.0.0:6001"),
+    (["relay", "--viewers", "relay-box:5559"], "--viewers 'relay-box:5559': give tcp://HOST:PORT"),
+    (["relay", "--curve-secret-key", "k"], "--curve-secret-key and --curve-allow go together"),
+    (["relay", "--expire", "0"], "--expire must be > 0"),
+    (["relay", "--curve-secret-key", "missing.key_secret", "--curve-allow", "."], "cannot read CURVE key"),
+    (["ctl", "status", "--relay", "tcp://127.0.0.1:6001"], "--relay needs --run"),
+    (["ctl", "runs"], "go with --relay"),
+    (["train", "--config", "tests/tiny.toml", "--relay", "tcp://relay-box"], "publish.relay 'tcp://relay-box'"),
+    (["train", "--config", "tests/tiny.toml", "--relay", "tcp://10.1.2.3:5557"],
+     "refusing to connect to tcp://10.1.2.3:5557"),
+    (["train", "--config", "tests/tiny.toml", "--curve-server-key", "relay.key"], "needs publish.relay"),
+])
+def test_bad_relay_arguments_exit_2_with_a_clear_message(args, message, tmp_path):
+    result = relay_cli(*args, *(["--run-dir", str(tmp_path / "r")] if args[0] == "train" else []))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()

@@ -145,11 +145,11 @@ def test_two_trainers_behind_a_relay_stream_stop_and_survive_its_kill(four_hosts
         wait_for(lambda: status()["timesteps"] > before, 120, every=0.5, what="the other run trains on")
         assert status()["state"] in TRAINING and b.proc.poll() is None
 
-        run_of = {t: orjson.loads((t.run_dir / "run.json").read_bytes())["run"] for t in (a, b)}
-        wait_for(lambda: client.report()[run_of[a]]["state"] == "stopped", 60, every=0.5, what="stopped seen")
+        run_a, run_b = (orjson.loads((t.run_dir / "run.json").read_bytes())["run"] for t in (a, b))
+        wait_for(lambda: client.report()[run_a]["state"] == "stopped", 60, every=0.5, what="the stop seen")
         runs = client.report()
-        assert set(runs) == set(run_of.values())
-        for trainer, run in run_of.items():
+        assert set(runs) == {run_a, run_b}
+        for trainer, run in ((a, run_a), (b, run_b)):
             held = runs[run]
             assert held["lost"] > 0 and held["snapshots"] >= 2  # the kill cost messages on the wire ...
             journaled = {seq for seq in journal_seqs(trainer, run) if seq <= held["seq"]}

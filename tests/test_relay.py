@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -172,6 +173,42 @@ def test_wrong_keys_get_nothing(four_hosts, relay, relay_keys, trainers):
     heard = run_in(client_host, "tests/probe.py", relay.viewers, "--messages", "1", "--timeout", "3",
                    *curve(relay_keys, "client", stranger=True))
     assert orjson.loads(heard.stdout)["received"] == 0
+
+
+def relay_section() -> str:
+    text = (ROOT / "docs" / "PROTOCOL.md").read_text()
+    return text[text.index("## Through a relay"):text.index("## Versioning")]
+
+
+def test_the_protocol_documents_relay_answers_and_client_work_as_written(trainers, tmp_path):
+    trainers_side, viewers = (f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}" for _ in range(2))
+    process = RelayProcess([sys.executable, "-m", "tetriszmq", "relay", "--trainers", trainers_side,
+                            "--viewers", viewers], tmp_path / "relay.log", trainers_side, viewers)
+    process.start()
+    try:
+        trainer = trainers("--set", "train.max_timesteps=3000", "--relay", trainers_side)
+        wait_for(lambda: (trainer.run_dir / "run.json").exists(), 120, what="run.json")
+        run = orjson.loads((trainer.run_dir / "run.json").read_bytes())["run"]
+        control = viewers.split(",")[1]
+        wait_for(lambda: request(control, "runs")["runs"], 60, what="the trainer's hello")
+        section = relay_section()
+        answers = re.findall(r"^(\{.*\})\s+-> (\{.*\})$", section, re.M)
+        assert len(answers) == 3
+        for asked, documented in answers[1:]:  # `runs` is checked above; its `seen` changes
+            reply = request(control, orjson.loads(asked)["cmd"], run=orjson.loads(asked).get("run"))
+            assert reply == orjson.loads(documented.replace("tiny-66dbdf", run))
+        source = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+        source = source.replace("tcp://127.0.0.1:5559", viewers.split(",")[0]).replace("tcp://127.0.0.1:5560",
+                                                                                          control)
+        result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("runs: ['") and re.search(r"^status: (starting|running|saving)$",
+                                                                 result.stdout, re.M)
+        assert re.search(rf"^{run} episode \d+: \d+ lines$", result.stdout, re.M)
+        assert trainer.wait(60) == 0
+    finally:
+        process.proc.terminate()
+        assert process.proc.wait(30) == 0
 
 
 def relay_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -207,6 +208,44 @@ def test_the_protocol_documents_relay_answers_and_client_work_as_written(trainer
         assert re.search(rf"^{run} episode \d+: \d+ lines$", result.stdout, re.M)
         assert trainer.wait(60) == 0
     finally:
+        process.proc.terminate()
+        assert process.proc.wait(30) == 0
+
+
+def readme_relay_commands() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Training across machines: the relay"):]
+    block = re.search(r"```\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+
+
+def test_the_readmes_relay_commands_work_as_written(tmp_path):
+    """Shortened: loopback for the hosts, free ports, the tiny config; a test's own run directory and ports."""
+    sides = {port: f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}" for port in ("5557", "5559")}
+    swaps = {"configs/default.toml": str(ROOT / "tests" / "tiny.toml"),
+             **{f"tcp://{host}:{port}": side for port, side in sides.items() for host in ("0.0.0.0", "relay-box")}}
+
+    def command(args: list[str]) -> list[str]:
+        args = [swaps.get(arg, arg.replace("keys/", f"{tmp_path}/keys/")) for arg in args]
+        assert args[0] == "tetriszmq"
+        return [sys.executable, "-m", *args]
+
+    keys, relay_args, train, runs, stop = (command(args) for args in readme_relay_commands())
+    assert subprocess.run(keys, capture_output=True, timeout=60).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "keys" / "allowed").iterdir()) == ["client.key", "node.key"]
+    process = RelayProcess(relay_args, tmp_path / "relay.log", sides["5557"], sides["5559"])
+    process.start()
+    trainer = subprocess.Popen([*train, "--run-dir", str(tmp_path / "run"), "--quiet", "--pub", "tcp://127.0.0.1:0",
+                                "--ctl", "tcp://127.0.0.1:0", "--set", "train.max_timesteps=100000000"], cwd=ROOT)
+    try:
+        listed = lambda: orjson.loads(subprocess.run(runs, capture_output=True, timeout=60).stdout)["runs"]  # noqa: E731
+        wait_for(listed, 120, every=0.5, what="the trainer listed", alive=lambda: trainer.poll() is None)
+        run = listed()[0]["lineage"]
+        stopped = subprocess.run([arg.replace("RUN", run) for arg in stop], capture_output=True, timeout=60)
+        assert orjson.loads(stopped.stdout) == {"ok": True, "state": "stopping"}
+        assert trainer.wait(120) == 0
+    finally:
+        reap([trainer])
         process.proc.terminate()
         assert process.proc.wait(30) == 0
 

@@ -250,6 +250,14 @@ def test_the_readmes_relay_commands_work_as_written(tmp_path):
         assert process.proc.wait(30) == 0
 
 
+def test_the_relay_and_ctl_load_neither_sb3_nor_torch():
+    """A relay box needs no deep-learning stack: the command's imports stop at ZeroMQ."""
+    probe = ("import sys, tetriszmq.cli, tetriszmq.stream.relay; "
+             "print(sorted({'torch', 'stable_baselines3'} & set(sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60).stdout.strip() == "[]"
+
+
 def relay_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tetriszmq", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)

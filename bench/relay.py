@@ -13,7 +13,7 @@ seconds from the restart until every follower has caught every run up (a snapsho
 messages lost on the wire, episodes and metrics given back by the snapshots, and journaled
 episodes or metrics that no follower holds (must be 0).
 
-Usage: python bench/relay.py [--quick]
+Usage: python bench/relay.py [--quick] [--trainers 1,8,32] [--viewers 1,10] [--seconds S] [--only-cost | --skip-cost]
 """
 
 from __future__ import annotations
@@ -130,8 +130,9 @@ def cost(trainer_counts: tuple[int, ...], viewer_counts: tuple[int, ...], second
                           flush=True)
 
 
-def blast(endpoint: str, bind: bool, count: int, sink: str) -> float:
-    """Boards per second from one PUB sending as fast as it can, received by one SUB at ``sink``."""
+def blast(endpoint: str, bind: bool, count: int, sink: str) -> tuple[float, int]:
+    """Boards per second from one PUB sending ``count`` as fast as it can to one SUB at ``sink``, and how
+    many arrived (a relay drops at its high-water marks, as a PUB does)."""
     from transport import board_payload
 
     ctx = zmq.Context.instance()
@@ -146,15 +147,17 @@ def blast(endpoint: str, bind: bool, count: int, sink: str) -> float:
         pub.send_multipart([BOARD, payload])
     while sub.poll(200):
         sub.recv_multipart()
-    start = time.perf_counter()
+    start = last = time.perf_counter()
     for _ in range(count):
         pub.send_multipart([BOARD, payload])
-    for _ in range(count):
+    received = 0
+    while received < count and sub.poll(1000):
         sub.recv_multipart()
-    elapsed = time.perf_counter() - start
+        received += 1
+        last = time.perf_counter()
     pub.close(linger=0)
     sub.close(linger=0)
-    return count / elapsed
+    return received / (last - start), received
 
 
 def republisher(up: Side, down: Side, pipe: Connection) -> None:
@@ -180,16 +183,25 @@ def republisher(up: Side, down: Side, pipe: Connection) -> None:
 
 
 def ceiling(count: int, log: Path) -> None:
-    print(f"\n{'path':>11} {'boards/s':>10}   (one PUB as fast as it can, one SUB)")
+    """Throughput is bounded by the Python sender and receiver here; the middle's CPU per message is the
+    relay box's cost, and what tells a C proxy from a Python re-publisher."""
+    print(f"\n{'path':>11} {'boards/s':>10} {'arrived':>8} {'middle CPU us/msg':>17}   "
+          f"(one PUB sends {count:,} as fast as it can, one SUB)")
     direct = f"tcp://127.0.0.1:{free_port()}"
-    print(f"{'direct':>11} {blast(direct, True, count, direct):>10,.0f}")
+    print("{:>11} {:>10,.0f} {:>8,}".format("direct", *blast(direct, True, count, direct)))
     up, down = sides()
-    with relay(up, down, log):
-        print(f"{'relay':>11} {blast(up.stream, False, count, down.stream):>10,.0f}   (zmq.proxy_steerable, in C)")
+    with relay(up, down, log) as proc:
+        _ceiling_row("relay", proc.pid, up, down, count, "zmq.proxy_steerable, in C")
     up, down = sides()
-    with spawned(republisher, up, down):
-        print(f"{'run prefix':>11} {blast(up.stream, False, count, down.stream):>10,.0f}   "
-              "(a Python loop re-publishing with the run in the topic frame)")
+    with spawned(republisher, up, down) as (proc, _):
+        _ceiling_row("run prefix", proc.pid, up, down, count, "a Python loop re-publishing with the run in the topic")
+
+
+def _ceiling_row(path: str, pid: int, up: Side, down: Side, count: int, what: str) -> None:
+    cpu = cpu_seconds(pid)
+    rate, arrived = blast(up.stream, False, count, down.stream)
+    cpu = cpu_seconds(pid) - cpu
+    print(f"{path:>11} {rate:>10,.0f} {arrived:>8,} {cpu / count * 1e6:>17.1f}   ({what})")
 
 
 def follower(viewers: Side, pipe: Connection) -> None:
@@ -255,9 +267,18 @@ def restart(trainers: int, followers: int, steady: float, log: Path, runs_dir: P
           "among them that snapshots gave back; missing: journaled episodes or metrics no follower holds)")
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in text.split(","))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--trainers", default="1,8,32", help="trainer counts of the cost table")
+    parser.add_argument("--viewers", default="1,10", help="viewer counts of the cost table")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured window of each row")
+    parser.add_argument("--only-cost", action="store_true", help="the cost table only")
+    parser.add_argument("--skip-cost", action="store_true", help="the ceiling and the restart only")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))  # for transport.board_payload
     print(f"load average before: {loadavg()}")
@@ -268,9 +289,11 @@ def main() -> None:
             ceiling(2_000, log)
             restart(2, 1, 0.5, log, Path(tmp))
         else:
-            cost((1, 8, 32), (1, 10), 10.0, log)
-            ceiling(50_000, log)
-            restart(8, 10, 5.0, log, Path(tmp))
+            if not args.skip_cost:
+                cost(_counts(args.trainers), _counts(args.viewers), args.seconds, log)
+            if not args.only_cost:
+                ceiling(50_000, log)
+                restart(8, 10, 5.0, log, Path(tmp))
     print(f"load average after: {loadavg()}")
 
 

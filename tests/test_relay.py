@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import ROOT, TRAINING, TrainerProcess, free_port, reap, wait_for
+from conftest import ROOT, TRAINING, TrainerProcess, free_endpoint, free_port, reap, wait_for
 from netns import LONG, Host, run_in
 
 from tetriszmq.stream.control import request
@@ -71,6 +71,21 @@ def relay(four_hosts: list[Host], relay_keys: Path, tmp_path: Path) -> Iterator[
     process.start()
     yield process
     reap([process.proc])
+
+
+@pytest.fixture
+def loopback(tmp_path: Path) -> Iterator[RelayProcess]:
+    """A relay on loopback without CURVE; it must exit 0 on SIGTERM."""
+    trainers, viewers = (f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}" for _ in range(2))
+    process = RelayProcess([sys.executable, "-m", "tetriszmq", "relay", "--trainers", trainers, "--viewers", viewers],
+                           tmp_path / "relay.log", trainers, viewers)
+    process.start()
+    yield process
+    process.proc.terminate()
+    try:
+        assert process.proc.wait(30) == 0
+    finally:
+        reap([process.proc])
 
 
 class Client:
@@ -181,35 +196,26 @@ def relay_section() -> str:
     return text[text.index("## Through a relay"):text.index("## Versioning")]
 
 
-def test_the_protocol_documents_relay_answers_and_client_work_as_written(trainers, tmp_path):
-    trainers_side, viewers = (f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}" for _ in range(2))
-    process = RelayProcess([sys.executable, "-m", "tetriszmq", "relay", "--trainers", trainers_side,
-                            "--viewers", viewers], tmp_path / "relay.log", trainers_side, viewers)
-    process.start()
-    try:
-        trainer = trainers("--set", "train.max_timesteps=3000", "--relay", trainers_side)
-        wait_for(lambda: (trainer.run_dir / "run.json").exists(), 120, what="run.json")
-        run = orjson.loads((trainer.run_dir / "run.json").read_bytes())["run"]
-        control = viewers.split(",")[1]
-        wait_for(lambda: request(control, "runs")["runs"], 60, what="the trainer's hello")
-        section = relay_section()
-        answers = re.findall(r"^(\{.*\})\s+-> (\{.*\})$", section, re.M)
-        assert len(answers) == 3
-        for asked, documented in answers[1:]:  # `runs` is checked above; its `seen` changes
-            reply = request(control, orjson.loads(asked)["cmd"], run=orjson.loads(asked).get("run"))
-            assert reply == orjson.loads(documented.replace("tiny-66dbdf", run))
-        source = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-        source = source.replace("tcp://127.0.0.1:5559", viewers.split(",")[0]).replace("tcp://127.0.0.1:5560",
-                                                                                          control)
-        result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.startswith("runs: ['") and re.search(r"^status: (starting|running|saving)$",
-                                                                 result.stdout, re.M)
-        assert re.search(rf"^{run} episode \d+: \d+ lines$", result.stdout, re.M)
-        assert trainer.wait(60) == 0
-    finally:
-        process.proc.terminate()
-        assert process.proc.wait(30) == 0
+def test_the_protocol_documents_relay_answers_and_client_work_as_written(trainers, loopback):
+    stream, control = loopback.viewers.split(",")
+    trainer = trainers("--set", "train.max_timesteps=3000", "--relay", loopback.trainers)
+    wait_for(lambda: (trainer.run_dir / "run.json").exists(), 120, what="run.json")
+    run = orjson.loads((trainer.run_dir / "run.json").read_bytes())["run"]
+    wait_for(lambda: request(control, "runs")["runs"], 60, what="the trainer's hello")
+    section = relay_section()
+    answers = re.findall(r"^(\{.*\})\s+-> (\{.*\})$", section, re.M)
+    assert len(answers) == 3
+    for asked, documented in answers[1:]:  # `runs` is checked above; its `seen` changes
+        reply = request(control, orjson.loads(asked)["cmd"], run=orjson.loads(asked).get("run"))
+        assert reply == orjson.loads(documented.replace("tiny-66dbdf", run))
+    source = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    source = source.replace("tcp://127.0.0.1:5559", stream).replace("tcp://127.0.0.1:5560", control)
+    result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("runs: ['")
+    assert re.search(r"^status: (starting|running|saving)$", result.stdout, re.M)
+    assert re.search(rf"^{run} episode \d+: \d+ lines$", result.stdout, re.M)
+    assert trainer.wait(60) == 0
 
 
 def readme_relay_commands() -> list[list[str]]:
@@ -250,6 +256,24 @@ def test_the_readmes_relay_commands_work_as_written(tmp_path):
         assert process.proc.wait(30) == 0
 
 
+def test_a_stream_callback_in_anyones_script_joins_a_relay_and_obeys_through_it(loopback):
+    script = (f"from stable_baselines3 import PPO\nfrom tetriszmq import StreamCallback\n"
+              f"PPO('MlpPolicy', 'CartPole-v1', n_steps=64, batch_size=64, n_epochs=1).learn(10_000_000, "
+              f"callback=StreamCallback(pub='{free_endpoint()}', ctl='{free_endpoint()}', run_name='cartpole', "
+              f"relay='{loopback.trainers}'))")
+    user = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    control = loopback.viewers.split(",")[1]
+    try:
+        wait_for(lambda: request(control, "runs")["runs"], 120, every=0.5, what="the script's hello",
+                 alive=lambda: user.poll() is None)
+        (listed,) = request(control, "runs")["runs"]
+        assert listed["run"].startswith("cartpole-")
+        assert request(control, "stop", run=listed["lineage"]) == {"ok": True, "state": "stopping"}
+        assert user.wait(60) == 0
+    finally:
+        reap([user])
+
+
 def test_the_relay_and_ctl_load_neither_sb3_nor_torch():
     """A relay box needs no deep-learning stack: the command's imports stop at ZeroMQ."""
     probe = ("import sys, tetriszmq.cli, tetriszmq.stream.relay; "
@@ -263,22 +287,15 @@ def relay_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
                           timeout=timeout)
 
 
-def test_a_request_for_an_unknown_run_gets_a_clear_error(tmp_path):
-    trainers, viewers = (f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}" for _ in range(2))
-    process = RelayProcess([sys.executable, "-m", "tetriszmq", "relay", "--trainers", trainers, "--viewers", viewers],
-                           tmp_path / "relay.log", trainers, viewers)
-    process.start()
-    try:
-        unknown = relay_cli("ctl", "status", "--relay", viewers, "--run", "nobody-123456")
-        assert unknown.returncode == 1
-        assert orjson.loads(unknown.stdout) == {"ok": False, "error": 'unknown run "nobody-123456": the relay '
-                                                "routes to none (a process run id or a lineage)"}
-        assert orjson.loads(relay_cli("ctl", "runs", "--relay", viewers).stdout) == {"ok": True, "runs": []}
-        unnamed = request(viewers.split(",")[1], "status")
-        assert unnamed["ok"] is False and '"run"' in unnamed["error"] and "runs" in unnamed["error"]
-    finally:
-        process.proc.terminate()
-        assert process.proc.wait(30) == 0
+def test_a_request_for_an_unknown_run_gets_a_clear_error(loopback):
+    viewers = loopback.viewers
+    unknown = relay_cli("ctl", "status", "--relay", viewers, "--run", "nobody-123456")
+    assert unknown.returncode == 1
+    assert orjson.loads(unknown.stdout) == {"ok": False, "error": 'unknown run "nobody-123456": the relay '
+                                            "routes to none (a process run id or a lineage)"}
+    assert orjson.loads(relay_cli("ctl", "runs", "--relay", viewers).stdout) == {"ok": True, "runs": []}
+    unnamed = request(viewers.split(",")[1], "status")
+    assert unnamed["ok"] is False and '"run"' in unnamed["error"] and "runs" in unnamed["error"]
 
 
 @pytest.mark.parametrize(("args", "message"), [

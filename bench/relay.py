@@ -9,9 +9,9 @@ one PUB sending boards as fast as it can, direct and through the relay.
 
 Restart: 8 publishers journaling to metrics.jsonl, F followers (`harness.follow`: the clone pattern
 per run through the relay). The relay is killed with SIGKILL and started again a second later:
-seconds from the restart until every follower has caught every run up (a snapshot after the gap),
-messages lost on the wire, episodes and metrics given back by the snapshots, and journaled
-episodes or metrics that no follower holds (must be 0).
+seconds from the restart until every follower hears every run again (in `seq` order: a gap is
+filled by a snapshot first), messages lost on the wire, episodes and metrics given back by the
+snapshots, and journaled episodes or metrics that no follower holds (must be 0).
 
 Usage: python bench/relay.py [--quick] [--trainers 1,8,32] [--viewers 1,10] [--seconds S] [--only-cost | --skip-cost]
 """
@@ -205,17 +205,16 @@ def _ceiling_row(path: str, pid: int, up: Side, down: Side, count: int, what: st
 
 
 def follower(viewers: Side, pipe: Connection) -> None:
-    """A `harness.follow.Follower` that notes when it catches each run up; reports on "report"."""
+    """A `harness.follow.Follower`; reports what it holds of each run on "report"."""
     from harness.follow import Follower
 
-    caught: dict[str, float] = {}
-    follow = Follower(viewers, on_event=lambda event: caught.__setitem__(event["run"], time.time()))
+    follow = Follower(viewers)
     while True:
         follow.step(0.05)
         if pipe.poll():
             if pipe.recv() != "report":
                 break
-            pipe.send({run: {"caught": caught.get(run, 0.0), "seq": f.seq, "kept": f.kept, "lost": f.lost,
+            pipe.send({run: {"resumed": f.resumed, "seq": f.seq, "kept": f.kept, "lost": f.lost,
                              "recovered": f.recovered} for run, f in follow.runs.items()})
     follow.close()
 
@@ -244,12 +243,12 @@ def restart(trainers: int, followers: int, steady: float, log: Path, runs_dir: P
         restarted = time.time()
         with relay(up, down, log):
             ready = time.time() - restarted
-            wait_for(lambda: all(min(r["caught"] for r in held.values()) > restarted for held in report(pipes)),
-                     120, every=0.2, what="every follower caught every run up")
+            wait_for(lambda: all(min(r["resumed"] for r in held.values()) > restarted for held in report(pipes)),
+                     120, every=0.2, what="every follower hears every run again")
             held = report(pipes)
             time.sleep(steady)
             stack.close()  # publishers stop and close their journals; followers stop
-    caught = [max(r["caught"] for r in runs.values()) - restarted for runs in held]
+    caught = [max(r["resumed"] for r in runs.values()) - restarted for runs in held]
     lost = sum(r["lost"] for runs in held for r in runs.values())
     recovered = sum(r["recovered"] for runs in held for r in runs.values())
     missing = 0

@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,8 +151,9 @@ def test_two_trainers_behind_a_relay_stream_stop_and_survive_its_kill(four_hosts
 
         relay.kill()
         relay.start()
-        caught_up = {client.until(lambda e: e["event"] == "snapshot")["lineage"] for _ in range(2)}
-        assert caught_up == set(lineages)  # both trainers reconnected and said hello; the client filled its gaps
+        restarted = time.time()
+        wait_for(lambda: all(held["heard"] > restarted for held in client.report().values()), 120, every=0.5,
+                 what="the client hears both runs again")  # in seq order: any gap filled by a snapshot first
 
         stopped = ctl(client_host, relay, "stop", "--run", lineage(a), *curve(relay_keys, "client"))
         assert orjson.loads(stopped.stdout) == {"ok": True, "state": "stopping"}, stopped.stderr
@@ -168,9 +170,8 @@ def test_two_trainers_behind_a_relay_stream_stop_and_survive_its_kill(four_hosts
         assert set(runs) == {run_a, run_b}
         for trainer, run in ((a, run_a), (b, run_b)):
             held = runs[run]
-            assert held["lost"] > 0 and held["snapshots"] >= 2  # the kill cost messages on the wire ...
             journaled = {seq for seq in journal_seqs(trainer, run) if seq <= held["seq"]}
-            assert journaled <= set(held["kept"])  # ... and the snapshots gave every episode and metric back
+            assert journaled <= set(held["kept"])  # whatever the kill cost on the wire, snapshots gave back
     finally:
         client.close()
 

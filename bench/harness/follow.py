@@ -21,6 +21,7 @@ from tetriszmq.stream.relay import Side
 from tetriszmq.stream.security import ClientCurve
 
 KEPT = (b"episode:", b"metrics:")  # the topics a snapshot gives back in full
+SILENCE = 0.5  # s without a message of a run (it heartbeats every 0.5 s at most, boards 30/s): an outage
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Follow:
     recovered: int = 0  # episodes and metrics of those gaps that a snapshot gave back
     snapshots: int = 0
     state: str = ""
+    heard: float = 0.0  # unix time of the last message applied
+    resumed: float = 0.0  # unix time of the first message applied after a silence (an outage), or the first
 
 
 class Follower:
@@ -70,7 +73,10 @@ class Follower:
             self._catch_up(run, follow, seq)
         if seq <= follow.seq:
             return
-        follow.seq = seq
+        now = time.time()
+        if now - follow.heard > SILENCE:
+            follow.resumed = now
+        follow.seq, follow.heard = seq, now
         follow.live += 1
         if topic in KEPT:
             follow.kept.add(seq)

@@ -16,6 +16,9 @@ thread, fed by the matching PULL socket:
 - appends episodes, metrics and status to ``metrics.jsonl``,
 - keeps the `RunHistory` that answers ``snapshot`` consistently with ``seq``,
 - answers control requests on REP, even during a long SB3 update,
+- given a ``relay``, also connects that PUB out to the relay's XSUB (one more pipe on the same
+  socket: the cost per message does not change) and answers requests routed through the relay on a
+  DEALER, saying hello with the run's ids at every heartbeat (`tetriszmq.stream.relay`),
 - publishes a heartbeat every ``heartbeat_every`` seconds and a metrics
   message every ``metrics_every`` seconds (the latest counters and SB3
   scalars from `TrainerState`), also while the training thread is busy in a

@@ -209,6 +209,8 @@ def test_the_protocol_documents_relay_answers_and_client_work_as_written(trainer
     for asked, documented in answers[1:]:  # `runs` is checked above; its `seen` changes
         reply = request(control, orjson.loads(asked)["cmd"], run=orjson.loads(asked).get("run"))
         assert reply == orjson.loads(documented.replace("tiny-66dbdf", run))
+    launched = request(control, "launch", run=run)  # the trainer's own parser answers what the relay forwards
+    assert launched["ok"] is False and launched["error"].startswith('unknown command "launch"; known: stop')
     source = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     source = source.replace("tcp://127.0.0.1:5559", stream).replace("tcp://127.0.0.1:5560", control)
     result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=300)

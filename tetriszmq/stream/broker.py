@@ -251,18 +251,19 @@ class Broker:
                 if self.setup_socket is not None:
                     self.setup_socket(sock, endpoint)
                 bind(sock, endpoint)
+            self.state.endpoints = {
+                "pub": pub.getsockopt_string(zmq.LAST_ENDPOINT),
+                "ctl": rep.getsockopt_string(zmq.LAST_ENDPOINT),
+            }
+            if self.relay is not None:
+                self._uplink = self._dial(self.relay, pub)
+                self.state.endpoints["relay"] = self.relay.side.stream
             journal = None if self.journal_path is None else open_for_append(self.journal_path)
         except BaseException:
-            for sock in (pull, pub, rep):
-                sock.close(linger=0)
+            for sock in (pull, pub, rep, self._uplink):
+                if sock is not None:
+                    sock.close(linger=0)
             raise
-        self.state.endpoints = {
-            "pub": pub.getsockopt_string(zmq.LAST_ENDPOINT),
-            "ctl": rep.getsockopt_string(zmq.LAST_ENDPOINT),
-        }
-        if self.relay is not None:
-            self._uplink = self._dial(self.relay, pub)
-            self.state.endpoints["relay"] = self.relay.side.stream
         return pull, pub, rep, journal
 
     def _dial(self, relay: Uplink, pub: zmq.Socket) -> zmq.Socket:
@@ -270,7 +271,7 @@ class Broker:
 
         After the binds, since connecting may change the socket's CURVE role from server to client.
         """
-        dealer = self.ctx.socket(zmq.DEALER)
+        dealer = self._uplink = self.ctx.socket(zmq.DEALER)  # closed by the caller if what follows fails
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.IMMEDIATE, 1)  # nothing queues for an absent relay: the next heartbeat says hello
         dealer.setsockopt(zmq.ROUTING_ID, self.state.run.encode())

@@ -31,7 +31,7 @@ TINY = ROOT / "tests" / "tiny.toml"
 TRAINING = ("running", "saving")  # states of a trainer that is training: tiny.toml checkpoints every 128 steps
 # A test that requests one of these (directly or through another fixture) starts real processes.
 SLOW_FIXTURES = frozenset({"trainers", "viewers"})
-NETNS_FIXTURES = frozenset({"hosts"})
+NETNS_FIXTURES = frozenset({"hosts", "four_hosts"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

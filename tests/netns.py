@@ -1,9 +1,10 @@
-"""Two test hosts on one machine (network namespaces joined by a veth pair), and a CURVE trainer on one.
+"""Test hosts on one machine (network namespaces on one switch), and a CURVE trainer on one.
 
-The `hosts` fixture creates both namespaces, the link and its addresses, and removes them
-afterwards; traffic goes only between these two addresses. A pytest plugin (conftest.py names it):
-test_remote.py and test_remote_viewer.py share its `hosts`, `keys` and `secured_trainer` fixtures;
-the namespaces and keys are made once per session.
+`lan` creates N namespaces, each joined by a veth pair to a bridge in a switch namespace of its
+own, with addresses on one /24, and removes them afterwards; traffic goes only between these
+addresses. A pytest plugin (conftest.py names it): test_remote.py and test_remote_viewer.py share
+its `hosts` (server, client), `keys` and `secured_trainer` fixtures, test_relay.py its `four_hosts`
+(relay, two trainers' nodes, client); the namespaces and keys are made once per session.
 """
 
 from __future__ import annotations
@@ -51,46 +52,62 @@ def unavailable_reason() -> str | None:
 
 
 @contextmanager
-def two_hosts() -> Iterator[tuple[Host, Host]]:
-    """Yield (server, client) hosts; raises RuntimeError if the namespaces cannot be made."""
+def lan(roles: tuple[str, ...]) -> Iterator[list[Host]]:
+    """Yield one host per role, all on one switch; raises RuntimeError if the namespaces cannot be made."""
     tag = secrets.token_hex(3)
     octet = int(tag[:2], 16) % 250 + 1
-    server = Host(f"tzq-srv-{tag}", SUBNET.format(octet, 1))
-    client = Host(f"tzq-cli-{tag}", SUBNET.format(octet, 2))
-    veth_server, veth_client = f"tzs{tag}", f"tzc{tag}"
+    switch = f"tzq-sw-{tag}"
+    hosts = [Host(f"tzq-{role}-{tag}", SUBNET.format(octet, i + 1)) for i, role in enumerate(roles)]
     made: list[str] = []
     try:
-        for host in (server, client):
-            _ip("netns", "add", host.name)
-            made.append(host.name)
-        _ip("link", "add", veth_server, "type", "veth", "peer", "name", veth_client)
-        for host, veth in ((server, veth_server), (client, veth_client)):
-            _ip("link", "set", veth, "netns", host.name)
-            _ip("-n", host.name, "addr", "add", f"{host.address}/24", "dev", veth)
-            _ip("-n", host.name, "link", "set", veth, "up")
+        for name in (switch, *(host.name for host in hosts)):
+            _ip("netns", "add", name)
+            made.append(name)
+        _ip("-n", switch, "link", "add", "br0", "type", "bridge")
+        _ip("-n", switch, "link", "set", "br0", "up")
+        for i, host in enumerate(hosts):
+            inside, port = f"tzh{i}{tag}", f"tzp{i}{tag}"
+            _ip("link", "add", inside, "netns", host.name, "type", "veth", "peer", "name", port, "netns", switch)
+            _ip("-n", switch, "link", "set", port, "master", "br0", "up")
+            _ip("-n", host.name, "addr", "add", f"{host.address}/24", "dev", inside)
+            _ip("-n", host.name, "link", "set", inside, "up")
             _ip("-n", host.name, "link", "set", "lo", "up")
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        for name in made:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        _remove(made)
         detail = getattr(exc, "stderr", "") or str(exc)
         raise RuntimeError(f"cannot create test network namespaces: {detail.strip()}") from None
     try:
-        yield server, client
+        yield hosts
     finally:
-        for name in made:  # deleting a namespace removes its end of the veth pair, and so both
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        _remove(made)
 
 
-@pytest.fixture(scope="session")
-def hosts() -> Iterator[tuple[Host, Host]]:
-    """(server, client), made once per session; skips the tests that need them where namespaces cannot be made."""
+def _remove(namespaces: list[str]) -> None:
+    for name in namespaces:  # deleting a namespace removes its ends of the veth pairs, and so both ends
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def _session_lan(roles: tuple[str, ...]) -> Iterator[list[Host]]:
+    """A fixture's body: the hosts, or a skip that says why they cannot be made here."""
     if reason := unavailable_reason():
         pytest.skip(f"no test network: {reason}")
     try:
-        with two_hosts() as pair:
-            yield pair
+        with lan(roles) as made:
+            yield made
     except RuntimeError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def hosts() -> Iterator[list[Host]]:
+    """[server, client], made once per session; skips the tests that need them where namespaces cannot be made."""
+    yield from _session_lan(("srv", "cli"))
+
+
+@pytest.fixture(scope="session")
+def four_hosts() -> Iterator[list[Host]]:
+    """[relay, node A, node B, client], made once per session (skips as `hosts` does)."""
+    yield from _session_lan(("rly", "na", "nb", "cli"))
 
 
 @pytest.fixture(scope="session")

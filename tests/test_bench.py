@@ -24,6 +24,7 @@ SCRIPTS = {
     "page": (["bench/page.py", "--quick"], r"figure\s+value"),
     "recording": (["bench/recording.py", "--quick"], r"placement callbacks on_step"),
     "sweep": (["bench/sweep.py", "--quick"], r"config\s+eval mean lines"),
+    "relay": (["bench/relay.py", "--quick"], r"trainers\s+viewers\s+path\s+msg/s/viewer"),
 }
 
 

@@ -1,16 +1,18 @@
-"""The ``tetriszmq`` command: ``train``, ``ctl``, ``eval``, ``play``, ``replay``, ``sweep`` and ``keys``."""
+"""The ``tetriszmq`` command: ``train``, ``ctl``, ``relay``, ``eval``, ``play``, ``replay``, ``sweep`` and ``keys``."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import signal
 import sys
 import time
 from pathlib import Path
 
 import orjson
 
-from tetriszmq.stream.protocol import Command
+from tetriszmq.stream.protocol import RUN_ID_PATTERN, Command
+from tetriszmq.stream.relay import EXPIRE, RUNS, side
 from tetriszmq.stream.security import ClientCurve, SecurityError, make_keys
 
 
@@ -27,16 +29,24 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--run-dir", type=Path, help="run directory (default: <run.dir>/<run.name>)")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress line")
+    train.add_argument("--relay", metavar="STREAM[,CONTROL]", help="also connect the stream and control out to "
+                       "this relay's trainers side (publish.relay; CONTROL: STREAM's port + 1)")
     train.add_argument("--curve-secret-key", help="encrypt and authenticate with this CURVE secret key file "
-                       "(security.curve_secret_key)")
+                       "(security.curve_secret_key): the trainer's own sockets' with --curve-allow, towards the "
+                       "relay with --curve-server-key")
     train.add_argument("--curve-allow", help="folder of client public keys allowed in (security.curve_allow)")
+    train.add_argument("--curve-server-key", help="the relay's CURVE public key file (security.curve_server_key)")
     train.add_argument("--insecure", action="store_true",
-                       help="allow binding a non-loopback address without CURVE (security.insecure)")
+                       help="allow binding or connecting beyond loopback without CURVE (security.insecure)")
     train.set_defaults(func=_train)
 
-    ctl = commands.add_parser("ctl", help="send a control request to a running trainer")
-    ctl.add_argument("cmd", choices=[str(c) for c in Command])
+    ctl = commands.add_parser("ctl", help="send a control request to a running trainer, directly or via a relay")
+    ctl.add_argument("cmd", choices=[*(str(c) for c in Command), RUNS],
+                     help=f"a trainer's command; {RUNS}: the runs a --relay routes to")
     ctl.add_argument("--ctl", default="tcp://127.0.0.1:5556", help="the trainer's control endpoint")
+    ctl.add_argument("--relay", metavar="STREAM[,CONTROL]",
+                     help="ask through this relay's viewers side instead (CONTROL: STREAM's port + 1)")
+    ctl.add_argument("--run", help="with --relay: the run (process run id or lineage) the command is for")
     ctl.add_argument("--timeout", type=float, default=3.0, help="seconds to wait per attempt")
     ctl.add_argument("--retries", type=int, default=2)
     client_curve_arguments(ctl)
@@ -85,8 +95,26 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--report", action="store_true", help="print the study's trials and best --set line, only")
     sweep.set_defaults(func=_sweep)
 
-    keys = commands.add_parser("keys", help="create CURVE key pairs: trainer, client, and allowed/")
+    relay = commands.add_parser("relay", help="route trainers that connect out to the viewers and clients that "
+                                "connect in (ZeroMQ's proxy pattern); holds no run state")
+    relay.add_argument("--trainers", default="tcp://127.0.0.1:5557", metavar="STREAM[,CONTROL]",
+                       help="where trainers connect (`train --relay`): XSUB, and ROUTER at CONTROL "
+                       "(default: STREAM's port + 1)")
+    relay.add_argument("--viewers", default="tcp://127.0.0.1:5559", metavar="STREAM[,CONTROL]",
+                       help="where viewers and `ctl --relay` connect: XPUB, and ROUTER at CONTROL "
+                       "(default: STREAM's port + 1)")
+    relay.add_argument("--curve-secret-key", type=Path, help="the relay's CURVE secret key file")
+    relay.add_argument("--curve-allow", type=Path, help="folder of the public keys of trainers and clients let in")
+    relay.add_argument("--insecure", action="store_true", help="allow a non-loopback address without CURVE")
+    relay.add_argument("--expire", type=float, default=EXPIRE,
+                       help="seconds without a trainer's hello before its run is forgotten")
+    relay.set_defaults(func=_relay)
+
+    keys = commands.add_parser("keys", help="create CURVE key pairs: a server's, its clients', and allowed/")
     keys.add_argument("directory", type=Path)
+    keys.add_argument("--names", default="trainer,client", metavar="SERVER,CLIENT[,...]",
+                      help="key pairs to make, the server first; the others' public keys go to allowed/ "
+                      "(for a relay: relay,node,client)")
     keys.set_defaults(func=_keys)
 
     args = parser.parse_args(argv)
@@ -101,9 +129,10 @@ def _train(args: argparse.Namespace) -> int:
     from tetriszmq.trainer import RunError, RunOptions, train
 
     overrides = list(args.overrides)
-    overrides += [f"publish.{key}={_toml_string(value)}" for key in ("pub", "ctl")
+    overrides += [f"publish.{key}={_toml_string(value)}" for key in ("pub", "ctl", "relay")
                   if (value := getattr(args, key)) is not None]
-    overrides += [f"security.{key}={_toml_string(value)}" for key in ("curve_secret_key", "curve_allow")
+    overrides += [f"security.{key}={_toml_string(value)}" for key in ("curve_secret_key", "curve_allow",
+                                                                        "curve_server_key")
                   if (value := getattr(args, key)) is not None]
     if args.insecure:
         overrides.append("security.insecure=true")
@@ -117,7 +146,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def client_curve_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of every CURVE client: the trainer's public key and the client's own pair."""
-    parser.add_argument("--curve-server-key", type=Path, help="the trainer's CURVE public key file")
+    parser.add_argument("--curve-server-key", type=Path, help="the trainer's (or relay's) CURVE public key file")
     parser.add_argument("--curve-secret-key", type=Path, help="this client's CURVE secret key file")
 
 
@@ -131,12 +160,61 @@ def _ctl(args: argparse.Namespace) -> int:
     from tetriszmq.stream.control import NoReply, request
 
     try:
-        reply = request(args.ctl, args.cmd, timeout=args.timeout, retries=args.retries, curve=client_curve(args))
+        endpoint, run = _ctl_target(args)
+    except ValueError as exc:
+        print(f"tetriszmq ctl: {exc}", file=sys.stderr)
+        return 2
+    try:
+        reply = request(endpoint, args.cmd, timeout=args.timeout, retries=args.retries, curve=client_curve(args),
+                        run=run)
     except (NoReply, SecurityError) as exc:
         print(f"tetriszmq ctl: {exc}", file=sys.stderr)
         return 3
     sys.stdout.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0 if reply.get("ok") else 1
+
+
+def _ctl_target(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The control endpoint to ask, and the run to name (through a relay only)."""
+    if args.relay is None:
+        if args.run is not None or args.cmd == RUNS:
+            raise ValueError(f"--run and `{RUNS}` go with --relay")
+        return args.ctl, None
+    if args.run is None and args.cmd != RUNS:
+        raise ValueError(f"--relay needs --run RUN (a process run id or lineage; `ctl {RUNS} --relay ...` lists them)")
+    return side(args.relay, "--relay").control, args.run
+
+
+def _relay(args: argparse.Namespace) -> int:
+    from tetriszmq.stream.relay import Relay
+    from tetriszmq.stream.security import ServerCurve, check_exposure
+
+    try:
+        trainers, viewers = side(args.trainers, "--trainers"), side(args.viewers, "--viewers")
+        endpoints = [trainers.stream, trainers.control, viewers.stream, viewers.control]
+        if len(set(endpoints)) != 4:
+            raise ValueError(f"--trainers {args.trainers} and --viewers {args.viewers} need four different "
+                             f"endpoints, got {', '.join(endpoints)} (CONTROL defaults to STREAM's port + 1)")
+        if bool(args.curve_secret_key) != bool(args.curve_allow):
+            raise SecurityError("--curve-secret-key and --curve-allow go together")
+        if args.expire <= 0:
+            raise ValueError(f"--expire must be > 0 seconds, got {args.expire:g}")
+        curve = ServerCurve(args.curve_secret_key, args.curve_allow) if args.curve_secret_key else None
+        check_exposure(endpoints, curve is not None, args.insecure)
+        relay = Relay(trainers, viewers, curve=curve, expire=args.expire)
+        previous = {signum: signal.signal(signum, lambda *_: relay.stop()) for signum in (signal.SIGINT,
+                                                                                          signal.SIGTERM)}
+        try:
+            relay.serve(on_ready=lambda: print(
+                f"tetriszmq relay: trainers connect to {trainers.stream} (stream) and {trainers.control} (control); "
+                f"viewers to {viewers.stream} and {viewers.control}", file=sys.stderr, flush=True))
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    except (ValueError, OSError) as exc:  # SecurityError is a ValueError
+        print(f"tetriszmq relay: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _player_arguments(parser: argparse.ArgumentParser) -> None:
@@ -270,11 +348,17 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    for path in make_keys(args.directory):
+    names = tuple(name.strip() for name in args.names.split(","))
+    if len(names) < 2 or len(set(names)) != len(names) or not all(map(RUN_ID_PATTERN.match, names)):
+        print(f"tetriszmq keys: --names {args.names!r}: give two or more different names (letters, digits, . _ -), "
+              "the server first", file=sys.stderr)
+        return 2
+    for path in make_keys(args.directory, names):
         print(path)
-    print(f"trainer: --curve-secret-key {args.directory}/trainer.key_secret --curve-allow {args.directory}/allowed\n"
-          f"clients: --curve-server-key {args.directory}/trainer.key --curve-secret-key "
-          f"{args.directory}/client.key_secret")
+    server, directory = names[0], args.directory
+    print(f"{server}: --curve-secret-key {directory}/{server}.key_secret --curve-allow {directory}/allowed")
+    for name in names[1:]:
+        print(f"{name}: --curve-server-key {directory}/{server}.key --curve-secret-key {directory}/{name}.key_secret")
     return 0
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import tomli_w
 
 from tetriszmq.stream.protocol import RUN_ID_PATTERN
+from tetriszmq.stream.relay import side
 
 
 class ConfigError(ValueError):
@@ -84,12 +85,16 @@ class PublishSection:
     heartbeat_every: float = setting(0.5, min=0.05, doc="seconds between heartbeats")
     history: int = setting(20_000, min=1, doc="episodes and metrics kept for late joiners")
     hwm: int = setting(1000, min=1, doc="PUB high-water mark, in messages per subscriber")
+    relay: str = setting("", doc="a relay's trainers side, STREAM[,CONTROL] (CONTROL: STREAM's port + 1), "
+                                 "to connect the stream and control out to as well; empty: none")
 
 
 @dataclass
 class SecuritySection:
-    curve_secret_key: str = setting("", doc="the trainer's CURVE secret key file; empty: no CURVE")
+    curve_secret_key: str = setting("", doc="the trainer's CURVE secret key file (with curve_allow: for its own "
+                                           "sockets; with curve_server_key: towards the relay); empty: no CURVE")
     curve_allow: str = setting("", doc="folder of client public keys allowed to connect")
+    curve_server_key: str = setting("", doc="the relay's CURVE public key file (with publish.relay)")
     insecure: bool = setting(False, doc="allow binding a non-loopback address without CURVE")
 
 
@@ -133,11 +138,28 @@ def from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError(f"unknown section [{sorted(unknown)[0]}]; known: {', '.join(hints)}")
     sections = {name: read_section(name, hints[name], data.get(name, {})) for name in hints}
     config = Config(**sections)
-    if bool(config.security.curve_secret_key) != bool(config.security.curve_allow):
-        raise ConfigError("security.curve_secret_key and security.curve_allow go together")
+    _check_security(config)
     if not RUN_ID_PATTERN.match(config.run.name):
         raise ConfigError(f"run.name: {config.run.name!r} must match {RUN_ID_PATTERN.pattern}")
     return config
+
+
+def _check_security(config: Config) -> None:
+    """The key options that only make sense together, and a relay endpoint that can be connected to."""
+    sec = config.security
+    if sec.curve_allow and not sec.curve_secret_key:
+        raise ConfigError("security.curve_secret_key and security.curve_allow go together")
+    if sec.curve_secret_key and not (sec.curve_allow or sec.curve_server_key):
+        raise ConfigError("security.curve_secret_key needs security.curve_allow (CURVE on the trainer's own "
+                          "sockets) or security.curve_server_key (CURVE towards the relay)")
+    if sec.curve_server_key and not (sec.curve_secret_key and config.publish.relay):
+        raise ConfigError("security.curve_server_key (the relay's public key) needs publish.relay and "
+                          "security.curve_secret_key (this trainer's key pair)")
+    if config.publish.relay:
+        try:
+            side(config.publish.relay, "publish.relay")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def read_section(name: str, cls: type, values: Any) -> Any:

@@ -28,7 +28,8 @@ from tetriszmq.stream.broker import Broker
 from tetriszmq.stream.callback import StreamCallback
 from tetriszmq.stream.checkpoints import CheckpointError, Checkpoints, counters_of
 from tetriszmq.stream.protocol import State
-from tetriszmq.stream.security import SecurityError, ServerCurve, check_exposure
+from tetriszmq.stream.relay import Uplink, side
+from tetriszmq.stream.security import ClientCurve, SecurityError, ServerCurve, check_exposure
 from tetriszmq.stream.state import TrainerState, lineage_of, write_run_file
 from tetriszmq.tetris.envs import make_vec_env
 
@@ -88,7 +89,7 @@ def resolve_run_dir(config: cfg.Config, options: RunOptions) -> Path:
 def train(config: cfg.Config, options: RunOptions) -> int:
     """Run one training; returns the process exit code."""
     agents.check_pairing(config.agent, config.env)
-    curve = _curve(config)
+    curve, relay = _security(config)
     run_dir = resolve_run_dir(config, options)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(cfg.to_toml(config))
@@ -99,7 +100,7 @@ def train(config: cfg.Config, options: RunOptions) -> int:
     publish = config.publish
     broker = Broker(state, publish.pub, publish.ctl, hwm=publish.hwm, history=publish.history,
                     journal=run_dir / "metrics.jsonl", heartbeat_every=publish.heartbeat_every,
-                    metrics_every=publish.metrics_every, setup_socket=curve.apply if curve else None)
+                    metrics_every=publish.metrics_every, setup_socket=curve.apply if curve else None, relay=relay)
     authenticator = curve.start(broker.ctx) if curve else None
     try:
         broker.start()
@@ -127,15 +128,25 @@ def train(config: cfg.Config, options: RunOptions) -> int:
             authenticator.stop()
 
 
-def _curve(config: cfg.Config) -> ServerCurve | None:
-    """CURVE for both sockets if configured; refuses network exposure without it."""
-    sec = config.security
-    curve = ServerCurve(Path(sec.curve_secret_key), Path(sec.curve_allow)) if sec.curve_secret_key else None
+def _security(config: cfg.Config) -> tuple[ServerCurve | None, Uplink | None]:
+    """CURVE for the trainer's own sockets, and the way out to a relay, if configured.
+
+    Refuses to bind or connect beyond loopback without CURVE (unless ``security.insecure``).
+    """
+    sec, publish = config.security, config.publish
+    curve = ServerCurve(Path(sec.curve_secret_key), Path(sec.curve_allow)) if sec.curve_allow else None
     try:
-        check_exposure([config.publish.pub, config.publish.ctl], curve is not None, sec.insecure)
+        check_exposure([publish.pub, publish.ctl], curve is not None, sec.insecure)
+        if not publish.relay:
+            return curve, None
+        keys = ClientCurve(Path(sec.curve_server_key), Path(sec.curve_secret_key)) if sec.curve_server_key else None
+        relay = Uplink(side(publish.relay, "publish.relay"), keys)
+        check_exposure([relay.side.stream, relay.side.control], keys is not None, sec.insecure,
+                       "Use --curve-server-key and --curve-secret-key (see `tetriszmq keys`), or --insecure.",
+                       action="connect to")
     except SecurityError as exc:
         raise RunError(str(exc)) from None
-    return curve
+    return curve, relay
 
 
 def _model(config: cfg.Config, run_dir: Path, resume: bool, state: TrainerState,

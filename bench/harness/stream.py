@@ -14,17 +14,22 @@ FPS = 30.0  # the trainer's default `publish.board_fps`
 EPISODE_EVERY, METRICS_EVERY = 0.5, 1.0
 
 
-def publisher(pub: str, ctl: str, fps: float, pipe: Connection) -> None:
+def publisher(pub: str, ctl: str, fps: float, pipe: Connection, *, relay: str = "", journal: str = "") -> None:
     """Post boards, episodes and metrics until told "stop" on ``pipe``.
 
     Answers ``("count", t0, t1)`` with the number of boards posted with ``t`` in [t0, t1).
+    ``relay``: also connect out to this relay's trainers side; ``journal``: a metrics.jsonl to write.
     """
+    from pathlib import Path
+
     from tetriszmq.stream.broker import Broker
     from tetriszmq.stream.protocol import State, Topic
+    from tetriszmq.stream.relay import Uplink, side
     from tetriszmq.stream.state import TrainerState
 
     state = TrainerState(run=f"bench-{random.randrange(1 << 24):06x}", state=State.RUNNING)
-    broker = Broker(state, pub, ctl, heartbeat_every=0.5)
+    broker = Broker(state, pub, ctl, heartbeat_every=0.5, relay=Uplink(side(relay, "relay")) if relay else None,
+                    journal=Path(journal) if journal else None)
     broker.start()
     rng = random.Random(1)
     stack = [[0] * 10 for _ in range(8)] + [[rng.choice((0, 2, 3, 4, 5, 6, 7, 8)) for _ in range(10)]

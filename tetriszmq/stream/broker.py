@@ -16,6 +16,9 @@ thread, fed by the matching PULL socket:
 - appends episodes, metrics and status to ``metrics.jsonl``,
 - keeps the `RunHistory` that answers ``snapshot`` consistently with ``seq``,
 - answers control requests on REP, even during a long SB3 update,
+- given a ``relay``, also connects that PUB out to the relay's XSUB (one more pipe on the same
+  socket: the cost per message does not change) and answers requests routed through the relay on a
+  DEALER, saying hello with the run's ids at every heartbeat (`tetriszmq.stream.relay`),
 - publishes a heartbeat every ``heartbeat_every`` seconds and a metrics
   message every ``metrics_every`` seconds (the latest counters and SB3
   scalars from `TrainerState`), also while the training thread is busy in a
@@ -35,12 +38,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
 import zmq
 
 from tetriszmq.stream import protocol
 from tetriszmq.stream.history import RunHistory
 from tetriszmq.stream.journal import open_for_append
 from tetriszmq.stream.protocol import Command, ProtocolError, State, Topic
+from tetriszmq.stream.relay import HELLO, Uplink
 from tetriszmq.stream.state import TrainerState
 
 _CLOSE = b""  # a flush never sends an empty batch
@@ -56,7 +61,7 @@ _JOURNALED = frozenset({Topic.STATUS, Topic.METRICS, Topic.EPISODE})
 MAX_WIRE_REQUEST = 1 << 20  # larger requests drop the connection instead of being read
 SWITCH_INTERVAL = 0.001  # s; with CPython's 5 ms a real trainer's board p99 was 19.8 ms on a busy 2-core box, now 9.5
 ENDPOINT_SCHEMES = ("tcp", "ipc", "inproc")
-BIND_RETRY = 2.0  # s during which an address in use is retried (see `_bind`)
+BIND_RETRY = 2.0  # s during which an address in use is retried (see `bind`)
 
 SocketSetup = Callable[[zmq.Socket, str], None]
 Watch = Callable[[], "str | None"]  # None while training goes on; else why the run is over
@@ -149,6 +154,7 @@ class Broker:
         heartbeat_every: float = 0.5,
         metrics_every: float = 1.0,
         setup_socket: SocketSetup | None = None,
+        relay: Uplink | None = None,
     ) -> None:
         self.state = state
         self.pub_endpoint, self.ctl_endpoint = pub, ctl
@@ -158,6 +164,9 @@ class Broker:
         self.heartbeat_every = heartbeat_every
         self.metrics_every = metrics_every
         self.setup_socket = setup_socket
+        self.relay = relay
+        self._uplink: zmq.Socket | None = None  # the DEALER to the relay's control side (broker thread)
+        self._hello = orjson.dumps({"run": state.run, "lineage": state.lineage or state.run})
         self.watch: Watch | None = None  # set by the owner of the training thread, read at heartbeats
         self.ctx = zmq.Context.instance()
         self.address = f"inproc://tetriszmq-broker-{id(self):x}"
@@ -224,8 +233,9 @@ class Broker:
             self._loop(pull, pub, rep, journal)
         finally:
             pub.setsockopt(zmq.LINGER, 1000)
-            for sock in (pull, rep, pub):
-                sock.close()
+            for sock in (pull, rep, pub, self._uplink):
+                if sock is not None:
+                    sock.close()
             if journal is not None:
                 journal.close()
 
@@ -243,22 +253,42 @@ class Broker:
             for sock, endpoint in ((pub, self.pub_endpoint), (rep, self.ctl_endpoint)):
                 if self.setup_socket is not None:
                     self.setup_socket(sock, endpoint)
-                _bind(sock, endpoint)
+                bind(sock, endpoint)
+            self.state.endpoints = {
+                "pub": pub.getsockopt_string(zmq.LAST_ENDPOINT),
+                "ctl": rep.getsockopt_string(zmq.LAST_ENDPOINT),
+            }
+            if self.relay is not None:
+                self._uplink = self._dial(self.relay, pub)
+                self.state.endpoints["relay"] = self.relay.side.stream
             journal = None if self.journal_path is None else open_for_append(self.journal_path)
         except BaseException:
-            for sock in (pull, pub, rep):
-                sock.close(linger=0)
+            for sock in (pull, pub, rep, self._uplink):
+                if sock is not None:
+                    sock.close(linger=0)
             raise
-        self.state.endpoints = {
-            "pub": pub.getsockopt_string(zmq.LAST_ENDPOINT),
-            "ctl": rep.getsockopt_string(zmq.LAST_ENDPOINT),
-        }
         return pull, pub, rep, journal
+
+    def _dial(self, relay: Uplink, pub: zmq.Socket) -> zmq.Socket:
+        """Connect out to a relay: the same PUB (one more pipe, no cost per message) and a DEALER for control.
+
+        After the binds, since connecting may change the socket's CURVE role from server to client.
+        """
+        dealer = self._uplink = self.ctx.socket(zmq.DEALER)  # closed by the caller if what follows fails
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.IMMEDIATE, 1)  # nothing queues for an absent relay: the next heartbeat says hello
+        dealer.setsockopt(zmq.ROUTING_ID, self.state.run.encode())
+        dealer.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_REQUEST)
+        relay.dial(pub, relay.side.stream)
+        relay.dial(dealer, relay.side.control)
+        return dealer
 
     def _loop(self, pull: zmq.Socket, pub: zmq.Socket, rep: zmq.Socket, journal: IO[bytes] | None) -> None:
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(rep, zmq.POLLIN)
+        if self._uplink is not None:
+            poller.register(self._uplink, zmq.POLLIN)
         next_beat = time.monotonic()
         next_metrics = next_beat + self.metrics_every
         self._sps_mark = (self.state.timesteps, next_beat)
@@ -268,6 +298,7 @@ class Broker:
                 if self._abandoned(pub, journal):
                     return
                 self._publish(pub, journal, Topic.HEARTBEAT, self._heartbeat())
+                self._say_hello()
                 next_beat = now + self.heartbeat_every
             if now >= next_metrics:
                 if self.state.state not in _NOT_TRAINING:
@@ -278,6 +309,8 @@ class Broker:
                 return
             if rep in events:
                 self._answer(rep)
+            if self._uplink is not None and self._uplink in events:
+                self._answer_relayed(self._uplink)
 
     def _drain(self, pull: zmq.Socket, pub: zmq.Socket, journal: IO[bytes] | None) -> bool:
         """Forward up to `_BATCH` hand-offs of staged messages; False once the close sentinel arrives."""
@@ -368,14 +401,28 @@ class Broker:
 
     def _answer(self, rep: zmq.Socket) -> None:
         """Reply to exactly one request, whatever it holds, so REP never gets stuck."""
-        frames = rep.recv_multipart()
+        rep.send(self._reply(rep.recv_multipart()))
+
+    def _say_hello(self) -> None:
+        """Tell the relay (if any, and connected) which run it reaches here; it forgets runs that stop saying so."""
+        if self._uplink is not None:
+            _send_now(self._uplink, [HELLO, self._hello])
+
+    def _answer_relayed(self, dealer: zmq.Socket) -> None:
+        """A request through the relay, ``[*return_address, b"", request]``: the reply goes back with the address."""
+        frames = dealer.recv_multipart()
+        if b"" in frames:
+            at = frames.index(b"")
+            _send_now(dealer, [*frames[:at + 1], self._reply(frames[at + 1:])])
+
+    def _reply(self, frames: list[bytes]) -> bytes:
         try:
             reply = protocol.ok_reply(self._execute(protocol.parse_request(frames)))
         except ProtocolError as exc:
             reply = protocol.error_reply(str(exc))
         except Exception as exc:  # a bug must not wedge the control socket
             reply = protocol.error_reply(f"internal error: {type(exc).__name__}: {exc}")
-        rep.send(reply)
+        return reply
 
     def _execute(self, cmd: Command) -> dict[str, Any]:
         state = self.state
@@ -398,7 +445,7 @@ class Broker:
         return {"state": str(State.SAVING)}
 
 
-def _bind(sock: zmq.Socket, endpoint: str) -> None:
+def bind(sock: zmq.Socket, endpoint: str) -> None:
     """Bind, retrying briefly while the address is in use: libzmq releases a closed socket's port
     in its own thread, a moment after ``close`` returns, and the next ``learn()`` binds at once."""
     deadline = time.monotonic() + BIND_RETRY
@@ -410,6 +457,14 @@ def _bind(sock: zmq.Socket, endpoint: str) -> None:
             if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
                 raise OSError(f"cannot bind {endpoint}: {exc}") from None
         time.sleep(0.02)
+
+
+def _send_now(sock: zmq.Socket, frames: list[bytes]) -> None:
+    """Send or drop: a relay that is away or full gets the next hello, and a client retries."""
+    try:
+        sock.send_multipart(frames, zmq.NOBLOCK)
+    except zmq.Again:
+        pass
 
 
 def _records(batch: bytes) -> Iterator[tuple[Topic, bytes]]:

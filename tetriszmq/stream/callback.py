@@ -39,6 +39,7 @@ from stable_baselines3.common.monitor import Monitor
 from tetriszmq.stream.broker import Broker, check_endpoints
 from tetriszmq.stream.checkpoints import Checkpoints, counters_of
 from tetriszmq.stream.protocol import State, Topic
+from tetriszmq.stream.relay import Uplink, side
 from tetriszmq.stream.security import ServerCurve, check_exposure
 from tetriszmq.stream.state import TrainerState, lineage_of, write_run_file
 
@@ -152,7 +153,9 @@ class StreamCallback(BaseCallback):
     :param metrics_every: seconds between metrics messages.
     :param info_keys: keys of an episode's last ``info`` to publish with it (``is_success``).
     :param curve: CURVE keys for both sockets; required for a network address.
-    :param insecure: bind a network address without CURVE anyway (with a warning).
+    :param insecure: bind (or connect to a relay at) a network address without CURVE anyway (with a warning).
+    :param relay: (without ``broker``) also connect out to a relay's trainers side
+        (``tcp://relay-box:5557``, or an `Uplink` with CURVE client keys), so the relay's clients reach this run.
     """
 
     def __init__(
@@ -171,13 +174,19 @@ class StreamCallback(BaseCallback):
         info_keys: Sequence[str] = (),
         curve: ServerCurve | None = None,
         insecure: bool = False,
+        relay: Uplink | str | None = None,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
         self._own_broker = broker is None
+        self.relay = Uplink(side(relay, "relay")) if isinstance(relay, str) else relay
         if broker is None:
             check_endpoints(pub, ctl)
             check_exposure([pub, ctl], curve is not None, insecure, advice=EXPOSURE_ADVICE)
+            if self.relay is not None:
+                check_exposure([self.relay.side.stream, self.relay.side.control], self.relay.curve is not None,
+                               insecure, advice="Pass relay=Uplink(side, ClientCurve(...)), or insecure=True.",
+                               action="connect to")
         self.endpoints = (pub, ctl)
         self.run_name = run_name
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -294,7 +303,7 @@ class StreamCallback(BaseCallback):
         self.tap.latest = self.state.scalars
         self.broker = Broker(self.state, pub, ctl, metrics_every=self.metrics_every,
                              journal=self.run_dir / "metrics.jsonl" if self.run_dir is not None else None,
-                             setup_socket=self.curve.apply if self.curve is not None else None)
+                             setup_socket=self.curve.apply if self.curve is not None else None, relay=self.relay)
         if self.curve is not None:
             self._authenticator = self.curve.start(self.broker.ctx)
         try:

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import zmq
 
-from tetriszmq.stream import protocol
+from tetriszmq.stream import protocol, relay
 from tetriszmq.stream.protocol import Command
 from tetriszmq.stream.security import ClientCurve
 
@@ -21,10 +21,14 @@ class NoReply(TimeoutError):
 
 
 def request(endpoint: str, cmd: Command | str, *, timeout: float = 3.0, retries: int = 2,
-            curve: ClientCurve | None = None, ctx: zmq.Context | None = None) -> dict[str, Any]:
-    """Send one command and return the decoded reply (``{"ok": ...}``)."""
+            curve: ClientCurve | None = None, ctx: zmq.Context | None = None, run: str | None = None
+            ) -> dict[str, Any]:
+    """Send one command and return the decoded reply (``{"ok": ...}``).
+
+    ``run``: the run it is for, when ``endpoint`` is a relay's (see `tetriszmq.stream.relay`).
+    """
     ctx = ctx or zmq.Context.instance()
-    payload = protocol.encode_request(cmd)
+    payload = protocol.encode_request(cmd) if run is None else relay.encode_request(str(cmd), run)
     for _ in range(retries + 1):
         with req_socket(ctx, endpoint, curve) as sock:
             sock.send(payload)

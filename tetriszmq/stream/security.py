@@ -106,8 +106,9 @@ class ClientCurve:
 CLI_ADVICE = "Use --curve-secret-key and --curve-allow (see `tetriszmq keys`), or --insecure."
 
 
-def check_exposure(endpoints: list[str], secured: bool, insecure: bool, advice: str = CLI_ADVICE) -> None:
-    """Refuse to bind beyond loopback without CURVE, unless ``insecure``; then warn.
+def check_exposure(endpoints: list[str], secured: bool, insecure: bool, advice: str = CLI_ADVICE,
+                   action: str = "bind") -> None:
+    """Refuse to bind (or ``action``: connect to) beyond loopback without CURVE, unless ``insecure``; then warn.
 
     ``advice`` says how to secure it or override, in the caller's terms (flags or arguments).
     """
@@ -116,7 +117,7 @@ def check_exposure(endpoints: list[str], secured: bool, insecure: bool, advice: 
         return
     if not insecure:
         raise SecurityError(
-            f"refusing to bind {', '.join(exposed)} without CURVE: anyone on the network could watch and "
+            f"refusing to {action} {', '.join(exposed)} without CURVE: anyone on the network could watch and "
             f"stop training. {advice}")
     print(f"tetriszmq: WARNING: {', '.join(exposed)} is reachable from the network, unencrypted and "
           "unauthenticated (insecure)", file=sys.stderr)

@@ -1,0 +1,323 @@
+"""The relay: trainers on two hosts dial out to it, a client on a fourth host follows and steers them."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import ROOT, TRAINING, TrainerProcess, free_endpoint, free_port, reap, wait_for
+from netns import LONG, Host, run_in
+
+from tetriszmq.stream.control import request
+from tetriszmq.stream.security import make_keys
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def relay_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tetriszmq keys --names relay,node,client``'s keys, and a stranger's node and client under stranger/."""
+    directory = tmp_path_factory.mktemp("relay-keys")
+    make_keys(directory, ("relay", "node", "client"))
+    make_keys(directory / "stranger", ("stranger-relay", "node", "client"))
+    return directory
+
+
+def curve(keys: Path, who: str, stranger: bool = False) -> list[str]:
+    """A node's or a client's CURVE options towards the relay."""
+    secret = (keys / "stranger" if stranger else keys) / f"{who}.key_secret"
+    return ["--curve-server-key", str(keys / "relay.key"), "--curve-secret-key", str(secret)]
+
+
+@dataclass
+class RelayProcess:
+    args: list[str]
+    log: Path
+    trainers: str  # where trainers connect (`train --relay`)
+    viewers: str  # where clients connect
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        starts = self.log.read_text().count("tetriszmq relay: trainers connect")
+        wait_for(lambda: self.log.read_text().count("tetriszmq relay: trainers connect") > starts, 60,
+                 what="relay ready", alive=lambda: self.proc.poll() is None)
+
+    def kill(self) -> None:
+        self.proc.kill()  # SIGKILL: no chance to close anything
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def relay(four_hosts: list[Host], relay_keys: Path, tmp_path: Path) -> Iterator[RelayProcess]:
+    """A CURVE relay on the first host, binding its address; trainers' nodes and clients let in."""
+    host = four_hosts[0]
+    trainers, viewers = (f"tcp://{host.address}:{free_port()}" for _ in range(2))
+    args = [*host.prefix(), sys.executable, "-m", "tetriszmq", "relay", "--trainers", trainers, "--viewers", viewers,
+            "--curve-secret-key", str(relay_keys / "relay.key_secret"), "--curve-allow", str(relay_keys / "allowed")]
+    process = RelayProcess(args, tmp_path / "relay.log", trainers, viewers)
+    process.start()
+    yield process
+    reap([process.proc])
+
+
+@pytest.fixture
+def loopback(tmp_path: Path) -> Iterator[RelayProcess]:
+    """A relay on loopback without CURVE; it must exit 0 on SIGTERM."""
+    trainers, viewers = (f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}" for _ in range(2))
+    process = RelayProcess([sys.executable, "-m", "tetriszmq", "relay", "--trainers", trainers, "--viewers", viewers],
+                           tmp_path / "relay.log", trainers, viewers)
+    process.start()
+    yield process
+    process.proc.terminate()
+    try:
+        assert process.proc.wait(30) == 0
+    finally:
+        reap([process.proc])
+
+
+class Client:
+    """tests/relay_client.py in a host: its events as they come, and reports on demand."""
+
+    def __init__(self, host: Host, viewers: str, *extra: str) -> None:
+        self.proc = subprocess.Popen([*host.prefix(), sys.executable, "tests/relay_client.py", viewers, *extra],
+                                     cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.events: queue.Queue[dict] = queue.Queue()
+        self.seen: list[dict] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.events.put(orjson.loads(line))
+
+    def until(self, predicate: Callable[[dict], bool], timeout: float = 90) -> dict:
+        """Wait for the next event that satisfies ``predicate``, keeping every event in ``seen``."""
+        while True:
+            event = self.events.get(timeout=timeout)
+            self.seen.append(event)
+            if predicate(event):
+                return event
+
+    def report(self) -> dict[str, dict]:
+        self.proc.stdin.write("report\n")
+        self.proc.stdin.flush()
+        return self.until(lambda event: event["event"] == "report")["runs"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        reap([self.proc])
+
+
+def lineage(trainer: TrainerProcess) -> str:
+    wait_for(lambda: (trainer.run_dir / "run.json").exists(), 120, what="run.json", alive=lambda: trainer.proc.poll()
+             is None)
+    return orjson.loads((trainer.run_dir / "run.json").read_bytes())["lineage"]
+
+
+def journal_seqs(trainer: TrainerProcess, run: str) -> set[int]:
+    """The seqs of the episodes and metrics that process ``run`` journaled."""
+    lines = (orjson.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_bytes().splitlines())
+    return {msg["seq"] for msg in lines if msg["run"] == run and msg["topic"] in ("episode", "metrics")}
+
+
+def ctl(host: Host, relay: RelayProcess, cmd: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_in(host, "-m", "tetriszmq", "ctl", cmd, "--relay", relay.viewers, "--timeout", "3", *extra)
+
+
+def test_two_trainers_behind_a_relay_stream_stop_and_survive_its_kill(four_hosts, relay, relay_keys, trainers):
+    _, node_a, node_b, client_host = four_hosts
+    a, b = (trainers(*LONG, "--relay", relay.trainers, *curve(relay_keys, "node"), prefix=node.prefix())
+            for node in (node_a, node_b))
+    lineages = {lineage(a): a, lineage(b): b}
+    client = Client(client_host, relay.viewers, *curve(relay_keys, "client"))
+    try:
+        joined = {client.until(lambda e: e["event"] == "snapshot")["lineage"] for _ in range(2)}
+        assert joined == set(lineages)
+        listed = orjson.loads(ctl(client_host, relay, "runs", *curve(relay_keys, "client")).stdout)
+        assert {r["lineage"] for r in listed["runs"]} == set(lineages)
+
+        relay.kill()
+        relay.start()
+        restarted = time.time()
+        wait_for(lambda: all(held["heard"] > restarted for held in client.report().values()), 120, every=0.5,
+                 what="the client hears both runs again")  # in seq order: any gap filled by a snapshot first
+
+        stopped = ctl(client_host, relay, "stop", "--run", lineage(a), *curve(relay_keys, "client"))
+        assert orjson.loads(stopped.stdout) == {"ok": True, "state": "stopping"}, stopped.stderr
+        assert a.wait(120) == 0
+        status = lambda: orjson.loads(ctl(client_host, relay, "status", "--run", lineage(b),  # noqa: E731
+                                          *curve(relay_keys, "client")).stdout)
+        before = status()["timesteps"]
+        wait_for(lambda: status()["timesteps"] > before, 120, every=0.5, what="the other run trains on")
+        assert status()["state"] in TRAINING and b.proc.poll() is None
+
+        run_a, run_b = (orjson.loads((t.run_dir / "run.json").read_bytes())["run"] for t in (a, b))
+        wait_for(lambda: client.report()[run_a]["state"] == "stopped", 60, every=0.5, what="the stop seen")
+        runs = client.report()
+        assert set(runs) == {run_a, run_b}
+        for trainer, run in ((a, run_a), (b, run_b)):
+            held = runs[run]
+            journaled = {seq for seq in journal_seqs(trainer, run) if seq <= held["seq"]}
+            assert journaled <= set(held["kept"])  # whatever the kill cost on the wire, snapshots gave back
+    finally:
+        client.close()
+
+
+def test_wrong_keys_get_nothing(four_hosts, relay, relay_keys, trainers):
+    _, node_a, _, client_host = four_hosts
+    stranger = trainers(*LONG, "--relay", relay.trainers, *curve(relay_keys, "node", stranger=True),
+                        prefix=node_a.prefix())
+    wait_for(lambda: len((stranger.run_dir / "metrics.jsonl").read_bytes().splitlines()) > 10, 120,
+             what="the stranger trainer trains", tolerate=(FileNotFoundError,), alive=lambda: stranger.proc.poll()
+             is None)
+    listed = ctl(client_host, relay, "runs", *curve(relay_keys, "client"))
+    assert orjson.loads(listed.stdout) == {"ok": True, "runs": []}  # a node whose key is not allowed is not routed
+    refused = ctl(client_host, relay, "runs", "--retries", "0", *curve(relay_keys, "client", stranger=True))
+    assert refused.returncode == 3 and "no reply" in refused.stderr
+    heard = run_in(client_host, "tests/probe.py", relay.viewers, "--messages", "1", "--timeout", "3",
+                   *curve(relay_keys, "client", stranger=True))
+    assert orjson.loads(heard.stdout)["received"] == 0
+
+
+def relay_section() -> str:
+    text = (ROOT / "docs" / "PROTOCOL.md").read_text()
+    return text[text.index("## Through a relay"):text.index("## Versioning")]
+
+
+def test_the_protocol_documents_relay_answers_and_client_work_as_written(trainers, loopback):
+    stream, control = loopback.viewers.split(",")
+    trainer = trainers("--set", "train.max_timesteps=3000", "--relay", loopback.trainers)
+    wait_for(lambda: (trainer.run_dir / "run.json").exists(), 120, what="run.json")
+    run = orjson.loads((trainer.run_dir / "run.json").read_bytes())["run"]
+    wait_for(lambda: request(control, "runs")["runs"], 60, what="the trainer's hello")
+    section = relay_section()
+    answers = re.findall(r"^(\{.*\})\s+-> (\{.*\})$", section, re.M)
+    assert len(answers) == 3
+    for asked, documented in answers[1:]:  # `runs` is checked above; its `seen` changes
+        reply = request(control, orjson.loads(asked)["cmd"], run=orjson.loads(asked).get("run"))
+        assert reply == orjson.loads(documented.replace("tiny-66dbdf", run))
+    launched = request(control, "launch", run=run)  # the trainer's own parser answers what the relay forwards
+    assert launched["ok"] is False and launched["error"].startswith('unknown command "launch"; known: stop')
+    source = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    source = source.replace("tcp://127.0.0.1:5559", stream).replace("tcp://127.0.0.1:5560", control)
+    result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("runs: ['")
+    assert re.search(r"^status: (starting|running|saving)$", result.stdout, re.M)
+    assert re.search(rf"^{run} episode \d+: \d+ lines$", result.stdout, re.M)
+    assert trainer.wait(60) == 0
+
+
+def readme_relay_commands() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Training across machines: the relay"):]
+    block = re.search(r"```\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+
+
+def test_the_readmes_relay_commands_work_as_written(tmp_path):
+    """Shortened: loopback for the hosts, free ports, the tiny config; a test's own run directory and ports."""
+    sides = {port: f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}" for port in ("5557", "5559")}
+    swaps = {"configs/default.toml": str(ROOT / "tests" / "tiny.toml"),
+             **{f"tcp://{host}:{port}": side for port, side in sides.items() for host in ("0.0.0.0", "relay-box")}}
+
+    def command(args: list[str]) -> list[str]:
+        args = [swaps.get(arg, arg.replace("keys/", f"{tmp_path}/keys/")) for arg in args]
+        assert args[0] == "tetriszmq"
+        return [sys.executable, "-m", *args]
+
+    keys, relay_args, train, runs, stop = (command(args) for args in readme_relay_commands())
+    assert subprocess.run(keys, capture_output=True, timeout=60).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "keys" / "allowed").iterdir()) == ["client.key", "node.key"]
+    process = RelayProcess(relay_args, tmp_path / "relay.log", sides["5557"], sides["5559"])
+    process.start()
+    trainer = subprocess.Popen([*train, "--run-dir", str(tmp_path / "run"), "--quiet", "--pub", "tcp://127.0.0.1:0",
+                                "--ctl", "tcp://127.0.0.1:0", "--set", "train.max_timesteps=100000000"], cwd=ROOT)
+    try:
+        listed = lambda: orjson.loads(subprocess.run(runs, capture_output=True, timeout=60).stdout)["runs"]  # noqa: E731
+        wait_for(listed, 120, every=0.5, what="the trainer listed", alive=lambda: trainer.poll() is None)
+        run = listed()[0]["lineage"]
+        stopped = subprocess.run([arg.replace("RUN", run) for arg in stop], capture_output=True, timeout=60)
+        assert orjson.loads(stopped.stdout) == {"ok": True, "state": "stopping"}
+        assert trainer.wait(120) == 0
+    finally:
+        reap([trainer])
+        process.proc.terminate()
+        assert process.proc.wait(30) == 0
+
+
+def test_a_stream_callback_in_anyones_script_joins_a_relay_and_obeys_through_it(loopback):
+    script = (f"from stable_baselines3 import PPO\nfrom tetriszmq import StreamCallback\n"
+              f"PPO('MlpPolicy', 'CartPole-v1', n_steps=64, batch_size=64, n_epochs=1).learn(10_000_000, "
+              f"callback=StreamCallback(pub='{free_endpoint()}', ctl='{free_endpoint()}', run_name='cartpole', "
+              f"relay='{loopback.trainers}'))")
+    user = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    control = loopback.viewers.split(",")[1]
+    try:
+        wait_for(lambda: request(control, "runs")["runs"], 120, every=0.5, what="the script's hello",
+                 alive=lambda: user.poll() is None)
+        (listed,) = request(control, "runs")["runs"]
+        assert listed["run"].startswith("cartpole-")
+        assert request(control, "stop", run=listed["lineage"]) == {"ok": True, "state": "stopping"}
+        assert user.wait(60) == 0
+    finally:
+        reap([user])
+
+
+def test_the_relay_and_ctl_load_neither_sb3_nor_torch():
+    """A relay box needs no deep-learning stack: the command's imports stop at ZeroMQ."""
+    probe = ("import sys, tetriszmq.cli, tetriszmq.stream.relay; "
+             "print(sorted({'torch', 'stable_baselines3'} & set(sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60).stdout.strip() == "[]"
+
+
+def relay_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tetriszmq", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_a_request_for_an_unknown_run_gets_a_clear_error(loopback):
+    viewers = loopback.viewers
+    unknown = relay_cli("ctl", "status", "--relay", viewers, "--run", "nobody-123456")
+    assert unknown.returncode == 1
+    assert orjson.loads(unknown.stdout) == {"ok": False, "error": 'unknown run "nobody-123456": the relay '
+                                            "routes to none (a process run id or a lineage)"}
+    assert orjson.loads(relay_cli("ctl", "runs", "--relay", viewers).stdout) == {"ok": True, "runs": []}
+    unnamed = request(viewers.split(",")[1], "status")
+    assert unnamed["ok"] is False and '"run"' in unnamed["error"] and "runs" in unnamed["error"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["relay", "--trainers", "tcp://127.0.0.1:6001", "--viewers", "tcp://127.0.0.1:6002"],
+     "need four different endpoints"),
+    (["relay", "--trainers", "tcp://0.0.0.0:6001"], "refusing to bind tcp://0.0.0.0:6001"),
+    (["relay", "--viewers", "relay-box:5559"], "--viewers 'relay-box:5559': give tcp://HOST:PORT"),
+    (["relay", "--curve-secret-key", "k"], "--curve-secret-key and --curve-allow go together"),
+    (["relay", "--expire", "0"], "--expire must be > 0"),
+    (["relay", "--curve-secret-key", "missing.key_secret", "--curve-allow", "."], "cannot read CURVE key"),
+    (["ctl", "status", "--relay", "tcp://127.0.0.1:6001"], "--relay needs --run"),
+    (["ctl", "runs"], "go with --relay"),
+    (["train", "--config", "tests/tiny.toml", "--relay", "tcp://relay-box"], "publish.relay 'tcp://relay-box'"),
+    (["train", "--config", "tests/tiny.toml", "--relay", "tcp://10.1.2.3:5557"],
+     "refusing to connect to tcp://10.1.2.3:5557"),
+    (["train", "--config", "tests/tiny.toml", "--curve-server-key", "relay.key"], "needs publish.relay"),
+])
+def test_bad_relay_arguments_exit_2_with_a_clear_message(args, message, tmp_path):
+    result = relay_cli(*args, *(["--run-dir", str(tmp_path / "r")] if args[0] == "train" else []))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()

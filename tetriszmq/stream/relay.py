@@ -1,0 +1,296 @@
+"""The relay: trainers dial out to it, viewers and ``tetriszmq ctl`` dial in; it routes and keeps no run state.
+
+Four bound sockets, two per side (ZeroMQ's proxy pattern, zguide chapter 2, "Dynamic Discovery"):
+
+- stream: the trainers' PUB sockets connect to an XSUB, the viewers' SUB sockets to an XPUB, and
+  `zmq.proxy_steerable` copies messages one way and subscriptions the other, in C, in its own
+  thread. Messages pass byte for byte (the envelope already names its ``run``), so a viewer sees
+  the trainers' own ``seq`` and fills any gap with ``snapshot`` as it would with a direct trainer.
+- control: each trainer's DEALER (routing id: its run id) connects to a ROUTER and says ``hello``
+  with its run and lineage on every heartbeat; clients' REQ (or DEALER) sockets connect to a second
+  ROUTER and name the run in the request. The relay forwards the request to the trainer with the
+  client's return address in front (the zguide's extended reply envelope) and the trainer sends it
+  back with the reply, so the relay remembers nothing per request.
+
+The only state is the table of runs heard from in the last `expire` seconds, rebuilt from the
+hellos within one heartbeat of a restart: killing the relay loses no training and no metrics
+(trainers journal their own), ZeroMQ reconnects both sides, and viewers fill the gap with
+``snapshot`` through the new relay.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import zmq
+
+from tetriszmq.stream import protocol
+from tetriszmq.stream.protocol import ProtocolError
+from tetriszmq.stream.security import ClientCurve, ServerCurve
+
+HELLO = b"hello"  # first frame of a trainer's registration, [HELLO, {"run", "lineage"}]
+RUNS = "runs"  # the relay's own command: the runs it routes to
+EXPIRE = 5.0  # s without a hello before a run is forgotten (trainers say hello every heartbeat, 0.5 s)
+STREAM_HWM = 10_000  # messages per viewer: 10 s of 32 trainers' default streams (~1 KB each)
+PING_MS, PING_TIMEOUT_MS = 1000, 3000  # ZMTP heartbeats: a peer gone without a FIN is noticed in 3 s
+MAX_LISTED = 20  # runs named in an "unknown run" error
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side's two endpoints: stream (XSUB or XPUB) and control (ROUTER)."""
+
+    stream: str
+    control: str
+
+
+def side(spec: str, what: str) -> Side:
+    """``STREAM[,CONTROL]``; CONTROL defaults to STREAM's port + 1 (as the trainer pairs 5555 and 5556)."""
+    stream, _, control = (part.strip() for part in spec.partition(","))
+    if not control:
+        parts = urlsplit(stream)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme != "tcp" or port is None:
+            raise ValueError(f"{what} {spec!r}: give tcp://HOST:PORT, or STREAM,CONTROL endpoints")
+        control = f"tcp://{parts.netloc.rsplit(':', 1)[0]}:{port + 1}"
+    from tetriszmq.stream.broker import check_endpoints
+
+    try:
+        check_endpoints(stream, control)
+    except ValueError as exc:
+        raise ValueError(f"{what} {spec!r}: {exc}") from None
+    return Side(stream, control)
+
+
+def encode_request(cmd: str, run: str | None) -> bytes:
+    """A client's request through the relay: the trainer's request plus the ``run`` it is for."""
+    return orjson.dumps({"cmd": cmd, "v": protocol.VERSION, **({"run": run} if run else {})})
+
+
+@dataclass
+class Route:
+    """A trainer process the relay can reach: heard from at ``seen`` (monotonic)."""
+
+    run: str
+    lineage: str
+    identity: bytes
+    seen: float
+
+
+class Routes:
+    """Runs by process id and lineage, from the trainers' hellos; forgotten after `expire` s of silence."""
+
+    def __init__(self, expire: float) -> None:
+        self.expire = expire
+        self._by_run: dict[str, Route] = {}
+
+    def hello(self, identity: bytes, raw: bytes) -> None:
+        """Register (or refresh) the trainer behind ``identity``; a malformed hello is ignored."""
+        try:
+            hello = orjson.loads(raw)
+            run, lineage = hello["run"], hello.get("lineage") or hello["run"]
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            return
+        if isinstance(run, str) and isinstance(lineage, str) and protocol.RUN_ID_PATTERN.match(run):
+            self._by_run[run] = Route(run, lineage, identity, time.monotonic())
+
+    def find(self, name: str) -> Route:
+        """The route of a process run id or of a lineage (its newest process); `ProtocolError` if unknown."""
+        self.prune()
+        if name in self._by_run:
+            return self._by_run[name]
+        processes = [route for route in self._by_run.values() if route.lineage == name]
+        if processes:
+            return max(processes, key=lambda route: route.seen)
+        known = ", ".join(sorted(self._by_run)[:MAX_LISTED]) or "none"
+        raise ProtocolError(f"unknown run {protocol.quote(name)}: the relay routes to {known} "
+                            "(a process run id or a lineage)")
+
+    def forget(self, route: Route) -> None:
+        self._by_run.pop(route.run, None)
+
+    def listing(self) -> list[dict[str, Any]]:
+        self.prune()
+        now = time.monotonic()
+        return [{"run": r.run, "lineage": r.lineage, "seen": round(now - r.seen, 3)}
+                for r in sorted(self._by_run.values(), key=lambda r: r.run)]
+
+    def prune(self) -> None:
+        cutoff = time.monotonic() - self.expire
+        for route in [r for r in self._by_run.values() if r.seen < cutoff]:
+            self.forget(route)
+
+
+class Relay:
+    """Binds both sides and routes until `stop`; see the module docstring."""
+
+    def __init__(self, trainers: Side, viewers: Side, *, curve: ServerCurve | None = None,
+                 expire: float = EXPIRE) -> None:
+        self.trainers, self.viewers = trainers, viewers
+        self.curve = curve
+        self.routes = Routes(expire)
+        self.ctx = zmq.Context()
+        self._stopped = threading.Event()
+        self._steer = f"inproc://tetriszmq-relay-steer-{id(self):x}"
+
+    def serve(self, on_ready: Callable[[], None] = lambda: None) -> None:
+        """Bind (then call ``on_ready``), relay until `stop` is called (from any thread), then close everything.
+
+        Raises `OSError` if an endpoint cannot be bound, `SecurityError` for unusable keys.
+        """
+        sockets: list[zmq.Socket] = []
+        auth = None
+        try:
+            auth = self.curve.start(self.ctx) if self.curve else None
+            xsub, xpub, nodes, clients = self._bind(sockets)
+            on_ready()
+            proxy = threading.Thread(target=self._proxy, args=(xsub, xpub), name="tetriszmq-relay-stream",
+                                     daemon=True)
+            steer = self._socket(zmq.PAIR, sockets)
+            steer.bind(self._steer)
+            proxy.start()
+            try:
+                self._route(nodes, clients)
+            finally:
+                steer.send(b"TERMINATE")
+                proxy.join()
+        finally:
+            for sock in sockets:
+                sock.close(linger=0)
+            if auth is not None:
+                auth.stop()
+            self.ctx.term()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _socket(self, kind: int, sockets: list[zmq.Socket]) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sockets.append(sock)
+        sock.setsockopt(zmq.LINGER, 0)
+        return sock
+
+    def _bind(self, sockets: list[zmq.Socket]) -> tuple[zmq.Socket, zmq.Socket, zmq.Socket, zmq.Socket]:
+        from tetriszmq.stream.broker import MAX_WIRE_REQUEST, bind
+
+        xsub, xpub = self._socket(zmq.XSUB, sockets), self._socket(zmq.XPUB, sockets)
+        nodes, clients = self._socket(zmq.ROUTER, sockets), self._socket(zmq.ROUTER, sockets)
+        xsub.setsockopt(zmq.RCVHWM, STREAM_HWM)
+        xpub.setsockopt(zmq.SNDHWM, STREAM_HWM)
+        for router in (nodes, clients):
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unreachable trainer or client is an error, not silence
+        nodes.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a trainer back from a network blip takes its run id over
+        clients.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_REQUEST)
+        pairs = ((xsub, self.trainers.stream), (nodes, self.trainers.control),
+                 (xpub, self.viewers.stream), (clients, self.viewers.control))
+        for sock, endpoint in pairs:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, PING_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, PING_TIMEOUT_MS)
+            if self.curve is not None:
+                self.curve.apply(sock)
+            bind(sock, endpoint)
+        return xsub, xpub, nodes, clients
+
+    def _proxy(self, xsub: zmq.Socket, xpub: zmq.Socket) -> None:
+        steer = self.ctx.socket(zmq.PAIR)
+        steer.connect(self._steer)
+        try:
+            zmq.proxy_steerable(xsub, xpub, None, steer)
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            steer.close(linger=0)
+
+    def _route(self, nodes: zmq.Socket, clients: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(nodes, zmq.POLLIN)
+        poller.register(clients, zmq.POLLIN)
+        while not self._stopped.is_set():
+            events = dict(poller.poll(200))
+            if nodes in events:
+                self._from_trainer(nodes.recv_multipart(), clients)
+            if clients in events:
+                self._from_client(clients.recv_multipart(), nodes, clients)
+
+    def _from_trainer(self, frames: list[bytes], clients: zmq.Socket) -> None:
+        """A hello, or a reply to pass back: ``[identity, *return_address, b"", reply]``."""
+        if len(frames) == 3 and frames[1] == HELLO:
+            self.routes.hello(frames[0], frames[2])
+        elif len(frames) >= 4 and b"" in frames[2:]:
+            _send(clients, frames[1:])
+
+    def _from_client(self, frames: list[bytes], nodes: zmq.Socket, clients: zmq.Socket) -> None:
+        """``[*return_address, b"", request]``: answer it here, or forward it to the run it names."""
+        if b"" not in frames:
+            return  # no return address to answer to
+        at = frames.index(b"")
+        address, body = frames[:at + 1], frames[at + 1:]
+        try:
+            forward = self._forward(body)
+        except ProtocolError as exc:
+            _send(clients, [*address, protocol.error_reply(str(exc))])
+            return
+        if isinstance(forward, bytes):
+            _send(clients, [*address, forward])
+            return
+        route, request = forward
+        if not _send(nodes, [route.identity, *address, request]):
+            self.routes.forget(route)
+            _send(clients, [*address, protocol.error_reply(
+                f"run {protocol.quote(route.run)} is not connected to the relay any more")])
+
+    def _forward(self, body: list[bytes]) -> bytes | tuple[Route, bytes]:
+        """The relay's own reply, or the route and the request to forward (without its ``run``)."""
+        if len(body) != 1:
+            raise ProtocolError(f"expected 1 frame, got {len(body)}")
+        request = protocol.decode_request(body[0], {"cmd", "v", "run"})
+        if request.get("cmd") == RUNS and "run" not in request:
+            return protocol.ok_reply({"runs": self.routes.listing()})
+        run = request.pop("run", None)
+        if not isinstance(run, str):
+            raise ProtocolError(f'a request through the relay names its "run" (a string), got '
+                                f'{protocol.json_type(run) if run is not None else "none"}; '
+                                f'{{"cmd": "{RUNS}"}} lists them')
+        route = self.routes.find(run)
+        try:
+            return route, orjson.dumps(request)
+        except orjson.JSONEncodeError as exc:  # an integer beyond 64 bits: the trainer could not take it either
+            raise ProtocolError(f"request cannot be forwarded: {exc}") from None
+
+
+def _send(sock: zmq.Socket, frames: Iterable[bytes]) -> bool:
+    """Send without waiting; False if the peer is gone or full (ROUTER_MANDATORY says which, we need not)."""
+    try:
+        sock.send_multipart(list(frames), zmq.NOBLOCK)
+    except zmq.ZMQError as exc:
+        if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+            raise
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Uplink:
+    """A trainer's way out to a relay: the relay's trainers side, and CURVE client keys if it has them."""
+
+    side: Side
+    curve: ClientCurve | None = None
+
+    def dial(self, sock: zmq.Socket, endpoint: str) -> None:
+        """Connect ``sock`` as a CURVE client (or in the clear), whatever it was bound as before."""
+        sock.setsockopt(zmq.HEARTBEAT_IVL, PING_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, PING_TIMEOUT_MS)
+        if self.curve is not None:
+            self.curve.apply(sock)
+        else:
+            sock.curve_server = False  # the mechanism of a later connect: NULL, even after a CURVE bind
+        sock.connect(endpoint)

@@ -97,7 +97,7 @@ def main() -> None:
     with spawned(publisher, pub, ctl, episodes) as (_, pipe):
         if not pipe.poll(120) or pipe.recv() != "ready":
             raise RuntimeError("the publisher did not fill its history")
-        with serving("viewer", pub, ctl, port, ()) as pid:
+        with serving("viewer", [(pub, ctl)], port, ()) as pid:
             cpu = cpu_seconds(pid)
             totals, window, first = asyncio.run(storm(port, clients, seconds))
             cpu = cpu_seconds(pid) - cpu

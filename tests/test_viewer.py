@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 import pytest
 import zmq
-from conftest import free_port
+from conftest import free_port, wait_for
 from viewer_support import Recorder, ViewerProcess, connect, fetch_status, journal
 
 from tetriszmq.stream.broker import Broker
@@ -191,6 +191,8 @@ def test_control_needs_the_token_and_stop_stops_the_trainer(trainers, viewers):
     trainer = trainers(*LONG)
     viewer = viewers(trainer.pub, trainer.ctl, env={"TETRISZMQ_TOKEN": "s3cret"})
     assert viewer.token == "s3cret"
+    # a remote trainer is named by its endpoint until the viewer hears its run, then by the run
+    wait_for(lambda: viewer.status()["trainer"]["id"].startswith("trainer~tiny-"), what="the trainer's run heard")
 
     async def body(session: aiohttp.ClientSession) -> None:
         status, reply = await control(session, viewer, {"cmd": "stop"})

@@ -51,6 +51,7 @@ const view = {
   listed: false,
   boardDirty: true,
   colours: 0,
+  standIn: null,  // a finished run charted only because no run was live when the page opened
 };
 
 const charts = new Charts($("main-charts"), $("groups"), () => [...view.runs.values()].filter((r) => r.selected));
@@ -59,6 +60,7 @@ const list = new RunList($("run-table"), $("filter"), $("runs-count"), {
     const run = view.runs.get(id);
     if (!run) return;
     run.selected = on;
+    view.standIn = null;  // the user chose: keep what they chose
     charts.touchAll(true);
     changed();
   },
@@ -148,7 +150,7 @@ function take(run, m) {
 
 function add(entry) {
   const run = new Run(entry, PALETTE[view.colours++ % PALETTE.length]);
-  if (view.listed && entry.live) run.selected = true;  // a run started while the page is open joins the charts
+  if (view.listed && entry.live) joinLive(run);  // a run started while the page is open joins the charts
   view.runs.set(entry.id, run);
   return run;
 }
@@ -159,6 +161,14 @@ function firstSelection() {
   const live = runs.filter((r) => r.entry.live);
   const latest = runs.sort((a, b) => (b.entry.started || 0) - (a.entry.started || 0))[0];
   for (const run of live.length ? live : latest ? [latest] : []) run.selected = true;
+  view.standIn = live.length ? null : latest || null;
+}
+
+// The first live run takes the place of the finished run shown only because nothing was live.
+function joinLive(run) {
+  run.selected = true;
+  if (view.standIn) view.standIn.selected = false;
+  view.standIn = null;
 }
 
 function onMessage(event) {

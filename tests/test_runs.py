@@ -233,13 +233,15 @@ def test_a_remote_trainer_is_named_by_its_process_and_one_under_runs_is_listed_o
     viewer = viewers(None, None, "--runs", str(root), "--trainer", f"{remote.pub},{remote.ctl}",
                      "--trainer", f"{local.pub},{local.ctl}")
 
+    wait_for(lambda: (remote.run_dir / "run.json").exists(), timeout=60, what="the remote trainer started")
+    remote_id = f"trainer~{resumed_process(remote.run_dir)}"  # the local trainer is a tiny-* process too
+
     async def early(session: aiohttp.ClientSession) -> None:
         """A browser watching every run from before the trainers are heard sees them renamed, and stays."""
         browser = await connect(session, viewer, runs=True)
         await browser.watch("*")
-        snapshot = await browser.until(lambda m: m["topic"] == "snapshot" and m["id"].startswith("trainer~tiny-"),
-                                       timeout=120)
-        await browser.until(lambda m: m["topic"] == "episode" and m["id"] == snapshot["id"], timeout=60)
+        await browser.until(lambda m: m["topic"] == "snapshot" and m["id"] == remote_id, timeout=120)
+        await browser.until(lambda m: m["topic"] == "episode" and m["id"] == remote_id, timeout=60)
 
     run(early)
 

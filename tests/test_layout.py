@@ -35,6 +35,29 @@ def test_stream_package_imports_only_itself_from_tetriszmq():
         assert not outside, f"{path.relative_to(ROOT)} imports {sorted(outside)}"
 
 
+def stream_imports() -> dict[str, set[str]]:
+    """Each module of tetriszmq/stream and the modules of the package it imports, lazy imports included."""
+    modules = {path.stem for path in STREAM.glob("*.py")} - {"__init__"}
+    return {name: {other for other in modules if f"tetriszmq.stream.{other}" in imported_modules(STREAM / f"{name}.py")}
+            for name in modules}
+
+
+def test_stream_modules_import_one_another_without_a_cycle():
+    """A cycle works only while every import of it stays lazy; one moved to the top breaks the package."""
+    graph = stream_imports()
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import cycle: {' -> '.join((*path[path.index(name):], name))}"
+        if name not in done:
+            for other in sorted(graph[name]):
+                visit(other, (*path, name))
+            done.add(name)
+
+    for name in sorted(graph):
+        visit(name, ())
+
+
 @pytest.mark.slow  # a real training process
 def test_stream_callback_runs_on_cartpole_with_the_tetris_side_unimportable(tmp_path):
     """Import and use `StreamCallback` with tetris-gymnasium and our game modules blocked outright."""

@@ -46,6 +46,7 @@ from tetriszmq.stream.history import RunHistory
 from tetriszmq.stream.journal import open_for_append
 from tetriszmq.stream.protocol import Command, ProtocolError, State, Topic
 from tetriszmq.stream.relay import HELLO, Uplink
+from tetriszmq.stream.sockets import MAX_WIRE_REQUEST, bind
 from tetriszmq.stream.state import TrainerState
 
 _CLOSE = b""  # a flush never sends an empty batch
@@ -58,31 +59,10 @@ _BATCH = 256  # hand-offs drained per wake-up before the REP socket gets a turn
 # ended (`stopped` or `error` is a run's last journaled word).
 _NOT_TRAINING = frozenset({State.STARTING, State.STOPPED, State.ERROR})
 _JOURNALED = frozenset({Topic.STATUS, Topic.METRICS, Topic.EPISODE})
-MAX_WIRE_REQUEST = 1 << 20  # larger requests drop the connection instead of being read
 SWITCH_INTERVAL = 0.001  # s; with CPython's 5 ms a real trainer's board p99 was 19.8 ms on a busy 2-core box, now 9.5
-ENDPOINT_SCHEMES = ("tcp", "ipc", "inproc")
-BIND_RETRY = 2.0  # s during which an address in use is retried (see `bind`)
 
 SocketSetup = Callable[[zmq.Socket, str], None]
 Watch = Callable[[], "str | None"]  # None while training goes on; else why the run is over
-
-
-def check_endpoints(pub: str, ctl: str) -> None:
-    """Refuse endpoints that cannot be bound, with a message that says why (ZeroMQ's would not)."""
-    for name, endpoint in (("pub", pub), ("ctl", ctl)):
-        if not isinstance(endpoint, str) or "://" not in endpoint:
-            raise ValueError(f"{name}={endpoint!r}: an endpoint is SCHEME://ADDRESS, e.g. tcp://127.0.0.1:5555")
-        scheme, address = endpoint.split("://", 1)
-        if scheme not in ENDPOINT_SCHEMES:
-            raise ValueError(f"{name}={endpoint!r}: scheme {scheme!r} cannot be bound; use one of "
-                             f"{', '.join(ENDPOINT_SCHEMES)}")
-        if scheme == "tcp":
-            host, _, port = address.rpartition(":")
-            if not host or not (port == "*" or (port.isdigit() and int(port) <= 65535)):
-                raise ValueError(f"{name}={endpoint!r}: tcp needs HOST:PORT with a port from 0 to 65535 "
-                                 "(0 or * for any free port)")
-    if pub == ctl and not pub.endswith((":0", ":*")):
-        raise ValueError(f"pub and ctl are both {pub!r}: they are two sockets and need two endpoints")
 
 
 class Outbox:
@@ -443,20 +423,6 @@ class Broker:
             raise ProtocolError("this trainer has no checkpoint directory; save is unavailable")
         state.request(save_requested=True)
         return {"state": str(State.SAVING)}
-
-
-def bind(sock: zmq.Socket, endpoint: str) -> None:
-    """Bind, retrying briefly while the address is in use: libzmq releases a closed socket's port
-    in its own thread, a moment after ``close`` returns, and the next ``learn()`` binds at once."""
-    deadline = time.monotonic() + BIND_RETRY
-    while True:
-        try:
-            sock.bind(endpoint)
-            return
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
-                raise OSError(f"cannot bind {endpoint}: {exc}") from None
-        time.sleep(0.02)
 
 
 def _send_now(sock: zmq.Socket, frames: list[bytes]) -> None:

@@ -36,11 +36,12 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter
 from stable_baselines3.common.monitor import Monitor
 
-from tetriszmq.stream.broker import Broker, check_endpoints
+from tetriszmq.stream.broker import Broker
 from tetriszmq.stream.checkpoints import Checkpoints, counters_of
 from tetriszmq.stream.protocol import State, Topic
 from tetriszmq.stream.relay import Uplink, side
 from tetriszmq.stream.security import ServerCurve, check_exposure
+from tetriszmq.stream.sockets import check_endpoints
 from tetriszmq.stream.state import TrainerState, lineage_of, write_run_file
 
 FLUSH_PERIOD = 1 / 30  # seconds between hand-offs to the broker: an episode reaches subscribers this late at most

@@ -33,6 +33,7 @@ import zmq
 from tetriszmq.stream import protocol
 from tetriszmq.stream.protocol import ProtocolError
 from tetriszmq.stream.security import ClientCurve, ServerCurve
+from tetriszmq.stream.sockets import MAX_WIRE_REQUEST, bind, check_endpoints
 
 HELLO = b"hello"  # first frame of a trainer's registration, [HELLO, {"run", "lineage"}]
 RUNS = "runs"  # the relay's own command: the runs it routes to
@@ -62,8 +63,6 @@ def side(spec: str, what: str) -> Side:
         if parts.scheme != "tcp" or port is None:
             raise ValueError(f"{what} {spec!r}: give tcp://HOST:PORT, or STREAM,CONTROL endpoints")
         control = f"tcp://{parts.netloc.rsplit(':', 1)[0]}:{port + 1}"
-    from tetriszmq.stream.broker import check_endpoints
-
     try:
         check_endpoints(stream, control)
     except ValueError as exc:
@@ -180,8 +179,6 @@ class Relay:
         return sock
 
     def _bind(self, sockets: list[zmq.Socket]) -> tuple[zmq.Socket, zmq.Socket, zmq.Socket, zmq.Socket]:
-        from tetriszmq.stream.broker import MAX_WIRE_REQUEST, bind
-
         xsub, xpub = self._socket(zmq.XSUB, sockets), self._socket(zmq.XPUB, sockets)
         nodes, clients = self._socket(zmq.ROUTER, sockets), self._socket(zmq.ROUTER, sockets)
         xsub.setsockopt(zmq.RCVHWM, STREAM_HWM)

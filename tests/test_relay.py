@@ -16,22 +16,30 @@ from pathlib import Path
 
 import orjson
 import pytest
+import zmq
 from conftest import ROOT, TRAINING, TrainerProcess, free_endpoint, free_port, reap, wait_for
 from netns import LONG, Host, run_in
+from zmq.utils.monitor import parse_monitor_message
 
 from tetriszmq.stream.control import request
-from tetriszmq.stream.security import make_keys
+from tetriszmq.stream.security import ClientCurve, make_keys
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def relay_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``tetriszmq keys --names relay,node,client``'s keys, and a stranger's node and client under stranger/."""
+    """``tetriszmq keys --names relay,client --trainers node``'s keys; a stranger's node and client under stranger/."""
     directory = tmp_path_factory.mktemp("relay-keys")
-    make_keys(directory, ("relay", "node", "client"))
-    make_keys(directory / "stranger", ("stranger-relay", "node", "client"))
+    make_keys(directory, ("relay", "client"), trainers=("node",))
+    make_keys(directory / "stranger", ("stranger-relay", "client"), trainers=("node",))
     return directory
+
+
+def relay_curve(keys: Path) -> list[str]:
+    """The relay's CURVE options: its key pair, the clients' keys and, apart, the trainers'."""
+    return ["--curve-secret-key", str(keys / "relay.key_secret"), "--curve-allow", str(keys / "allowed"),
+            "--curve-allow-trainers", str(keys / "allowed-trainers")]
 
 
 def curve(keys: Path, who: str, stranger: bool = False) -> list[str]:
@@ -67,7 +75,7 @@ def relay(four_hosts: list[Host], relay_keys: Path, tmp_path: Path) -> Iterator[
     host = four_hosts[0]
     trainers, viewers = (f"tcp://{host.address}:{free_port()}" for _ in range(2))
     args = [*host.prefix(), sys.executable, "-m", "tetriszmq", "relay", "--trainers", trainers, "--viewers", viewers,
-            "--curve-secret-key", str(relay_keys / "relay.key_secret"), "--curve-allow", str(relay_keys / "allowed")]
+            *relay_curve(relay_keys)]
     process = RelayProcess(args, tmp_path / "relay.log", trainers, viewers)
     process.start()
     yield process
@@ -192,6 +200,89 @@ def test_wrong_keys_get_nothing(four_hosts, relay, relay_keys, trainers):
     assert orjson.loads(heard.stdout)["received"] == 0
 
 
+def handshake(kind: int, endpoint: str, keys: list[str]) -> int:
+    """Connect a ``kind`` socket with these CURVE options' keys; the monitor's verdict on its handshake."""
+    options = dict(zip(keys[::2], keys[1::2], strict=True))
+    sock = zmq.Context.instance().socket(kind)
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        ClientCurve(Path(options["--curve-server-key"]), Path(options["--curve-secret-key"])).apply(sock)
+        sock.connect(endpoint)
+        assert monitor.poll(30_000), f"no handshake with {endpoint}"
+        return parse_monitor_message(monitor.recv_multipart())["event"]
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
+
+
+def test_each_side_lets_in_its_own_keys_only(relay_keys, tmp_path):
+    """A client's key is refused where trainers connect, so it can neither register a run nor publish."""
+    sides = [f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}" for _ in range(2)]
+    process = RelayProcess([sys.executable, "-m", "tetriszmq", "relay", "--trainers", sides[0], "--viewers", sides[1],
+                            *relay_curve(relay_keys)], tmp_path / "relay.log", *sides)
+    process.start()
+    (up_stream, up_control), (down_stream, down_control) = (side.split(",") for side in sides)
+    node, client = curve(relay_keys, "node"), curve(relay_keys, "client")
+    try:
+        for kind, endpoint in ((zmq.DEALER, up_control), (zmq.PUB, up_stream)):
+            assert handshake(kind, endpoint, client) == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            assert handshake(kind, endpoint, node) == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        for kind, endpoint in ((zmq.REQ, down_control), (zmq.SUB, down_stream)):
+            assert handshake(kind, endpoint, node) == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            assert handshake(kind, endpoint, client) == zmq.EVENT_HANDSHAKE_SUCCEEDED
+    finally:
+        process.proc.terminate()
+        assert process.proc.wait(30) == 0
+
+
+class FakeTrainer:
+    """A trainer's DEALER to the relay, driven by the test: it says hello and answers what it is routed."""
+
+    def __init__(self, control: str, run: str, lineage: str) -> None:
+        self.hello = orjson.dumps({"run": run, "lineage": lineage, "started": time.time()})
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(control)
+        self.say_hello()
+
+    def say_hello(self) -> None:
+        self.sock.send_multipart([b"hello", self.hello])
+
+    def answer(self, reply: dict, timeout: float) -> bool:
+        """Answer one routed request with ``reply``; False if none came within ``timeout`` s."""
+        if not self.sock.poll(int(timeout * 1000)):
+            return False
+        frames = self.sock.recv_multipart()
+        at = frames.index(b"")
+        self.sock.send_multipart([*frames[:at + 1], orjson.dumps(reply)])
+        return True
+
+
+def test_a_second_connection_claiming_a_live_run_gets_none_of_its_control(loopback):
+    up_control, down_control = loopback.trainers.split(",")[1], loopback.viewers.split(",")[1]
+    trainer = FakeTrainer(up_control, "tiny-aaaaaa", "tiny-lineage")
+    wait_for(lambda: request(down_control, "runs")["runs"], 30, what="the trainer's hello")
+    trainer.say_hello()  # the trainer's run is fresh (`--expire` 5 s) when the rogue claims it
+    rogue = FakeTrainer(up_control, "tiny-aaaaaa", "tiny-lineage")
+    wait_for(lambda: "ignoring hellos for run \"tiny-aaaaaa\"" in loopback.log.read_text(), 30,
+             what="the relay refusing the second connection")
+    try:
+        replies: queue.Queue[dict] = queue.Queue()
+        for name in ("tiny-aaaaaa", "tiny-lineage"):
+            trainer.say_hello()
+            asking = threading.Thread(target=lambda n=name: replies.put(request(down_control, "status", run=n)))
+            asking.start()
+            assert trainer.answer({"ok": True, "who": "trainer"}, 30)
+            asking.join(30)
+            assert replies.get_nowait() == {"ok": True, "who": "trainer"}
+        assert not rogue.answer({"ok": True, "who": "rogue"}, 0)
+    finally:
+        trainer.sock.close(linger=0)
+        rogue.sock.close(linger=0)
+
+
 def relay_section() -> str:
     text = (ROOT / "docs" / "PROTOCOL.md").read_text()
     return text[text.index("## Through a relay"):text.index("## Versioning")]
@@ -241,7 +332,8 @@ def test_the_readmes_relay_commands_work_as_written(tmp_path):
 
     keys, relay_args, train, runs, stop = (command(args) for args in readme_relay_commands())
     assert subprocess.run(keys, capture_output=True, timeout=60).returncode == 0
-    assert sorted(p.name for p in (tmp_path / "keys" / "allowed").iterdir()) == ["client.key", "node.key"]
+    assert [p.name for p in (tmp_path / "keys" / "allowed").iterdir()] == ["client.key"]
+    assert [p.name for p in (tmp_path / "keys" / "allowed-trainers").iterdir()] == ["node.key"]
     process = RelayProcess(relay_args, tmp_path / "relay.log", sides["5557"], sides["5559"])
     process.start()
     trainer = subprocess.Popen([*train, "--run-dir", str(tmp_path / "run"), "--quiet", "--pub", "tcp://127.0.0.1:0",
@@ -306,9 +398,13 @@ def test_a_request_for_an_unknown_run_gets_a_clear_error(loopback):
      "need four different endpoints"),
     (["relay", "--trainers", "tcp://0.0.0.0:6001"], "refusing to bind tcp://0.0.0.0:6001"),
     (["relay", "--viewers", "relay-box:5559"], "--viewers 'relay-box:5559': give tcp://HOST:PORT"),
-    (["relay", "--curve-secret-key", "k"], "--curve-secret-key and --curve-allow go together"),
+    (["relay", "--curve-secret-key", "k"], "--curve-secret-key, --curve-allow and --curve-allow-trainers go together"),
+    (["relay", "--curve-secret-key", "k", "--curve-allow", "."], "go together"),
     (["relay", "--expire", "0"], "--expire must be > 0"),
-    (["relay", "--curve-secret-key", "missing.key_secret", "--curve-allow", "."], "cannot read CURVE key"),
+    (["relay", "--curve-secret-key", "missing.key_secret", "--curve-allow", ".", "--curve-allow-trainers", "."],
+     "cannot read CURVE key"),
+    (["relay", "--curve-secret-key", "k", "--curve-allow", ".", "--curve-allow-trainers", "nowhere"],
+     "--curve-allow-trainers nowhere: not a folder"),
     (["ctl", "status", "--relay", "tcp://127.0.0.1:6001"], "--relay needs --run"),
     (["ctl", "runs"], "go with --relay"),
     (["train", "--config", "tests/tiny.toml", "--relay", "tcp://relay-box"], "publish.relay 'tcp://relay-box'"),

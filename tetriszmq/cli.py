@@ -13,7 +13,7 @@ import orjson
 
 from tetriszmq.stream.protocol import RUN_ID_PATTERN, Command
 from tetriszmq.stream.relay import EXPIRE, RUNS, side
-from tetriszmq.stream.security import ClientCurve, SecurityError, make_keys
+from tetriszmq.stream.security import ALLOWED, ALLOWED_TRAINERS, ClientCurve, SecurityError, make_keys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="where viewers and `ctl --relay` connect: XPUB, and ROUTER at CONTROL "
                        "(default: STREAM's port + 1)")
     relay.add_argument("--curve-secret-key", type=Path, help="the relay's CURVE secret key file")
-    relay.add_argument("--curve-allow", type=Path, help="folder of the public keys of trainers and clients let in")
+    relay.add_argument("--curve-allow", type=Path,
+                       help="folder of the public keys of the clients (viewers, ctl) let in on the viewers side")
+    relay.add_argument("--curve-allow-trainers", type=Path,
+                       help="folder of the public keys of the trainers let in on the trainers side (apart, so a "
+                       "client's key cannot register a run)")
     relay.add_argument("--insecure", action="store_true", help="allow a non-loopback address without CURVE")
     relay.add_argument("--expire", type=float, default=EXPIRE,
                        help="seconds without a trainer's hello before its run is forgotten")
@@ -112,9 +116,12 @@ def main(argv: list[str] | None = None) -> int:
 
     keys = commands.add_parser("keys", help="create CURVE key pairs: a server's, its clients', and allowed/")
     keys.add_argument("directory", type=Path)
-    keys.add_argument("--names", default="trainer,client", metavar="SERVER,CLIENT[,...]",
+    keys.add_argument("--names", default="trainer,client", metavar="SERVER[,CLIENT,...]",
                       help="key pairs to make, the server first; the others' public keys go to allowed/ "
-                      "(for a relay: relay,node,client)")
+                      "(for a relay: relay,client)")
+    keys.add_argument("--trainers", default="", metavar="NAME[,...]",
+                      help="for a relay: key pairs of trainers that dial out to it; their public keys go to "
+                      "allowed-trainers/ (the relay's --curve-allow-trainers)")
     keys.set_defaults(func=_keys)
 
     args = parser.parse_args(argv)
@@ -187,7 +194,7 @@ def _ctl_target(args: argparse.Namespace) -> tuple[str, str | None]:
 
 def _relay(args: argparse.Namespace) -> int:
     from tetriszmq.stream.relay import Relay
-    from tetriszmq.stream.security import ServerCurve, check_exposure
+    from tetriszmq.stream.security import RelayCurve, check_exposure
 
     try:
         trainers, viewers = side(args.trainers, "--trainers"), side(args.viewers, "--viewers")
@@ -195,11 +202,13 @@ def _relay(args: argparse.Namespace) -> int:
         if len(set(endpoints)) != 4:
             raise ValueError(f"--trainers {args.trainers} and --viewers {args.viewers} need four different "
                              f"endpoints, got {', '.join(endpoints)} (CONTROL defaults to STREAM's port + 1)")
-        if bool(args.curve_secret_key) != bool(args.curve_allow):
-            raise SecurityError("--curve-secret-key and --curve-allow go together")
+        keys = (args.curve_secret_key, args.curve_allow, args.curve_allow_trainers)
+        if any(keys) and not all(keys):
+            raise SecurityError("--curve-secret-key, --curve-allow and --curve-allow-trainers go together "
+                                "(the clients' and the trainers' public keys are let in apart)")
         if args.expire <= 0:
             raise ValueError(f"--expire must be > 0 seconds, got {args.expire:g}")
-        curve = ServerCurve(args.curve_secret_key, args.curve_allow) if args.curve_secret_key else None
+        curve = RelayCurve(*keys) if all(keys) else None
         check_exposure(endpoints, curve is not None, args.insecure)
         relay = Relay(trainers, viewers, curve=curve, expire=args.expire)
         previous = {signum: signal.signal(signum, lambda *_: relay.stop()) for signum in (signal.SIGINT,
@@ -348,16 +357,19 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    names = tuple(name.strip() for name in args.names.split(","))
-    if len(names) < 2 or len(set(names)) != len(names) or not all(map(RUN_ID_PATTERN.match, names)):
-        print(f"tetriszmq keys: --names {args.names!r}: give two or more different names (letters, digits, . _ -), "
-              "the server first", file=sys.stderr)
+    names, trainers = (tuple(name.strip() for name in given.split(",") if name.strip())
+                       for given in (args.names, args.trainers))
+    every = (*names, *trainers)
+    if not names or len(every) < 2 or len(set(every)) != len(every) or not all(map(RUN_ID_PATTERN.match, every)):
+        print(f"tetriszmq keys: --names {args.names!r} --trainers {args.trainers!r}: give two or more different "
+              "names (letters, digits, . _ -), the server first", file=sys.stderr)
         return 2
-    for path in make_keys(args.directory, names):
+    for path in make_keys(args.directory, names, trainers):
         print(path)
     server, directory = names[0], args.directory
-    print(f"{server}: --curve-secret-key {directory}/{server}.key_secret --curve-allow {directory}/allowed")
-    for name in names[1:]:
+    allow = f" --curve-allow-trainers {directory}/{ALLOWED_TRAINERS}" if trainers else ""
+    print(f"{server}: --curve-secret-key {directory}/{server}.key_secret --curve-allow {directory}/{ALLOWED}{allow}")
+    for name in every[1:]:
         print(f"{name}: --curve-server-key {directory}/{server}.key --curve-secret-key {directory}/{name}.key_secret")
     return 0
 

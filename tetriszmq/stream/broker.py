@@ -146,7 +146,7 @@ class Broker:
         self.setup_socket = setup_socket
         self.relay = relay
         self._uplink: zmq.Socket | None = None  # the DEALER to the relay's control side (broker thread)
-        self._hello = orjson.dumps({"run": state.run, "lineage": state.lineage or state.run})
+        self._hello = orjson.dumps({"run": state.run, "lineage": state.lineage or state.run, "started": time.time()})
         self.watch: Watch | None = None  # set by the owner of the training thread, read at heartbeats
         self.ctx = zmq.Context.instance()
         self.address = f"inproc://tetriszmq-broker-{id(self):x}"
@@ -257,7 +257,6 @@ class Broker:
         dealer = self._uplink = self.ctx.socket(zmq.DEALER)  # closed by the caller if what follows fails
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.IMMEDIATE, 1)  # nothing queues for an absent relay: the next heartbeat says hello
-        dealer.setsockopt(zmq.ROUTING_ID, self.state.run.encode())
         dealer.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_REQUEST)
         relay.dial(pub, relay.side.stream)
         relay.dial(dealer, relay.side.control)

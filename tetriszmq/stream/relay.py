@@ -6,20 +6,23 @@ Four bound sockets, two per side (ZeroMQ's proxy pattern, zguide chapter 2, "Dyn
   `zmq.proxy_steerable` copies messages one way and subscriptions the other, in C, in its own
   thread. Messages pass byte for byte (the envelope already names its ``run``), so a viewer sees
   the trainers' own ``seq`` and fills any gap with ``snapshot`` as it would with a direct trainer.
-- control: each trainer's DEALER (routing id: its run id) connects to a ROUTER and says ``hello``
-  with its run and lineage on every heartbeat; clients' REQ (or DEALER) sockets connect to a second
-  ROUTER and name the run in the request. The relay forwards the request to the trainer with the
-  client's return address in front (the zguide's extended reply envelope) and the trainer sends it
-  back with the reply, so the relay remembers nothing per request.
+- control: each trainer's DEALER connects to a ROUTER and says ``hello`` with its run, lineage and
+  start time on every heartbeat (`Routes` says who may claim a run); clients' REQ (or DEALER)
+  sockets connect to a second ROUTER and name the run in the request. The relay forwards the
+  request to the trainer with the client's return address in front (the zguide's extended reply
+  envelope) and the trainer sends it back with the reply, so the relay remembers nothing per request.
 
 The only state is the table of runs heard from in the last `expire` seconds, rebuilt from the
-hellos within one heartbeat of a restart: killing the relay loses no training and no metrics
-(trainers journal their own), ZeroMQ reconnects both sides, and viewers fill the gap with
-``snapshot`` through the new relay.
+hellos within one heartbeat of a restart. Trainers and clients are let in by separate CURVE allow
+folders (`RelayCurve`), so a client's key cannot register a run. Killing the relay loses no
+training and no metrics (trainers journal their own), ZeroMQ reconnects both sides, and viewers
+fill the gap with ``snapshot`` through the new relay.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -32,7 +35,7 @@ import zmq
 
 from tetriszmq.stream import protocol
 from tetriszmq.stream.protocol import ProtocolError
-from tetriszmq.stream.security import ClientCurve, ServerCurve
+from tetriszmq.stream.security import ClientCurve, RelayCurve
 from tetriszmq.stream.sockets import MAX_WIRE_REQUEST, bind, check_endpoints
 
 HELLO = b"hello"  # first frame of a trainer's registration, [HELLO, {"run", "lineage"}]
@@ -77,54 +80,89 @@ def encode_request(cmd: str, run: str | None) -> bytes:
 
 @dataclass
 class Route:
-    """A trainer process the relay can reach: heard from at ``seen`` (monotonic)."""
+    """A trainer process the relay can reach through connection ``identity``; heard from at ``seen`` (monotonic).
+
+    ``started``: the process's own start (wall clock, from its hello), which orders a lineage's processes.
+    """
 
     run: str
     lineage: str
     identity: bytes
+    started: float
     seen: float
+    refused: bool = False  # another connection's claim on this run has been logged
 
 
 class Routes:
-    """Runs by process id and lineage, from the trainers' hellos; forgotten after `expire` s of silence."""
+    """Runs by process id and lineage, from the trainers' hellos; forgotten after `expire` s of silence.
 
-    def __init__(self, expire: float) -> None:
+    A run belongs to the connection whose hello named it first, for as long as that connection keeps
+    saying hello: a second connection naming the same run (a copy of the run directory started twice,
+    or a holder of a trainer key that wants the run's control) is ignored, and logged once. Identities
+    are the relay's (ZeroMQ's per connection), so nobody can pose as another live connection.
+
+    :param clock: monotonic seconds; tests pass their own.
+    """
+
+    def __init__(self, expire: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.expire = expire
+        self.clock = clock
         self._by_run: dict[str, Route] = {}
 
-    def hello(self, identity: bytes, raw: bytes) -> None:
-        """Register (or refresh) the trainer behind ``identity``; a malformed hello is ignored."""
+    def hello(self, identity: bytes, raw: bytes) -> str | None:
+        """Register (or refresh) the trainer behind ``identity``; a malformed hello is ignored.
+
+        :return: why the hello was refused, the first time another connection claims a live run; else None.
+        """
         try:
             hello = orjson.loads(raw)
-            run, lineage = hello["run"], hello.get("lineage") or hello["run"]
-        except (orjson.JSONDecodeError, TypeError, KeyError):
-            return
-        if isinstance(run, str) and isinstance(lineage, str) and protocol.RUN_ID_PATTERN.match(run):
-            self._by_run[run] = Route(run, lineage, identity, time.monotonic())
+            run, lineage, started = hello["run"], hello.get("lineage") or hello["run"], hello.get("started")
+        except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
+            return None
+        if not (isinstance(run, str) and isinstance(lineage, str) and protocol.RUN_ID_PATTERN.match(run)):
+            return None
+        self.prune()
+        now = self.clock()
+        route = self._by_run.get(run)
+        if route is None:
+            started = started if isinstance(started, (int, float)) and math.isfinite(started) else time.time()
+            self._by_run[run] = Route(run, lineage, identity, float(started), now)
+        elif route.identity == identity:
+            route.seen = now
+        elif not route.refused:
+            route.refused = True
+            return (f"ignoring hellos for run {protocol.quote(run)} from a second connection: the run is live on "
+                    f"the connection that named it first, which keeps it until silent for {self.expire:g} s")
+        return None
 
     def find(self, name: str) -> Route:
-        """The route of a process run id or of a lineage (its newest process); `ProtocolError` if unknown."""
+        """The route of a process run id, or of a lineage: its latest started live process.
+
+        Not the last one heard from: an old process of the lineage still running says hello as often.
+        Raises `ProtocolError` for a name it does not know.
+        """
         self.prune()
         if name in self._by_run:
             return self._by_run[name]
         processes = [route for route in self._by_run.values() if route.lineage == name]
         if processes:
-            return max(processes, key=lambda route: route.seen)
+            return max(processes, key=lambda route: route.started)
         known = ", ".join(sorted(self._by_run)[:MAX_LISTED]) or "none"
         raise ProtocolError(f"unknown run {protocol.quote(name)}: the relay routes to {known} "
                             "(a process run id or a lineage)")
 
     def forget(self, route: Route) -> None:
-        self._by_run.pop(route.run, None)
+        if self._by_run.get(route.run) is route:
+            del self._by_run[route.run]
 
     def listing(self) -> list[dict[str, Any]]:
         self.prune()
-        now = time.monotonic()
+        now = self.clock()
         return [{"run": r.run, "lineage": r.lineage, "seen": round(now - r.seen, 3)}
                 for r in sorted(self._by_run.values(), key=lambda r: r.run)]
 
     def prune(self) -> None:
-        cutoff = time.monotonic() - self.expire
+        cutoff = self.clock() - self.expire
         for route in [r for r in self._by_run.values() if r.seen < cutoff]:
             self.forget(route)
 
@@ -132,7 +170,7 @@ class Routes:
 class Relay:
     """Binds both sides and routes until `stop`; see the module docstring."""
 
-    def __init__(self, trainers: Side, viewers: Side, *, curve: ServerCurve | None = None,
+    def __init__(self, trainers: Side, viewers: Side, *, curve: RelayCurve | None = None,
                  expire: float = EXPIRE) -> None:
         self.trainers, self.viewers = trainers, viewers
         self.curve = curve
@@ -185,15 +223,15 @@ class Relay:
         xpub.setsockopt(zmq.SNDHWM, STREAM_HWM)
         for router in (nodes, clients):
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unreachable trainer or client is an error, not silence
-        nodes.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a trainer back from a network blip takes its run id over
         clients.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_REQUEST)
-        pairs = ((xsub, self.trainers.stream), (nodes, self.trainers.control),
-                 (xpub, self.viewers.stream), (clients, self.viewers.control))
-        for sock, endpoint in pairs:
+        up, down = (self.curve.trainers, self.curve.viewers) if self.curve is not None else (None, None)
+        pairs = ((xsub, self.trainers.stream, up), (nodes, self.trainers.control, up),
+                 (xpub, self.viewers.stream, down), (clients, self.viewers.control, down))
+        for sock, endpoint, keys in pairs:
             sock.setsockopt(zmq.HEARTBEAT_IVL, PING_MS)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, PING_TIMEOUT_MS)
-            if self.curve is not None:
-                self.curve.apply(sock)
+            if keys is not None:
+                keys.apply(sock)
             bind(sock, endpoint)
         return xsub, xpub, nodes, clients
 
@@ -221,7 +259,9 @@ class Relay:
     def _from_trainer(self, frames: list[bytes], clients: zmq.Socket) -> None:
         """A hello, or a reply to pass back: ``[identity, *return_address, b"", reply]``."""
         if len(frames) == 3 and frames[1] == HELLO:
-            self.routes.hello(frames[0], frames[2])
+            refused = self.routes.hello(frames[0], frames[2])
+            if refused is not None:
+                print(f"tetriszmq relay: {refused}", file=sys.stderr, flush=True)
         elif len(frames) >= 4 and b"" in frames[2:]:
             _send(clients, frames[1:])
 

@@ -25,16 +25,24 @@ class SecurityError(ValueError):
     """Keys that cannot be used, or an exposure the user did not ask for."""
 
 
-def make_keys(directory: Path, names: tuple[str, ...] = ("trainer", "client")) -> list[Path]:
-    """Create key pairs ``<name>.key`` / ``<name>.key_secret`` and an ``allowed/`` folder of client keys."""
+ALLOWED, ALLOWED_TRAINERS = "allowed", "allowed-trainers"  # the folders `make_keys` fills
+
+
+def make_keys(directory: Path, names: tuple[str, ...] = ("trainer", "client"), trainers: tuple[str, ...] = ()
+              ) -> list[Path]:
+    """Create key pairs ``<name>.key`` / ``<name>.key_secret``, the server's first.
+
+    The clients' public keys go to ``allowed/``; those of ``trainers`` (trainers dialling out to a relay)
+    to ``allowed-trainers/``, the relay's separate folder for its trainers side.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    allowed = directory / "allowed"
-    allowed.mkdir(exist_ok=True)
     written = []
-    for name in names:
+    for name in (*names, *trainers):
         public, secret = zmq.auth.create_certificates(directory, name)
         written += [Path(public), Path(secret)]
         if name != names[0]:
+            allowed = directory / (ALLOWED_TRAINERS if name in trainers else ALLOWED)
+            allowed.mkdir(exist_ok=True)
             shutil.copy(public, allowed / Path(public).name)
     return written
 
@@ -65,25 +73,60 @@ def _load(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
 
 @dataclass
 class ServerCurve:
-    """The trainer's side: its key pair and the folder of allowed client keys."""
+    """The trainer's side: its key pair and the folder of allowed client keys.
+
+    ``domain``: the ZAP domain of the sockets `apply` sets up; with more than one, each socket is
+    judged by its own domain's folder only. ``option`` names the folder in errors, as the user gave it.
+    """
 
     secret_key_file: Path
     allow_dir: Path
+    domain: str = "*"
+    option: str = "--curve-allow"
 
-    def start(self, ctx: zmq.Context) -> ThreadAuthenticator:
-        """Start the ZAP authenticator that admits only the allowed client keys."""
+    def start(self, ctx: zmq.Context, auth: ThreadAuthenticator | None = None) -> ThreadAuthenticator:
+        """Start the ZAP authenticator that admits only the allowed client keys (or add this domain to ``auth``)."""
         if not self.allow_dir.is_dir():
-            raise SecurityError(f"--curve-allow {self.allow_dir}: not a folder of client public keys")
+            raise SecurityError(f"{self.option} {self.allow_dir}: not a folder of client public keys")
         self.public, self.secret = _load(self.secret_key_file, secret=True)
-        auth = ThreadAuthenticator(ctx)
-        auth.start()
-        auth.configure_curve(domain="*", location=str(self.allow_dir))
+        if auth is None:
+            auth = ThreadAuthenticator(ctx)
+            auth.start()
+        auth.configure_curve(domain=self.domain, location=str(self.allow_dir))
         return auth
 
     def apply(self, sock: zmq.Socket, endpoint: str = "") -> None:
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_server = True
+        if self.domain != "*":
+            sock.zap_domain = self.domain.encode()
+
+
+@dataclass
+class RelayCurve:
+    """The relay's key pair, and whom each side lets in: trainers and clients are authorised apart.
+
+    With one folder for both, an allowed client's key could register as a trainer and take a run's
+    control; here a client's key fails the trainers side's handshake, and a trainer's the viewers'.
+    """
+
+    secret_key_file: Path
+    allow_clients: Path
+    allow_trainers: Path
+
+    def __post_init__(self) -> None:
+        self.trainers = ServerCurve(self.secret_key_file, self.allow_trainers, "trainers", "--curve-allow-trainers")
+        self.viewers = ServerCurve(self.secret_key_file, self.allow_clients, "viewers")
+
+    def start(self, ctx: zmq.Context) -> ThreadAuthenticator:
+        """One authenticator for both sides, each side's sockets in their own ZAP domain."""
+        auth = self.trainers.start(ctx)
+        try:
+            return self.viewers.start(ctx, auth)
+        except BaseException:
+            auth.stop()
+            raise
 
 
 @dataclass

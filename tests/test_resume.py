@@ -116,6 +116,39 @@ def test_kill_9_mid_run_then_resume_keeps_the_buffer_and_continues_the_counts(tr
         assert np.array_equal(array[:rows], ring_arrays(final.replay_buffer)[name][:rows]), name
 
 
+def test_checkpoints_without_the_buffer_write_and_name_no_segments_and_restore_says_so(tmp_path):
+    """``train.save_replay = false``; a run resumed from a checkpoint with a buffer must not name its segments."""
+    trained = model(1_000)
+    trained.learn(130)
+    Checkpoints(tmp_path / "with", every=0).save(trained, {})
+    assert getattr(trained, REPLAY_ATTR)["rows"] == buffer_rows(trained) > 0
+    without = Checkpoints(tmp_path / "without", every=0, save_replay=False)
+    without.save(trained, {})
+    assert not (tmp_path / "without" / "replay").exists() or not any((tmp_path / "without" / "replay").iterdir())
+    restored = load(without.latest, 1_000)
+    assert getattr(restored, REPLAY_ATTR) is None
+    assert without.restore(restored) is False and buffer_rows(restored) == 0
+    assert Checkpoints(tmp_path / "with", every=0).restore(load(tmp_path / "with" / "latest.zip", 1_000)) is True
+
+
+@pytest.mark.slow  # real trainer processes
+def test_a_checkpoint_saved_without_its_buffer_resumes_with_an_empty_one_and_says_so(trainers):
+    lean = ("--set", "train.save_replay=false")
+    first = trainers(*lean, config=TINY_PLACEMENT)
+    assert first.wait(180) == 0, first.output()
+    checkpoints = first.run_dir / "checkpoints"
+    assert not (checkpoints / "replay").exists() or not any((checkpoints / "replay").iterdir())
+    stopped_at = load(checkpoints / "final.zip", 100, None).num_timesteps
+
+    second = trainers("--resume", "--set", f"train.max_timesteps={stopped_at + 300}", *lean, run_dir=first.run_dir,
+                      config=TINY_PLACEMENT)
+    assert second.wait(180) == 0, second.output()
+    assert (f"holds no replay buffer (saved with train.save_replay = false): it starts empty, and updates resume "
+            f"after 100 new steps, at timestep {stopped_at + 100}") in second.output()
+    final = load(checkpoints / "final.zip", 100, None)
+    assert final.num_timesteps >= stopped_at + 300 and final.learning_starts == stopped_at + 100
+
+
 def test_sb3s_own_dqn_and_its_dict_buffer_come_back_too(tmp_path):
     from stable_baselines3 import DQN
 

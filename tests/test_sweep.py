@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def test_a_sweep_of_four_tiny_trials_with_two_jobs_completes_reports_and_continu
         assert trial.intermediate_values, "the trial's own stream reported intermediate values"
         run_dir = runs / "tiny" / f"trial-{trial.number}"
         assert (run_dir / "checkpoints" / "final.zip").exists()
+        assert not list((run_dir / "checkpoints").glob("replay/*")), "a trial's checkpoints skip the replay buffer"
         assert orjson.loads((run_dir / "run.json").read_bytes())["endpoints"]["pub"] != "tcp://127.0.0.1:0"
         record = trial_record(run_dir)
         assert record["state"] == "complete" and record["objective"] == trial.value
@@ -111,9 +113,58 @@ def test_a_pruned_trial_is_stopped_through_its_control_socket_with_a_final_check
     run_dir = runs / "prune" / "trial-0"
     assert (run_dir / "checkpoints" / "final.zip").exists()
     assert trial_record(run_dir)["state"] == "pruned"
-    statuses = [m for m in map(orjson.loads, (run_dir / "metrics.jsonl").read_bytes().splitlines())
-                if m["topic"] == "status"]
-    assert statuses[-1]["state"] == "stopped" and "stop" in statuses[-1]["reason"]
+    assert last_status(run_dir)["state"] == "stopped" and "stop" in last_status(run_dir)["reason"]
+
+
+def last_status(run_dir: Path) -> dict:
+    return [m for m in map(orjson.loads, (run_dir / "metrics.jsonl").read_bytes().splitlines())
+            if m["topic"] == "status"][-1]
+
+
+@pytest.mark.slow
+def test_a_trial_whose_stream_cannot_be_followed_is_stopped_with_a_final_checkpoint_and_the_sweep_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trial 0's first report fails (a storage gone, say); trial 1 runs as usual."""
+    from tetriszmq.sweep import space as space_module
+    from tetriszmq.sweep.study import _optimize
+    from tetriszmq.sweep.trial import Sweep
+
+    report = optuna.trial.Trial.report
+
+    def failing_report(trial: optuna.trial.Trial, value: float, step: int) -> None:
+        if trial.number == 0:
+            raise OSError("the storage went away")
+        report(trial, value, step)
+
+    monkeypatch.setattr(optuna.trial.Trial, "report", failing_report)
+    runs = tmp_path / "runs"
+    space = space_module.load(space_file(tmp_path, steps=3000, pruner='kind = "none"\nreport_every = 100'))
+    study = optuna.create_study(study_name="watch", direction="maximize")
+    assert _optimize(study, Sweep("watch", TINY_SWEEP, space, runs, threading.Event()), 2, 2, 1) == 0
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    failed = runs / "watch" / "trial-0"
+    record = trial_record(failed)
+    assert record["state"] == "failed"
+    assert "following its stream failed: OSError: the storage went away" in record["error"]
+    assert (failed / "checkpoints" / "final.zip").exists()
+    assert last_status(failed)["state"] == "stopped" and last_status(failed)["reason"] == "stop requested"
+    assert last_status(runs / "watch" / "trial-1")["reason"] == "max_timesteps 3000 reached"
+
+
+def test_a_trainer_that_outlives_its_stop_is_signalled_then_killed() -> None:
+    from tetriszmq.sweep.trial import _reap
+
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                                 "signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert stubborn.stdout.readline() == "ready\n"
+        assert _reap(stubborn, grace=0.2) == -signal.SIGKILL
+    finally:
+        if stubborn.poll() is None:
+            stubborn.kill()
+        stubborn.wait(10)
+        stubborn.stdout.close()
 
 
 BAD_SPACES = {
@@ -174,6 +225,38 @@ def test_an_unreachable_storage_exits_2_before_any_trial(tmp_path: Path, capsys:
 def test_a_report_of_a_study_that_is_not_there_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["sweep", "--study", "nope", "--report", "--runs", str(tmp_path)]) == 2
     assert "no study journal at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("directions", [["maximize"], ["minimize", "maximize"]])
+def test_a_report_of_a_study_made_by_plain_optuna_shows_its_trials(
+        directions: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Someone else's study on the same storage: no space recorded, no user attributes on its trials."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    (tmp_path / "theirs").mkdir()
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "theirs" / "optuna.journal")))
+    study = optuna.create_study(study_name="theirs", storage=storage, directions=directions)
+    results = iter([[1.5, 2.0], optuna.TrialPruned(), RuntimeError("crashed"), [0.5, 3.0]])
+
+    def objective(trial: optuna.Trial) -> list[float] | float:
+        trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+        trial.suggest_categorical("net", ["small", None])
+        if trial.number == 3:
+            trial.suggest_int("layers", 1, 4)
+        result = next(results)
+        if isinstance(result, Exception):
+            raise result
+        return result[:len(directions)] if len(directions) > 1 else result[0]
+
+    study.optimize(objective, n_trials=4, catch=(RuntimeError,))
+    assert cli.main(["sweep", "--study", "theirs", "--report", "--runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("study theirs: 4 trials (")
+    assert re.search(r"^trial\s+state\s+objective\s+duration\s+layers\s+lr\s+net$", out, re.M)
+    assert re.search(r"^\s+3\s+complete\s+0\.5\b.*\s[1-4]\s", out, re.M)
+    assert re.search(r"^\s+2\s+fail\s", out, re.M) and re.search(r"^\s+1\s+pruned\s", out, re.M)
+    best = "best: trial 0, objective 1.5\n" if len(directions) == 1 else "best: trial 3, objective 0.5, 3\n"
+    assert out.endswith(best)  # with two objectives, trial 3 dominates trial 0
 
 
 # --- one study in PostgreSQL, two sweeps on two hosts -----------------------------------------------

@@ -74,6 +74,8 @@ class TrainSection:
     target_lines: int = setting(0, min=0,
                                doc="stop after the first episode that clears at least this many lines; 0: never")
     checkpoint_every: int = setting(50_000, min=0, doc="timesteps between periodic checkpoints; 0: only latest/final")
+    save_replay: bool = setting(True, doc="checkpoints keep an off-policy model's replay buffer (up to 1.4 GB); "
+                                          "false: a resume starts with an empty one (sweeps' trials)")
 
 
 @dataclass

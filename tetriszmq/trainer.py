@@ -7,6 +7,7 @@ callback, and always finish with a final checkpoint and a ``stopped`` status.
 
 from __future__ import annotations
 
+import inspect
 import math
 import secrets
 import signal
@@ -106,7 +107,7 @@ def train(config: cfg.Config, options: RunOptions) -> int:
         broker.start()
     except OSError as exc:
         raise RunError(str(exc)) from None
-    checkpoints = Checkpoints(run_dir / "checkpoints", config.train.checkpoint_every)
+    checkpoints = Checkpoints(run_dir / "checkpoints", config.train.checkpoint_every, config.train.save_replay)
     stream = StreamCallback(broker, checkpoints=checkpoints, board_fps=publish.board_fps)
     stream.set_state(State.STARTING)
     write_run_file(run_dir, state)
@@ -156,7 +157,8 @@ def _model(config: cfg.Config, run_dir: Path, resume: bool, state: TrainerState,
         return agents.build_model(config.agent, env, config.run.seed)
     model = agents.load_model(config.agent, checkpoints.latest, env)
     try:
-        checkpoints.restore(model)  # the replay buffer and RNG states: learning goes on where it stopped
+        if not checkpoints.restore(model):  # the replay buffer and RNG states: learning goes on where it stopped
+            _refill_first(model, config.agent)
     except (CheckpointError, OSError, ValueError) as exc:
         raise RunError(f"--resume: {exc}") from None
     env.seed(config.run.seed + model.num_timesteps)  # new games, not the run's first ones again
@@ -165,6 +167,17 @@ def _model(config: cfg.Config, run_dir: Path, resume: bool, state: TrainerState,
     state.episodes = counters.get("episodes", 0)
     state.best_lines = counters.get("best_lines", 0)
     return model
+
+
+def _refill_first(model: BaseAlgorithm, agent: cfg.AgentSection) -> None:
+    """A checkpoint saved without its replay buffer resumes with an empty one: updates wait, as at a run's start,
+    for ``learning_starts`` new steps (the config's, or the algorithm's default), rather than sample a few rows."""
+    declared = inspect.signature(type(model)).parameters.get("learning_starts")
+    starts = int(agent.params.get("learning_starts", declared.default if declared else 0))
+    model.learning_starts = model.num_timesteps + starts
+    print(f"tetriszmq: --resume: the checkpoint holds no replay buffer (saved with train.save_replay = false): it "
+          f"starts empty, and updates resume after {starts} new steps, at timestep {model.learning_starts}",
+          file=sys.stderr)
 
 
 def _learn(model: BaseAlgorithm, config: cfg.Config, state: TrainerState, stream: StreamCallback,

@@ -39,9 +39,10 @@ class CheckpointError(RuntimeError):
 class Checkpoints:
     """The ``checkpoints/`` folder of a run."""
 
-    def __init__(self, directory: Path, every: int) -> None:
+    def __init__(self, directory: Path, every: int, save_replay: bool = True) -> None:
         self.directory = directory
         self.every = every
+        self.save_replay = save_replay  # False: checkpoints skip the replay buffer, a resume starts it empty
         self._next = 0
         self.replay = ReplaySegments(directory / "replay")
         directory.mkdir(parents=True, exist_ok=True)
@@ -67,9 +68,11 @@ class Checkpoints:
         """Write ``latest``, plus ``final`` or the due periodic file; returns the main file written."""
         setattr(model, COUNTERS_ATTR, counters)
         setattr(model, RNG_ATTR, rng_states())
-        buffer = getattr(model, "replay_buffer", None)
+        buffer = getattr(model, "replay_buffer", None) if self.save_replay else None
         if buffer is not None:  # segments first: the zip may only name what is already on disk
             setattr(model, REPLAY_ATTR, self.replay.write(buffer, model.num_timesteps))
+        elif getattr(model, REPLAY_ATTR, None):
+            setattr(model, REPLAY_ATTR, None)  # not the segments of the checkpoint this run resumed from
         tmp = self.directory / f".saving-{os.getpid()}.zip"
         try:
             model.save(tmp)
@@ -88,8 +91,12 @@ class Checkpoints:
             self.replay.prune()
         return self.final if final else self.latest
 
-    def restore(self, model: BaseAlgorithm) -> None:
-        """After loading ``latest``: refill its replay buffer and put back the RNG states it saved."""
+    def restore(self, model: BaseAlgorithm) -> bool:
+        """After loading ``latest``: refill its replay buffer and put back the RNG states it saved.
+
+        :return: False if the model has a replay buffer that the checkpoint did not save
+            (``train.save_replay`` off): it stays empty.
+        """
         manifest = getattr(model, REPLAY_ATTR, None)
         buffer = getattr(model, "replay_buffer", None)
         if manifest and buffer is not None:
@@ -97,6 +104,7 @@ class Checkpoints:
         states = getattr(model, RNG_ATTR, None)
         if states:
             set_rng_states(states)
+        return buffer is None or bool(manifest)
 
 
 def counters_of(model: BaseAlgorithm) -> dict[str, int]:

@@ -217,44 +217,77 @@ def _stop_on_signals(stopping: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def report(study_name: str, storage_url: str | None, runs: Path, out: TextIO = sys.stdout) -> int:
+def report(study_name: str, storage_url: str | None, runs: Path, out: TextIO | None = None) -> int:
+    """Print the study's report to ``out`` (default: the current ``sys.stdout``); `StorageError` if it is not there."""
     storage = open_storage(storage_url, runs, study_name, create=False)
     names = optuna.get_all_study_names(storage)
     if study_name not in names:
         raise StorageError(f"no study {study_name!r} in {_hide_password(storage_url or str(runs))}; "
                            f"studies there: {', '.join(names) or 'none'}")
-    report_study(optuna.load_study(study_name=study_name, storage=storage), out)
+    report_study(optuna.load_study(study_name=study_name, storage=storage), out or sys.stdout)
     return 0
 
 
 def report_study(study: optuna.Study, out: TextIO) -> None:
-    """The trials table (number, state, objective, duration, parameters) and the best trial's command line."""
-    definition = study.user_attrs.get("sweep", {})
-    params = [space_file.Param(**(p | {"choices": tuple(p["choices"])})) for p in definition["space"]["params"]]
-    names = _short_names([p.key for p in params])
+    """The trials table (number, state, objective, duration, parameters) and the best trial's command line.
+
+    A study that no ``tetriszmq sweep`` made (no space recorded) gets the same table, with the
+    parameters its trials have, and its best trials instead of a command line.
+    """
+    definition = study.user_attrs.get("sweep")
+    ours = _space_params(definition)
     trials = study.get_trials(deepcopy=False)
+    keys = [p.key for p in ours] if ours is not None else sorted({key for t in trials for key in t.params})
+    by_key = {p.key: p for p in ours or ()}
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
     out.write(f"study {study.study_name}: {len(trials)} trials ("
               + ", ".join(f"{n} {state}" for state, n in counts.items() if n) + ")\n")
-    header = ["trial", "state", "objective", "duration", *names]
-    rows = [[str(t.number), t.state.name.lower(), "" if t.value is None else f"{t.value:.4g}", _duration(t),
-             *(_show(p.value(t.params[p.key])) if p.key in t.params else "" for p in params)] for t in trials]
+    header = ["trial", "state", "objective", "duration", *_short_names(keys)]
+    rows = [[str(t.number), t.state.name.lower(), _values(t), _duration(t),
+             *(_cell(t, key, by_key) for key in keys)]
+            for t in trials]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         out.write("  ".join(cell.rjust(w) if i < 4 else cell.ljust(w) for i, (cell, w) in
                             enumerate(zip(row, widths, strict=True))).rstrip() + "\n")
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if not complete:
+    if not any(t.state == TrialState.COMPLETE for t in trials):
         out.write("no complete trial yet\n")
-        return
-    best = study.best_trial
+    elif ours is None or len(study.directions) > 1:
+        out.write("best: " + "; ".join(f"trial {t.number}, objective {_values(t)}" for t in study.best_trials) + "\n")
+    else:
+        out.write(_best_command(study.best_trial, ours, definition) + "\n")
+
+
+def _space_params(definition: Any) -> list[space_file.Param] | None:
+    """The parameters a sweep recorded with its study; None for a study made some other way."""
+    try:
+        return [space_file.Param(**(p | {"choices": tuple(p["choices"])})) for p in definition["space"]["params"]]
+    except (KeyError, TypeError):
+        return None
+
+
+def _best_command(best: FrozenTrial, params: list[space_file.Param], definition: dict[str, Any]) -> str:
+    """``best: ...`` and the ``tetriszmq train`` line that trains with the best trial's parameters."""
     values = {p.key: p.value(best.params[p.key]) for p in params}
     sets = {**definition["space"]["set"], **values}
     config = definition.get("config_path")
     command = ["tetriszmq", "train", *(["--config", config] if config else [])]
     for key, value in sets.items():
         command += ["--set", f"{key}={cfg.toml_value(value)}"]
-    out.write(f"best: trial {best.number}, objective {best.value:.4g}\n{shlex.join(command)}\n")
+    return f"best: trial {best.number}, objective {best.value:.4g}\n{shlex.join(command)}"
+
+
+def _cell(trial: FrozenTrial, key: str, params: dict[str, space_file.Param]) -> str:
+    """A trial's parameter as the config takes it (our categorical choices are stored as their TOML)."""
+    if key not in trial.params:
+        return ""
+    stored = trial.params[key]
+    return _show(params[key].value(stored) if key in params else stored)
+
+
+def _values(trial: FrozenTrial) -> str:
+    """The objective (or a multi-objective study's objectives)."""
+    return ", ".join(f"{value:.4g}" for value in trial.values or ())
 
 
 def _short_names(keys: list[str]) -> list[str]:
@@ -264,7 +297,9 @@ def _short_names(keys: list[str]) -> list[str]:
 
 
 def _show(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else cfg.toml_value(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "none" if value is None else cfg.toml_value(value)
 
 
 def _duration(trial: FrozenTrial) -> str:

@@ -42,6 +42,9 @@ _LAUNCHER = (
 )
 
 
+STOP_GRACE = 120.0  # s a trainer gets to exit, after a stop, before it is signalled (see `_reap`)
+
+
 class TrialError(RuntimeError):
     """A trial whose trainer or evaluation failed; Optuna records it as failed and the sweep goes on."""
 
@@ -68,7 +71,10 @@ def objective(sweep: Sweep, trial: optuna.Trial) -> float:
     """Optuna's objective: sample, train, watch (report, maybe prune), score."""
     values = {param.key: param.suggest(trial) for param in sweep.space.params}
     run_dir = sweep.run_dir(trial.number)
-    overrides = [*sweep.space.overrides(values), f'run.name="{sweep.study}-trial-{trial.number}"']
+    # A trial's checkpoints are for scoring and for picking a winner: not worth its replay buffer, up to 1.4 GB
+    # each (a space file's [set] may still turn it back on).
+    overrides = ["train.save_replay=false", *sweep.space.overrides(values),
+                 f'run.name="{sweep.study}-trial-{trial.number}"']
     for key, value in {"run_dir": str(run_dir), "host": socket.gethostname(), "pid": os.getpid()}.items():
         trial.set_user_attr(key, value)
     record = {"study": sweep.study, "trial": trial.number, "params": values, "set": overrides,
@@ -95,9 +101,8 @@ def _train_and_score(sweep: Sweep, trial: optuna.Trial, run_dir: Path, overrides
     proc, log = _launch(sweep.config, run_dir, overrides)
     try:
         outcome, lines = _watch(proc, run_dir, trial, sweep)
-        code = proc.wait()
     finally:
-        _reap(proc)
+        code = _reap(proc)
     if code != 0:
         raise TrialError(f"trial {trial.number}: the trainer exited with {code}: {_tail(log)}")
     if outcome == "pruned":
@@ -129,36 +134,52 @@ def _watch(proc: subprocess.Popen[bytes], run_dir: Path, trial: optuna.Trial, sw
            ) -> tuple[str, list[int]]:
     """Follow the trial's episodes until the trainer exits; stop it if pruned or if the sweep stops.
 
+    Anything that goes wrong while following (a message we cannot read, a storage that fails a report)
+    also stops the trainer through its control socket, so it ends with a final checkpoint, and fails
+    this trial only (`TrialError`): the sweep goes on with the next.
+
     :return: ``finished``, ``pruned`` or ``interrupted``, and the lines of the last ``window`` episodes.
     """
-    lines: deque[int] = deque(maxlen=sweep.space.objective.window)
     endpoints = _endpoints(proc, run_dir, sweep.stopping)
     if endpoints is None:
         return ("interrupted" if sweep.stopping.is_set() else "finished"), []
-    every = sweep.space.pruner.report_every
-    next_report = every
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_FRAMES[protocol.Topic.EPISODE])
     sub.connect(endpoints["pub"])
     try:
-        while proc.poll() is None:
-            if sweep.stopping.is_set():
-                _stop(proc, endpoints["ctl"])
-                return "interrupted", list(lines)
-            if not sub.poll(200):
-                continue
-            _, episode = protocol.decode_message(sub.recv_multipart())
-            lines.append(episode["lines"])
-            if episode["timesteps"] >= next_report:
-                step = episode["timesteps"] // every * every
-                trial.report(sum(lines) / len(lines), step)
-                next_report = step + every
-                if trial.should_prune():
-                    _stop(proc, endpoints["ctl"])
-                    return "pruned", list(lines)
+        return _follow(proc, sub, endpoints["ctl"], trial, sweep)
+    except BaseException as exc:
+        _stop(proc, endpoints["ctl"])
+        if isinstance(exc, Exception):
+            raise TrialError(f"trial {trial.number}: stopped, following its stream failed: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        raise
     finally:
         sub.close()
+
+
+def _follow(proc: subprocess.Popen[bytes], sub: zmq.Socket, ctl: str, trial: optuna.Trial, sweep: Sweep
+            ) -> tuple[str, list[int]]:
+    """`_watch`'s loop: report the mean lines to the pruner, and stop the trainer if pruned or if the sweep stops."""
+    lines: deque[int] = deque(maxlen=sweep.space.objective.window)
+    every = sweep.space.pruner.report_every
+    next_report = every
+    while proc.poll() is None:
+        if sweep.stopping.is_set():
+            _stop(proc, ctl)
+            return "interrupted", list(lines)
+        if not sub.poll(200):
+            continue
+        _, episode = protocol.decode_message(sub.recv_multipart())
+        lines.append(episode["lines"])
+        if episode["timesteps"] >= next_report:
+            step = episode["timesteps"] // every * every
+            trial.report(sum(lines) / len(lines), step)
+            next_report = step + every
+            if trial.should_prune():
+                _stop(proc, ctl)
+                return "pruned", list(lines)
     return "finished", list(lines)
 
 
@@ -189,12 +210,18 @@ def _stop(proc: subprocess.Popen[bytes], ctl: str) -> None:
         proc.send_signal(signal.SIGTERM)
 
 
-def _reap(proc: subprocess.Popen[bytes], grace: float = 120) -> None:
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def _reap(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE) -> int:
+    """The trainer's exit status: it gets ``grace`` s to finish (a stopped one writes its final checkpoint).
+
+    One still running then (hung, or never told to stop: the sweep is aborting) gets SIGTERM, its
+    graceful stop, and as long again; then SIGKILL. Bounded either way, so one trial cannot hang the sweep.
+    """
+    for last_word in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            return proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(last_word)
+    return proc.wait()
 
 
 def _evaluate(sweep: Sweep, run_dir: Path) -> float:

@@ -204,7 +204,7 @@ def _stop(proc: subprocess.Popen[bytes], ctl: str) -> None:
     try:
         if request(ctl, protocol.Command.STOP, timeout=5, retries=2).get("ok"):
             return
-    except NoReply:
+    except (NoReply, zmq.ZMQError):  # no answer, or an endpoint in run.json that ZeroMQ refuses
         pass
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -213,8 +213,8 @@ def _stop(proc: subprocess.Popen[bytes], ctl: str) -> None:
 def _reap(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE) -> int:
     """The trainer's exit status: it gets ``grace`` s to finish (a stopped one writes its final checkpoint).
 
-    One still running then (hung, or never told to stop: the sweep is aborting) gets SIGTERM, its
-    graceful stop, and as long again; then SIGKILL. Bounded either way, so one trial cannot hang the sweep.
+    One still running then gets SIGTERM (its graceful stop; an abort if it was stopping already, hung)
+    and as long again; then SIGKILL. Bounded either way, so one trial cannot hang the sweep.
     """
     for last_word in (signal.SIGTERM, signal.SIGKILL):
         try:

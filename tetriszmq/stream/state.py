@@ -125,3 +125,12 @@ def _first_line_field(path: Path) -> object:
     except orjson.JSONDecodeError:
         return None
     return value.get("run") if isinstance(value, dict) else None
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the renames in ``directory`` durable (an atomic write is a rename, and a rename is a directory entry)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from tetriszmq.stream.checkpoints import _fsync_dir as fsync_dir  # noqa: F401  (renames made durable)
+from tetriszmq.stream.state import fsync_dir  # noqa: F401  (renames made durable; the recorder's, too)
 
 MAGIC = b"TZEP"
 VERSION = 1

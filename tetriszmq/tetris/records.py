@@ -67,6 +67,11 @@ class EpisodeRecord:
     episode: int = 0  # the run's episode number (1-based), or the evaluation's game number
     stats: dict[str, float] = field(default_factory=dict)  # board stats of the episode (mean holes, ...)
 
+    def summary(self) -> dict[str, Any]:
+        """What a list of records shows of this one (the trainer's ``snapshot``, the viewer's run API)."""
+        return {"episode": self.episode, "lines": self.lines, "score": self.score, "pieces": self.pieces,
+                "seed": self.seed, "end": self.end, "stats": self.stats}
+
     def header(self) -> dict[str, Any]:
         fields = asdict(self)
         del fields["actions"], fields["features"], fields["max_pieces"], fields["reward"]

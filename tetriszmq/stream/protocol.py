@@ -90,6 +90,15 @@ class EpisodeFields(TypedDict):
     lines: int
     length: int
     timesteps: int
+    holes: NotRequired[float]  # the board stats of a placement run's episode
+    max_height: NotRequired[float]
+    bumpiness: NotRequired[float]
+
+
+class Candidate(TypedDict):
+    action: int
+    cells: list[list[int]]
+    score: float
 
 
 class BoardFields(TypedDict):
@@ -100,6 +109,8 @@ class BoardFields(TypedDict):
     step: int
     lines: int
     score: float
+    candidates: NotRequired[list[Candidate]]  # what the agent is thinking (docs/PROTOCOL.md)
+    chosen: NotRequired[int]
 
 
 class HeartbeatFields(TypedDict):

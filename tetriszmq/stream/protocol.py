@@ -84,15 +84,22 @@ class MetricsFields(TypedDict):
     scalars: dict[str, float]
 
 
-class EpisodeFields(TypedDict):
+# Optional fields are declared in `total=False` bases: ``NotRequired`` under postponed annotations is
+# not seen by Python 3.11's TypedDict, which would list them in ``__required_keys__``.
+class BoardStatsFields(TypedDict, total=False):
+    """A placement run's episode: means over the boards the agent left."""
+
+    holes: float
+    max_height: float
+    bumpiness: float
+
+
+class EpisodeFields(BoardStatsFields):
     episode: int
     reward: float
     lines: int
     length: int
     timesteps: int
-    holes: NotRequired[float]  # the board stats of a placement run's episode
-    max_height: NotRequired[float]
-    bumpiness: NotRequired[float]
 
 
 class Candidate(TypedDict):
@@ -101,7 +108,14 @@ class Candidate(TypedDict):
     score: float
 
 
-class BoardFields(TypedDict):
+class ThinkingFields(TypedDict, total=False):
+    """What the agent is thinking (docs/PROTOCOL.md, `board`)."""
+
+    candidates: list[Candidate]
+    chosen: int
+
+
+class BoardFields(ThinkingFields):
     board: list[list[int]]
     next: list[int]
     hold: int | None
@@ -109,8 +123,6 @@ class BoardFields(TypedDict):
     step: int
     lines: int
     score: float
-    candidates: NotRequired[list[Candidate]]  # what the agent is thinking (docs/PROTOCOL.md)
-    chosen: NotRequired[int]
 
 
 class HeartbeatFields(TypedDict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import urllib.error
 import urllib.request
@@ -101,14 +102,20 @@ def test_a_corrupt_or_truncated_record_is_a_clear_error_and_the_others_still_rep
     newest = records.numbered(episodes)[-1]
     truncated = records.episode_path(episodes, newest)
     truncated.write_bytes(truncated.read_bytes()[:-9])
+    fifo = records.episode_path(episodes, newest - 1)
+    fifo.unlink()
+    os.mkfifo(fifo)  # nothing will ever write it: reading it must not hang the viewer
     viewer = viewers(None, None, "--runs", str(root))
     listed = {r["name"]: r for r in viewer.get("/api/runs/placed/episodes")["records"]}
     assert "checksum mismatch" in listed["best"]["error"]
     assert "corrupt or truncated" in listed[f"episode-{newest}"]["error"]
+    assert "not a regular file" in listed[f"episode-{newest - 1}"]["error"]
     for name in ("best", f"episode-{newest}", "last"):
         status, body = fetch(f"{viewer.url}/api/runs/placed/episodes/{name}")
         assert status == 422 and "corrupt or truncated episode record" in body["error"], (name, body)
-    status, body = fetch(f"{viewer.url}/api/runs/placed/episodes/episode-{newest - 1}?count=3")
+    status, body = fetch(f"{viewer.url}/api/runs/placed/episodes/episode-{newest - 1}")
+    assert status == 422 and "not a regular file" in body["error"]
+    status, body = fetch(f"{viewer.url}/api/runs/placed/episodes/episode-{newest - 2}?count=3")
     assert status == 200 and len(body["frames"]) == 3
     assert viewer.get("/healthz") == {"ok": True} and viewer.proc.poll() is None
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import struct
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -143,9 +144,15 @@ def write(path: Path, record: EpisodeRecord) -> None:
 
 
 def read(path: Path) -> EpisodeRecord:
-    """Read one record file; a missing, oversized or damaged file is a `RecordError`."""
+    """Read one record file; a missing, oversized or damaged file is a `RecordError`.
+
+    A FIFO or device in a record's place would block the reader (a viewer's worker thread) for ever.
+    """
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise RecordError(f"{path}: not a regular file")
+        size = st.st_size
         if size > MAX_ACTIONS + MAX_HEADER + _PREFIX.size + _CRC.size:
             raise RecordError(f"{path}: {size} bytes, too large for an episode record")
         return decode(path.read_bytes(), str(path))

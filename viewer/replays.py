@@ -18,10 +18,12 @@ Routes (added to the app by `add_routes`):
   the top, one digit per cell (``0`` empty, ``2``-``8`` the piece kinds), ~250 bytes a frame.
 
 Scrubbing asks for any K in any order. Stepping a game from its start for each chunk would cost
-O(K) per request (~0.15 ms a piece), so each game kept here also keeps copies of itself every
-`KEYFRAME_EVERY` pieces (at most `MAX_KEYFRAMES`, ~0.3 ms and a few KB each) and resumes from the
-nearest one. Games are cached by file identity (path, size, mtime), so a ``best.rec`` replaced
-by a better game is a new game; the simulation runs in a worker thread, off the event loop.
+O(K) per request (~0.25 ms a piece), so each game kept here also keeps copies of itself every
+`KEYFRAME_EVERY` pieces (at most `MAX_KEYFRAMES`, ~0.3 ms and ~27 KB each: at most ~22 MB for the
+`GAMES_KEPT` games) and resumes from the nearest one. Games are cached by file identity (path,
+inode, size, mtime), so a ``best.rec`` replaced by a better game is a new game. The simulation runs
+in worker threads, off the event loop, at most `SIMULATING` at once: a first scrub to the end of a
+long game takes seconds, and the viewer's other file reads share those threads.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ MAX_COUNT = 1000  # frames per response: ~250 KB
 KEYFRAME_EVERY = 200
 MAX_KEYFRAMES = 100  # a longer game spaces its keyframes further apart
 GAMES_KEPT = 8  # games cached, about one per browser replaying
+SIMULATING = 2  # requests simulating at once (the VM's cores); the others wait their turn
 RAW_NOTE = ("a raw-board run (env.kind = raw): tetris-gymnasium's key-press env keeps no episode records; "
             "only placement runs can be replayed")
 REMOTE_NOTE = "a remote trainer: its episode records are in its own run directory, not under --runs"
@@ -81,13 +85,21 @@ def list_records(directory: Path) -> list[dict[str, Any]]:
 
 
 def _summary(path: Path) -> dict[str, Any]:
-    name = path.name.removesuffix(".rec")
     try:
-        when = path.stat().st_mtime
+        st = path.stat()
+    except OSError as exc:
+        return {"name": path.stem, "error": f"{path}: {exc.strerror or exc}"}
+    return _read_summary(path, (st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+@lru_cache(maxsize=1024)
+def _read_summary(path: Path, identity: tuple[int, int, int]) -> dict[str, Any]:
+    """A record's entry, read once per version of its file: pages list a live run's records every 5 s."""
+    try:
         record = records.read(path)
-    except (RecordError, OSError) as exc:
-        return {"name": name, "error": str(exc)}
-    return {"name": name, **record.summary(), "when": round(when, 3)}
+    except RecordError as exc:
+        return {"name": path.stem, "error": str(exc)}
+    return {"name": path.stem, **record.summary(), "when": round(identity[2] / 1e9, 3)}
 
 
 # Re-simulation ------------------------------------------------------------------------
@@ -195,11 +207,12 @@ class Games:
 
 RUNS = web.AppKey("replay-runs", Runs)
 GAMES = web.AppKey("replay-games", Games)
+TURNS = web.AppKey("replay-turns", asyncio.Semaphore)
 
 
 def add_routes(app: web.Application, runs: Runs) -> None:
     """The replay routes, for the runs of ``runs`` (the app's)."""
-    app[RUNS], app[GAMES] = runs, Games()
+    app[RUNS], app[GAMES], app[TURNS] = runs, Games(), asyncio.Semaphore(SIMULATING)
     app.router.add_routes([
         web.get("/api/runs/{id}/episodes", episodes),
         web.get("/api/runs/{id}/episodes/{name}", frames),
@@ -230,7 +243,9 @@ async def frames(request: web.Request) -> web.Response:
         place = _place(request.app, ident)
         if place.directory is None:
             raise ReplayError(409 if place.note == RAW_NOTE else 404, f"run {ident}: {place.note}")
-        body = await asyncio.to_thread(request.app[GAMES].chunk, place.directory, _which(name), first, count)
+        which = _which(name)
+        async with request.app[TURNS]:
+            body = await asyncio.to_thread(request.app[GAMES].chunk, place.directory, which, first, count)
     except ReplayError as exc:
         return _json({"ok": False, "error": str(exc)}, exc.status)
     return _json({"ok": True, "run": ident, "name": name, **body})

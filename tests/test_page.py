@@ -75,6 +75,7 @@ CELLS = """(id) => {
   }
   return { shown: canvas.shown || null, cells, image: canvas.toDataURL() };
 }"""
+EDGES = CELLS.replace("size * 0.8", "size - 2")  # the bottom edge of each cell, where an outline runs
 KIND_COLOURS = {2: "0,240,240", 3: "240,240,0", 4: "160,0,240", 5: "0,240,0", 6: "240,0,0", 7: "0,0,240",
                 8: "240,160,0"}
 GHOST = "200,200,200"
@@ -276,3 +277,37 @@ def test_the_page_shows_the_agents_candidates_and_replays_a_recorded_game_beside
             assert errors == []
         finally:
             browser.close()
+
+
+def test_the_placement_a_played_game_is_about_to_make_is_outlined_among_the_candidates(viewers, tmp_path):
+    pub, ctl = free_endpoint(), free_endpoint()
+    with open(tmp_path / "play.log", "wb") as out:
+        game = subprocess.Popen([sys.executable, "-m", "tetriszmq", "play", "--agent", "dellacherie", "--pps", "2",
+                                 "--pub", pub, "--ctl", ctl], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        viewer = viewers(pub, ctl)
+        errors: list[Exception] = []
+        with sync_api.sync_playwright() as playwright:
+            browser, page = browser_page(playwright, viewer.url + "/", errors)
+            try:
+                page.wait_for_function("() => (document.getElementById('board').shown || {}).chosen !== undefined",
+                                       timeout=60_000)
+                page.locator("#show-candidates").click()
+                wait_for(lambda: chosen_outlined(page), timeout=30, what="the chosen placement outlined")
+                assert errors == []
+            finally:
+                browser.close()
+    finally:
+        reap([game])
+
+
+def chosen_outlined(page: sync_api.Page) -> bool:
+    """White along the bottom edge of the chosen placement's cells, and of no other candidate's."""
+    seen = page.evaluate(EDGES, "board")
+    frame = seen["shown"]
+    if not frame or not frame.get("candidates") or not ghosts_where_the_frame_says(page):
+        return False
+    chosen = {tuple(cell) for k in frame["candidates"] if k["action"] == frame["chosen"] for cell in k["cells"]}
+    others = {tuple(cell) for k in frame["candidates"] for cell in k["cells"]} - chosen
+    white = {(r, c) for r, row in enumerate(seen["cells"]) for c, colour in enumerate(row) if colour == "255,255,255"}
+    return bool(chosen) and chosen <= white and not others & white

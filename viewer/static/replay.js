@@ -159,8 +159,8 @@ export class ReplayPlayer {
     drawPieces(this.el.next, frame.next || []);
     board.shown = frame;  // what the canvas shows, for tests
     this.el.scrub.value = String(this.piece);
-    this.say(`${this.game.name} (episode ${r.episode}, seed ${r.seed}): piece ${frame.step} of ${r.pieces}, ` +
-      `${frame.lines} lines, score ${frame.score}`);
+    this.say(`${this.game.run}, ${this.game.name} (episode ${r.episode}, seed ${r.seed}): ` +
+      `piece ${frame.step} of ${r.pieces}, ${frame.lines} lines, score ${frame.score}`);
   }
 
   controls() {

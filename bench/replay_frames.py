@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 import orjson
+from harness import ROOT  # noqa: F401  (puts this checkout ahead of an installed tetriszmq)
 
 from tetriszmq.tetris.dellacherie import Dellacherie
 from tetriszmq.tetris.placement_env import PlacementTetris

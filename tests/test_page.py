@@ -116,6 +116,8 @@ def test_the_page_lists_runs_overlays_the_selected_focuses_one_and_stops_only_it
 
             row(page, "b").locator("td.name").click()
             page.wait_for_function("() => document.getElementById('focus-name').textContent === 'b'")
+            page.wait_for_function("() => document.getElementById('replay-info').textContent"
+                                   ".includes('a raw-board run')")  # nothing to replay, and the page says why
             page.wait_for_function(COLOURED_CELLS, timeout=60_000)
             page.wait_for_function("() => document.querySelector('#strip .tile[data-id=a]:not([hidden])')")
             page.wait_for_function(VALUES_SHOWN, timeout=30_000)

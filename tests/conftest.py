@@ -23,14 +23,16 @@ from harness.processes import free_endpoint, free_port, wait_for
 
 from tetriszmq.stream import protocol
 
-__all__ = ["ROOT", "TINY", "TRAINING", "free_endpoint", "free_port", "wait_for"]  # what test modules import
+# what test modules import
+__all__ = ["ROOT", "TINY", "TINY_PLACEMENT", "TRAINING", "free_endpoint", "free_port", "wait_for"]
 
 pytest_plugins = ["viewer_support", "netns"]
 
 TINY = ROOT / "tests" / "tiny.toml"
+TINY_PLACEMENT = ROOT / "tests" / "tiny_placement.toml"
 TRAINING = ("running", "saving")  # states of a trainer that is training: tiny.toml checkpoints every 128 steps
 # A test that requests one of these (directly or through another fixture) starts real processes.
-SLOW_FIXTURES = frozenset({"trainers", "viewers"})
+SLOW_FIXTURES = frozenset({"trainers", "viewers", "placement_run"})
 NETNS_FIXTURES = frozenset({"hosts", "four_hosts"})
 
 
@@ -156,3 +158,10 @@ def train_to_end(run_dir: Path, *extra: str, config: Path = TINY) -> Path:
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory of a finished real training (tiny.toml); copy it before changing it."""
     return train_to_end(tmp_path_factory.mktemp("finished") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def placement_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished real training of tests/tiny_placement.toml (600 placements, episode records kept); copy it
+    before changing it."""
+    return train_to_end(tmp_path_factory.mktemp("placement") / "run", config=TINY_PLACEMENT)

@@ -23,6 +23,7 @@ SCRIPTS = {
     "runs_fanout": (["bench/runs_fanout.py", "--quick"], r"trainers\s+mode\s+clients\s+min %"),
     "page": (["bench/page.py", "--quick"], r"figure\s+value"),
     "recording": (["bench/recording.py", "--quick"], r"placement callbacks on_step"),
+    "replay_frames": (["bench/replay_frames.py", "--quick"], r"figure\s+value"),
     "sweep": (["bench/sweep.py", "--quick"], r"config\s+eval mean lines"),
     "relay": (["bench/relay.py", "--quick"], r"trainers\s+viewers\s+path\s+msg/s/viewer"),
 }

@@ -167,6 +167,35 @@ def test_envs_without_monitor_report_reward_and_length_from_sb3s_own_rewards_and
         assert episode["is_success"] is False
 
 
+def test_an_envs_own_episode_numbers_go_along_with_its_episode_and_never_override_the_messages(script):
+    """What `info["episode_stats"]` holds beyond reward, lines and pieces (a Tetris env's board stats) is
+    streamed as it is, without the callback knowing it; the envelope and the callback's own fields stay."""
+    run = script("""
+        class Stats(gym.Wrapper):
+            def reset(self, **kwargs):
+                self.steps = 0
+                return self.env.reset(**kwargs)
+
+            def step(self, action):
+                obs, reward, terminated, truncated, info = self.env.step(action)
+                self.steps += 1
+                if terminated or truncated:
+                    info["episode_stats"] = {"reward": 1.0, "lines": 2, "pieces": self.steps, "holes": 0.5,
+                                             "episode": -7, "seq": -7, "timesteps": -7, "name": "not a number"}
+                return obs, reward, terminated, truncated, info
+
+        env = DummyVecEnv([lambda: Stats(gym.make("CartPole-v1"))])
+        PPO("MlpPolicy", env, **SMALL).learn(512, callback=streaming(StreamCallback(pub=PUB, ctl=CTL)))
+    """)
+    assert run.finish() == 0, run.output()
+    episodes = run.of(Topic.EPISODE)
+    assert [e["episode"] for e in episodes] == list(range(1, len(episodes) + 1))
+    for episode in episodes:
+        assert (episode["holes"], episode["lines"], episode["reward"]) == (0.5, 2, 1.0)
+        assert episode["length"] > 0 and episode["timesteps"] > 0 and episode["seq"] > 0
+        assert "name" not in episode and "pieces" not in episode
+
+
 def test_on_training_end_twice_as_rl_zoo3_calls_it_is_harmless(script, tmp_path):
     run = script(f"""
         callback = streaming(StreamCallback(pub=PUB, ctl=CTL))

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_endpoint, free_port, reap, wait_for
+from conftest import ROOT, TINY_PLACEMENT, free_endpoint, free_port, reap, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -59,6 +59,29 @@ VALUES_SHOWN = """() => [...document.querySelectorAll(".chart:not([hidden]) .cha
   .length >= 2"""
 
 
+# Each cell's colour in canvas `id`, sampled low in the cell (candidates' labels sit in its top half), with
+# the frame the canvas shows (`canvas.shown`), read in one task: the pair always belongs together.
+CELLS = """(id) => {
+  const canvas = document.getElementById(id);
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  const size = canvas.width / 10;
+  const cells = [];
+  for (let r = 0; r < 20; r++) {
+    cells.push([]);
+    for (let c = 0; c < 10; c++) {
+      const i = (Math.floor(r * size + size * 0.8) * canvas.width + Math.floor(c * size + size / 2)) * 4;
+      cells[r].push(`${data[i]},${data[i + 1]},${data[i + 2]}`);
+    }
+  }
+  return { shown: canvas.shown || null, cells, image: canvas.toDataURL() };
+}"""
+EDGES = CELLS.replace("size * 0.8", "size - 2")  # the bottom edge of each cell, where an outline runs
+KIND_COLOURS = {2: "0,240,240", 3: "240,240,0", 4: "160,0,240", 5: "0,240,0", 6: "240,0,0", 7: "0,0,240",
+                8: "240,160,0"}
+GHOST = "200,200,200"
+NEXT_FRAMES = "(n) => new Promise((done) => { const f = () => (n-- > 0 ? requestAnimationFrame(f) : done()); f(); })"
+
+
 def browser_page(playwright: sync_api.Playwright, url: str, errors: list, width: int = 1280, height: int = 800):
     browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
     page = browser.new_page(viewport={"width": width, "height": height})
@@ -93,6 +116,8 @@ def test_the_page_lists_runs_overlays_the_selected_focuses_one_and_stops_only_it
 
             row(page, "b").locator("td.name").click()
             page.wait_for_function("() => document.getElementById('focus-name').textContent === 'b'")
+            page.wait_for_function("() => document.getElementById('replay-info').textContent"
+                                   ".includes('a raw-board run')")  # nothing to replay, and the page says why
             page.wait_for_function(COLOURED_CELLS, timeout=60_000)
             page.wait_for_function("() => document.querySelector('#strip .tile[data-id=a]:not([hidden])')")
             page.wait_for_function(VALUES_SHOWN, timeout=30_000)
@@ -166,3 +191,125 @@ def test_a_run_of_an_sb3_script_on_another_env_is_shown_without_board_or_lines(v
                 browser.close()
     finally:
         reap([script])
+
+
+def ghosts_where_the_frame_says(page: sync_api.Page) -> bool:
+    """The focused board shows ghost cells exactly at its frame's candidates' cells."""
+    seen = page.evaluate(CELLS, "board")
+    frame = seen["shown"]
+    if not frame or not frame.get("candidates"):
+        return False
+    wanted = {(r, c) for candidate in frame["candidates"] for r, c in candidate["cells"]}
+    ghosts = {(r, c) for r, row in enumerate(seen["cells"]) for c, colour in enumerate(row) if colour == GHOST}
+    return ghosts == wanted
+
+
+def cells_match(seen: dict, rows: list[list[int]]) -> bool:
+    """Every cell of the canvas has its kind's colour, and empty cells none."""
+    return all(seen["cells"][r][c] == KIND_COLOURS[kind] if kind else seen["cells"][r][c] not in
+               KIND_COLOURS.values() for r, row in enumerate(rows) for c, kind in enumerate(row))
+
+
+def replay_step(page: sync_api.Page) -> int:
+    return page.evaluate("() => (document.getElementById('replay-board').shown || {step: -1}).step")
+
+
+def test_the_page_shows_the_agents_candidates_and_replays_a_recorded_game_beside_the_live_board(
+        tmp_path, trainers, viewers):
+    root = tmp_path / "runs"
+    root.mkdir()
+    trainers(*LONG, config=TINY_PLACEMENT, run_dir=root / "live")
+    viewer = viewers(None, None, "--runs", str(root), "--token", "page-test")
+    errors: list[Exception] = []
+    with sync_api.sync_playwright() as playwright:
+        browser, page = browser_page(playwright, f"{viewer.url}/#token={viewer.token}", errors)
+        try:
+            page.wait_for_function("() => (document.getElementById('board').shown || {}).candidates",
+                                   timeout=120_000)
+            assert not ghosts_where_the_frame_says(page), "candidates are off until asked for"
+            page.locator("#show-candidates").click()
+            wait_for(lambda: ghosts_where_the_frame_says(page), timeout=30, what="ghost cells at the candidates")
+            page.locator("#show-candidates").click()
+            page.wait_for_function("() => document.getElementById('show-candidates').ariaPressed === 'false'")
+            page.evaluate(NEXT_FRAMES, 2)
+            assert not any(GHOST in row for row in page.evaluate(CELLS, "board")["cells"])
+
+            page.wait_for_function("() => !document.getElementById('replay-best').disabled", timeout=30_000)
+            page.locator("button[data-cmd=pause]").click()  # the live board (and its records) stand still from here
+            page.wait_for_function("() => document.getElementById('focus-state').textContent === 'paused'")
+            page.evaluate(NEXT_FRAMES, 2)
+            live = page.evaluate(CELLS, "board")
+            best = viewer.get("/api/runs/live/episodes")["records"][0]
+            assert best["name"] == "best"
+
+            page.locator("#replay-best").click()
+            page.wait_for_function("() => !document.getElementById('replay-play').disabled")
+            assert replay_step(page) == 0
+            page.select_option("#replay-speed", "100")
+            page.locator("#replay-play").click()
+            page.wait_for_function("(end) => document.getElementById('replay-board').shown.step === end",
+                                   arg=best["pieces"], timeout=30_000)
+            page.wait_for_function("() => document.getElementById('replay-play').textContent === 'Play'")
+
+            for piece in (best["pieces"] // 2, 1, best["pieces"]):  # the scrubber, either way
+                page.eval_on_selector("#replay-scrub", "(el, v) => { el.value = v; el.dispatchEvent("
+                                      "new Event('input')); }", piece)
+                page.wait_for_function("(k) => document.getElementById('replay-board').shown.step === k", arg=piece)
+                seen = page.evaluate(CELLS, "replay-board")
+                served = viewer.get(f"/api/runs/live/episodes/best?from={piece}&count=1")["frames"][0]
+                assert seen["shown"] == served
+                assert cells_match(seen, [[int(d) for d in served["board"][r * 10:r * 10 + 10]] for r in range(20)])
+
+            page.eval_on_selector("#replay-scrub", "(el) => { el.value = 0; el.dispatchEvent(new Event('input')); }")
+            page.wait_for_function("() => document.getElementById('replay-board').shown.step === 0")
+            page.select_option("#replay-speed", "10")
+            page.locator("#replay-play").click()
+            page.wait_for_function("() => document.getElementById('replay-board').shown.step > 0")
+            page.locator("#replay-play").click()  # pause
+            paused_at = replay_step(page)
+            page.evaluate(NEXT_FRAMES, 30)  # half a second at 20 pieces a second, had it gone on playing
+            assert replay_step(page) == paused_at < best["pieces"]
+            page.locator("#replay-step").click()
+            page.wait_for_function("(k) => document.getElementById('replay-board').shown.step === k",
+                                   arg=paused_at + 1)
+
+            after = page.evaluate(CELLS, "board")
+            assert after == live, "the replay never touched the live board"
+            assert cells_match(after, live["shown"]["board"])
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def test_the_placement_a_played_game_is_about_to_make_is_outlined_among_the_candidates(viewers, tmp_path):
+    pub, ctl = free_endpoint(), free_endpoint()
+    with open(tmp_path / "play.log", "wb") as out:
+        game = subprocess.Popen([sys.executable, "-m", "tetriszmq", "play", "--agent", "dellacherie", "--pps", "2",
+                                 "--pub", pub, "--ctl", ctl], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        viewer = viewers(pub, ctl)
+        errors: list[Exception] = []
+        with sync_api.sync_playwright() as playwright:
+            browser, page = browser_page(playwright, viewer.url + "/", errors)
+            try:
+                page.wait_for_function("() => (document.getElementById('board').shown || {}).chosen !== undefined",
+                                       timeout=60_000)
+                page.locator("#show-candidates").click()
+                wait_for(lambda: chosen_outlined(page), timeout=30, what="the chosen placement outlined")
+                assert errors == []
+            finally:
+                browser.close()
+    finally:
+        reap([game])
+
+
+def chosen_outlined(page: sync_api.Page) -> bool:
+    """White along the bottom edge of the chosen placement's cells, and of no other candidate's."""
+    seen = page.evaluate(EDGES, "board")
+    frame = seen["shown"]
+    if not frame or not frame.get("candidates") or not ghosts_where_the_frame_says(page):
+        return False
+    chosen = {tuple(cell) for k in frame["candidates"] if k["action"] == frame["chosen"] for cell in k["cells"]}
+    others = {tuple(cell) for k in frame["candidates"] for cell in k["cells"]} - chosen
+    white = {(r, c) for r, row in enumerate(seen["cells"]) for c, colour in enumerate(row) if colour == "255,255,255"}
+    return bool(chosen) and chosen <= white and not others & white

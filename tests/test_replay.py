@@ -8,13 +8,10 @@ import sys
 from pathlib import Path
 
 import orjson
-import pytest
-from conftest import ROOT, free_port, reap, train_to_end
+from conftest import ROOT, TINY_PLACEMENT, free_port, reap, train_to_end
 
 from tetriszmq.stream.protocol import Topic
 from tetriszmq.tetris import records
-
-TINY_PLACEMENT = ROOT / "tests" / "tiny_placement.toml"
 
 
 def tetriszmq(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -24,12 +21,6 @@ def tetriszmq(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[s
 
 def train(run_dir: Path, *extra: str) -> Path:
     return train_to_end(run_dir, *extra, config=TINY_PLACEMENT)
-
-
-@pytest.fixture(scope="module")
-def placement_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished real training of tests/tiny_placement.toml (600 placements); copy it before changing it."""
-    return train(tmp_path_factory.mktemp("placement") / "run")
 
 
 def episodes_streamed(run_dir: Path) -> list[dict]:
@@ -59,10 +50,15 @@ def test_a_run_keeps_its_last_20_episodes_and_each_replays(placement_run):
 
 
 def test_the_stream_carries_the_episodes_board_stats(placement_run):
-    """Mean holes, max height and bumpiness per episode reach the SB3 logger scalars of the metrics messages."""
+    """Mean holes, max height and bumpiness per episode: in each episode message, and as the SB3 logger scalars
+    of the metrics messages."""
     metrics = [m for m in map(orjson.loads, (placement_run / "metrics.jsonl").read_bytes().splitlines())
                if m.get("topic") == "metrics"]
     assert any({"tetris/holes", "tetris/max_height", "tetris/bumpiness"} <= set(m["scalars"]) for m in metrics)
+    streamed = episodes_streamed(placement_run)
+    assert all({"holes", "max_height", "bumpiness"} <= set(e) for e in streamed)
+    best = records.read(placement_run / "episodes" / "best.rec")
+    assert {k: streamed[best.episode - 1][k] for k in best.stats} == best.stats, "the record's stats, streamed"
 
 
 def test_a_replay_streams_like_a_run_to_a_subscriber(placement_run, subscribe):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch as th
-from conftest import ROOT, wait_for
+from conftest import TINY_PLACEMENT, wait_for
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -22,7 +22,6 @@ from tetriszmq.stream.checkpoints import REPLAY_ATTR, Checkpoints, buffer_rows, 
 from tetriszmq.stream.control import request
 from tetriszmq.tetris.placement_env import PlacementTetris
 
-TINY_PLACEMENT = ROOT / "tests" / "tiny_placement.toml"
 SMALL = dict(learning_starts=50, batch_size=16, train_freq=8, exploration_steps=100, net_arch=(8,))
 
 

@@ -27,7 +27,7 @@ def status(trainer, timeout: float = 5.0) -> dict:
 
 
 def check_fields(topic: Topic, payload: dict) -> None:
-    expected = typing.get_type_hints(protocol.FIELDS[topic])
+    expected = protocol.FIELDS[topic].__required_keys__
     missing = set(typing.get_type_hints(protocol.Envelope)) | set(expected)
     assert missing <= set(payload), f"{topic} lacks {missing - set(payload)}"
     assert payload["topic"] == topic and payload["v"] == protocol.VERSION

@@ -25,6 +25,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from tetriszmq.stream.state import TrainerState
 from tetriszmq.tetris import records
 from tetriszmq.tetris.placement_env import BOARD_STATS
 from tetriszmq.tetris.records import EpisodeRecord, RecordError
@@ -44,10 +45,12 @@ class EpisodeRecorder(BaseCallback):
 
     :param directory: ``<run_dir>/episodes``.
     :param first_episode: episodes the run had before this ``learn()`` (a resumed run's count).
+    :param state: the trainer's state, whose ``records`` (what its ``snapshot`` reply lists) this
+        keeps up to date at each flush: ``best`` and the records this process wrote, newest first.
     """
 
     def __init__(self, directory: Path, keep: int = KEEP, first_episode: int = 0,
-                 flush_every: float = FLUSH_EVERY) -> None:
+                 flush_every: float = FLUSH_EVERY, state: TrainerState | None = None) -> None:
         super().__init__()
         if keep < 1:
             raise ValueError("keep at least the last episode")
@@ -58,6 +61,8 @@ class EpisodeRecorder(BaseCallback):
         self.best: EpisodeRecord | None = None
         self._recent: deque[EpisodeRecord] = deque(maxlen=keep)
         self._files: set[int] = set()  # episode numbers with a file
+        self._written: dict[str, float] = {}  # record name -> when its file was written
+        self.state = state
         self._best_changed = self._unwritten = False
         self._next_flush = 0.0
 
@@ -65,7 +70,8 @@ class EpisodeRecorder(BaseCallback):
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
             self.best = records.read(self.directory / records.BEST)
-        except RecordError:
+            self._written["best"] = (self.directory / records.BEST).stat().st_mtime
+        except (RecordError, OSError):
             self.best = None  # none yet, or damaged: the next episode becomes the best
         for number in records.numbered(self.directory):
             if number > self.episodes:  # after a resumed checkpoint: this run numbers those episodes anew
@@ -73,6 +79,7 @@ class EpisodeRecorder(BaseCallback):
             else:
                 self._files.add(number)
         self._next_flush = time.monotonic() + self.flush_every
+        self._list()
 
     def _on_step(self) -> bool:
         dones = self.locals.get("dones")
@@ -105,13 +112,26 @@ class EpisodeRecorder(BaseCallback):
             if record.episode not in self._files:
                 records.write(records.episode_path(self.directory, record.episode), record)
                 self._files.add(record.episode)
+                self._written[f"episode-{record.episode}"] = time.time()
         if self._best_changed and self.best is not None:
             records.write(self.directory / records.BEST, self.best)
             self._best_changed = False
+            self._written["best"] = time.time()
         for number in sorted(self._files)[:-self.keep]:
             records.episode_path(self.directory, number).unlink(missing_ok=True)
             self._files.discard(number)
+            self._written.pop(f"episode-{number}", None)
         records.fsync_dir(self.directory)
+        self._list()
+
+    def _list(self) -> None:
+        """Tell the trainer's state what is kept now (a new list: the broker thread may be reading the old)."""
+        if self.state is None:
+            return
+        kept = [("best", self.best)] if self.best is not None and "best" in self._written else []
+        kept += [(f"episode-{r.episode}", r) for r in reversed(self._recent) if r.episode in self._files]
+        self.state.records = [{"name": name, **record.summary(), "when": round(self._written[name], 3)}
+                              for name, record in kept]
 
 
 class BoardStats(BaseCallback):
@@ -161,6 +181,7 @@ def model_scorer(model: BaseAlgorithm):
     return scores
 
 
-def placement_callbacks(run_dir: Path, first_episode: int) -> list[BaseCallback]:
+def placement_callbacks(run_dir: Path, first_episode: int, state: TrainerState | None = None) -> list[BaseCallback]:
     """What a placement run adds to the trainer's callbacks."""
-    return [EpisodeRecorder(run_dir / "episodes", first_episode=first_episode), BoardStats(), ShowCandidates()]
+    return [EpisodeRecorder(run_dir / "episodes", first_episode=first_episode, state=state), BoardStats(),
+            ShowCandidates()]

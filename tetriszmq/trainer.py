@@ -117,7 +117,7 @@ def train(config: cfg.Config, options: RunOptions) -> int:
         model = _model(config, run_dir, options.resume, state, checkpoints)
         if options.resume:  # the first status went out before the checkpoint's counters were known
             stream.set_state(State.STARTING, f"resumed at {state.timesteps} timesteps")
-        game = placement_callbacks(run_dir, state.episodes) if config.env.kind == "placement" else []
+        game = placement_callbacks(run_dir, state.episodes, state) if config.env.kind == "placement" else []
         return _learn(model, config, state, stream, progress, game)
     finally:
         for signum, handler in previous.items():

@@ -2,6 +2,7 @@
 
 Routes: ``GET /`` (the page), ``/static/*``, ``GET /ws`` (snapshots, then the
 live streams; see docs/VIEWER.md), ``GET /api/runs``, ``GET /api/runs/{id}``,
+``GET /api/runs/{id}/episodes[/{name}]`` (`viewer.replays`),
 ``GET /api/status``, ``GET /healthz`` and ``POST /api/control`` (needs the
 control token). Every error, aiohttp's own 404, 405 and 413 included, is
 ``{"ok": false, "error": ...}``. ``/ws`` and ``/api/control`` refuse a request
@@ -27,6 +28,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from tetriszmq.stream.protocol import Command, ProtocolError, command_of, decode_request, json_type
+from viewer import replays
 from viewer.fanout import Client, Limits, Watch
 from viewer.hub import NoReply
 from viewer.runs import ControlError, Runs, RunsSettings
@@ -80,6 +82,7 @@ def create_app(settings: Settings) -> web.Application:
         web.get("/static/{name}", static),
         web.get("/static/vendor/uplot/{name}", vendored),
     ])
+    replays.add_routes(app, app[RUNS])
     return app
 
 
@@ -171,12 +174,15 @@ async def runs(request: web.Request) -> web.Response:
 
 
 async def one_run(request: web.Request) -> web.Response:
-    """One run's snapshot, as the WebSocket sends it (its whole history is loaded first, off the event loop)."""
+    """One run's snapshot, as the WebSocket sends it (its whole history is loaded first, off the event loop),
+    with its episode records (`viewer.replays`)."""
     ident = request.match_info["id"]
     try:
         body = await request.app[RUNS].opened(ident)
     except KeyError:
         raise web.HTTPNotFound(text=f"no run {ident[:80]}") from None
+    if body:
+        body = body[:-1] + b"," + orjson.dumps(await replays.listing(request.app, ident))[1:]
     return web.Response(body=body, content_type="application/json")
 
 

@@ -408,7 +408,8 @@ class Broker:
         if cmd is Command.STATUS:
             return state.summary()
         if cmd is Command.SNAPSHOT:
-            return {**self.history.snapshot(), "lineage": state.lineage or state.run}
+            kept = {} if state.records is None else {"records": state.records}
+            return {**self.history.snapshot(), "lineage": state.lineage or state.run, **kept}
         if cmd is Command.STOP:
             state.request_stop("stop requested")
             return {"state": str(State.STOPPING)}

@@ -47,6 +47,8 @@ from tetriszmq.stream.state import TrainerState, lineage_of, write_run_file
 FLUSH_PERIOD = 1 / 30  # seconds between hand-offs to the broker: an episode reaches subscribers this late at most
 EXCEPTION_GRACE = 2.0  # seconds to wait for the exception that ended learn() to be shown (sys.last_value)
 ABANDONED = "learn() ended without on_training_end (an exception or KeyboardInterrupt)"
+# Fields an env's `episode_stats` cannot override: the envelope's, and those the message already has.
+TAKEN = frozenset({"v", "topic", "run", "seq", "t", "episode", "timesteps", "reward", "lines", "length", "pieces"})
 EXPOSURE_ADVICE = ("Pass curve=ServerCurve(secret_key_file, allow_dir) (keys from `tetriszmq keys`), "
                    "or insecure=True.")
 
@@ -379,10 +381,15 @@ class StreamCallback(BaseCallback):
             self.broker.outbox.stage(Topic.EPISODE, message)
 
     def _episode_stats(self, i: int, info: dict[str, Any]) -> dict[str, Any]:
-        """Reward, length and (Tetris) lines: the env's own stats, else Monitor's, else SB3's rewards."""
+        """Reward, length and (Tetris) lines: the env's own stats, else Monitor's, else SB3's rewards.
+
+        The env's other ``episode_stats`` numbers go along as they are (a placement env's board
+        stats: ``holes``, ``max_height``, ``bumpiness``), so this module needs to know none of them.
+        """
         stats = info.get("episode_stats")
         if stats is not None:
-            return {"reward": stats["reward"], "lines": stats["lines"], "length": stats["pieces"]}
+            more = {k: v for k, v in stats.items() if k not in TAKEN and isinstance(v, (int, float))}
+            return {"reward": stats["reward"], "lines": stats["lines"], "length": stats["pieces"], **more}
         if self._returns.size:
             reward, length = float(self._returns[i]), int(self._lengths[i])
             self._returns[i] = self._lengths[i] = 0

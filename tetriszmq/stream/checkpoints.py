@@ -27,6 +27,8 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from tetriszmq.stream.state import fsync_dir
+
 COUNTERS_ATTR = "tetriszmq_counters"  # saved with the model by SB3, restored by load
 REPLAY_ATTR = "tetriszmq_replay"  # {"rows": rows ever added, "segments": [[first, end], ...]}
 RNG_ATTR = "tetriszmq_rng"
@@ -86,7 +88,7 @@ class Checkpoints:
             _link_over(tmp, self.directory / f"step_{model.num_timesteps:09d}.zip")
             self.start_at(model.num_timesteps)
         os.replace(tmp, self.latest)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         if buffer is not None:
             self.replay.prune()
         return self.final if final else self.latest
@@ -151,7 +153,7 @@ class ReplaySegments:
             self._write_segment(buffer, start, stop)
             self.segments.append([start, stop])
         if end > self.rows:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         self.rows, self._pos, self._timesteps = end, buffer.pos, timesteps
         self.segments = [s for s in self.segments if s[1] > end - size]
         return {"rows": end, "segments": [list(s) for s in self.segments]}
@@ -267,10 +269,3 @@ def _fsync(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

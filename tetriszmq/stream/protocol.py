@@ -84,7 +84,17 @@ class MetricsFields(TypedDict):
     scalars: dict[str, float]
 
 
-class EpisodeFields(TypedDict):
+# Optional fields are declared in `total=False` bases: ``NotRequired`` under postponed annotations is
+# not seen by Python 3.11's TypedDict, which would list them in ``__required_keys__``.
+class BoardStatsFields(TypedDict, total=False):
+    """A placement run's episode: means over the boards the agent left."""
+
+    holes: float
+    max_height: float
+    bumpiness: float
+
+
+class EpisodeFields(BoardStatsFields):
     episode: int
     reward: float
     lines: int
@@ -92,7 +102,20 @@ class EpisodeFields(TypedDict):
     timesteps: int
 
 
-class BoardFields(TypedDict):
+class Candidate(TypedDict):
+    action: int
+    cells: list[list[int]]
+    score: float
+
+
+class ThinkingFields(TypedDict, total=False):
+    """What the agent is thinking (docs/PROTOCOL.md, `board`)."""
+
+    candidates: list[Candidate]
+    chosen: int
+
+
+class BoardFields(ThinkingFields):
     board: list[list[int]]
     next: list[int]
     hold: int | None

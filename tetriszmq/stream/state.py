@@ -24,7 +24,8 @@ class TrainerState:
     """Counters and requests that both threads see.
 
     Written by the training thread: ``state``, ``reason``, ``timesteps``,
-    ``episodes``, ``best_lines``, ``scalars`` (the SB3 logger's latest values). Written by
+    ``episodes``, ``best_lines``, ``scalars`` (the SB3 logger's latest values), ``records`` (set by
+    the game's side, listed by ``snapshot``). Written by
     the broker thread: ``sps`` (with each metrics message), and on control requests or I/O
     errors ``stop_requested``, ``stop_reason``, ``save_requested``, ``paused``, ``failure``.
     ``stop_reason`` says why training ends, whoever ends it; ``reason`` is the latest
@@ -42,6 +43,7 @@ class TrainerState:
     best_lines: int = 0
     sps: float = 0.0
     scalars: dict[str, float] = field(default_factory=dict)
+    records: list[dict[str, object]] | None = None  # what the run keeps replayable (a new list each time); None: none
     started: float = field(default_factory=time.monotonic)
     stop_requested: bool = False
     stop_reason: str = ""
@@ -125,3 +127,12 @@ def _first_line_field(path: Path) -> object:
     except orjson.JSONDecodeError:
         return None
     return value.get("run") if isinstance(value, dict) else None
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the renames in ``directory`` durable (an atomic write is a rename, and a rename is a directory entry)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import struct
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -35,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from tetriszmq.stream.checkpoints import _fsync_dir as fsync_dir  # noqa: F401  (renames made durable)
+from tetriszmq.stream.state import fsync_dir  # noqa: F401  (renames made durable; the recorder's, too)
 
 MAGIC = b"TZEP"
 VERSION = 1
@@ -66,6 +67,11 @@ class EpisodeRecord:
     reward: str = "score"
     episode: int = 0  # the run's episode number (1-based), or the evaluation's game number
     stats: dict[str, float] = field(default_factory=dict)  # board stats of the episode (mean holes, ...)
+
+    def summary(self) -> dict[str, Any]:
+        """What a list of records shows of this one (the trainer's ``snapshot``, the viewer's run API)."""
+        return {"episode": self.episode, "lines": self.lines, "score": self.score, "pieces": self.pieces,
+                "seed": self.seed, "end": self.end, "stats": self.stats}
 
     def header(self) -> dict[str, Any]:
         fields = asdict(self)
@@ -138,9 +144,15 @@ def write(path: Path, record: EpisodeRecord) -> None:
 
 
 def read(path: Path) -> EpisodeRecord:
-    """Read one record file; a missing, oversized or damaged file is a `RecordError`."""
+    """Read one record file; a missing, oversized or damaged file is a `RecordError`.
+
+    A FIFO or device in a record's place would block the reader (a viewer's worker thread) for ever.
+    """
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise RecordError(f"{path}: not a regular file")
+        size = st.st_size
         if size > MAX_ACTIONS + MAX_HEADER + _PREFIX.size + _CRC.size:
             raise RecordError(f"{path}: {size} bytes, too large for an episode record")
         return decode(path.read_bytes(), str(path))

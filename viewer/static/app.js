@@ -5,8 +5,9 @@
 // board frames only for the boards it draws. State is updated per message; drawing happens on
 // requestAnimationFrame.
 
-import { drawBoard, drawPieces } from "./board.js";
+import { drawBoard, drawCandidates, drawPieces } from "./board.js";
 import { Charts, format } from "./charts.js";
+import { ReplayPlayer } from "./replay.js";
 import { RunList, escape } from "./runlist.js";
 import { Table } from "./tables.js";
 
@@ -52,8 +53,14 @@ const view = {
   boardDirty: true,
   colours: 0,
   standIn: null,  // a finished run charted only because no run was live when the page opened
+  thinking: false,  // draw the agent's candidates on the focused board
 };
 
+const replay = new ReplayPlayer({
+  panel: $("replay"), best: $("replay-best"), list: $("replay-list"), game: $("replay-game"),
+  board: $("replay-board"), next: $("replay-next"), speed: $("replay-speed"), play: $("replay-play"),
+  step: $("replay-step"), back: $("replay-back"), scrub: $("replay-scrub"), info: $("replay-info"),
+});
 const charts = new Charts($("main-charts"), $("groups"), () => [...view.runs.values()].filter((r) => r.selected));
 const list = new RunList($("run-table"), $("filter"), $("runs-count"), {
   onSelect(id, on) {
@@ -192,6 +199,7 @@ function sendWatch() {
 }
 
 function changed() {
+  replay.follow(view.focused);
   list.update([...view.runs.values()], view.focused);
   showSummary();
   showFocus();
@@ -323,6 +331,15 @@ function setUpControls() {
   if (token) $("ack").textContent = "Control enabled by the token in this page's URL; it acts on the focused run.";
 }
 
+function setUpThinking() {
+  const button = $("show-candidates");
+  button.addEventListener("click", () => {
+    view.thinking = !view.thinking;
+    button.setAttribute("aria-pressed", String(view.thinking));
+    view.boardDirty = true;
+  });
+}
+
 function setUpToolbar() {
   $("x-axis").addEventListener("change", (event) => { charts.axis = event.target.value; charts.touchAll(true); });
   $("smoothing").addEventListener("input", (event) => {
@@ -340,6 +357,8 @@ function frame() {
     view.boardDirty = false;
     const b = run.board;
     drawBoard($("board"), b && b.board);
+    if (view.thinking && b && b.candidates) drawCandidates($("board"), b.candidates, b.chosen);
+    $("board").shown = b;  // what the canvas shows, for tests
     drawPieces($("next"), (b && b.next) || []);
     drawPieces($("hold"), b && b.hold ? [b.hold] : []);
     setText("ep", b ? String(b.episode ?? "–") : "–");
@@ -357,6 +376,7 @@ function frame() {
 
 window.viewerCharts = charts;  // bench/page.py reads its per-frame costs
 setUpControls();
+setUpThinking();
 setUpToolbar();
 showLink();
 showFocus();

@@ -60,3 +60,44 @@ export function drawPieces(canvas, kinds) {
     }));
   });
 }
+
+// The agent's best placements for the current piece (a board frame's `candidates`, best first):
+// ghost cells where each would land, the one it chose outlined, its value on its top cell.
+// Labels stay in the top half of a cell, so every ghost cell keeps ghost pixels below them.
+export const GHOST = "#c8c8c8";  // a colour no piece has
+const CHOSEN = "#ffffff";
+
+export function drawCandidates(canvas, candidates, chosen) {
+  const ctx = canvas.getContext("2d");
+  const size = Math.min(canvas.width / COLS, canvas.height / ROWS);
+  const inset = Math.max(1, size / 10);
+  ctx.fillStyle = GHOST;
+  for (const { cells } of candidates) {
+    for (const [r, c] of cells) ctx.fillRect(c * size + inset, r * size + inset, size - 2 * inset, size - 2 * inset);
+  }
+  const picked = candidates.find((k) => k.action === chosen);
+  if (picked) {
+    ctx.strokeStyle = CHOSEN;
+    ctx.lineWidth = Math.max(1, size / 12);
+    for (const [r, c] of picked.cells) ctx.strokeRect(c * size + 1, r * size + 1, size - 2, size - 2);
+  }
+  ctx.font = `bold ${Math.round(size * 0.6)}px ui-monospace, monospace`;
+  ctx.textBaseline = "top";
+  ctx.lineWidth = Math.max(2, size / 8);
+  ctx.strokeStyle = "#0a0c11";
+  ctx.fillStyle = CHOSEN;
+  for (const { cells, score } of [...candidates].reverse()) {  // the best's label drawn last, on top
+    if (!cells.length) continue;
+    const [r, c] = cells.reduce((a, b) => (b[0] < a[0] || (b[0] === a[0] && b[1] < a[1]) ? b : a));
+    const text = String(Number(score.toPrecision(3)));
+    ctx.strokeText(text, c * size + inset, r * size + inset);
+    ctx.fillText(text, c * size + inset, r * size + inset);
+  }
+}
+
+// A board sent as one string of 200 digits, row by row from the top (the replay route's frames).
+export function boardRows(text) {
+  const rows = [];
+  for (let r = 0; r < ROWS; r++) rows.push([...text.slice(r * COLS, (r + 1) * COLS)].map(Number));
+  return rows;
+}

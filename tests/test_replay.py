@@ -168,3 +168,12 @@ def test_the_readmes_replay_commands_work_as_written(placement_run, tmp_path):
                 for a in args]
         result = tetriszmq(*args, "--ctl", f"tcp://127.0.0.1:{free_port()}") if "--pub" in args else tetriszmq(*args)
         assert result.returncode == 0, f"{line}\n{result.stderr}"
+
+
+def test_a_record_whose_environment_cannot_be_built_is_a_clear_error(tmp_path):
+    path = tmp_path / "future.rec"
+    records.write(path, records.EpisodeRecord(seed=3, actions=bytes([1, 2]), lines=0, score=2.0, pieces=2, end="cut",
+                                              features=("a_feature_of_a_later_version",), max_pieces=10, episode=4))
+    result = tetriszmq("replay", path, "--check")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "episode 4: its environment cannot be built here: unknown or no features" in result.stderr

@@ -6,6 +6,7 @@ import os
 import shutil
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,8 @@ def test_a_raw_board_run_says_it_keeps_no_records_and_bad_requests_get_clear_err
         ("/api/runs/placed/episodes/best?from=-1", 400, "from must be a whole number"),
         ("/api/runs/placed/episodes/worst", 400, "expected best, last"),
         ("/api/runs/placed/episodes/episode-1", 404, "no episode '1'"),
+        ("/api/runs/placed/episodes/best?from=%C2%B2", 400, "from must be a whole number"),  # "²" isdigit()
+        ("/api/runs/placed/episodes/%C2%B2", 400, "expected best, last"),
     ]:
         status, body = fetch(viewer.url + path)
         assert (status, body["ok"]) == (code, False) and words in body["error"], (path, body)
@@ -105,6 +108,8 @@ def test_a_corrupt_or_truncated_record_is_a_clear_error_and_the_others_still_rep
     fifo = records.episode_path(episodes, newest - 1)
     fifo.unlink()
     os.mkfifo(fifo)  # nothing will ever write it: reading it must not hang the viewer
+    future = records.episode_path(episodes, newest - 2)  # well formed, but for an env this version cannot build
+    records.write(future, replace(records.read(future), features=("a_feature_of_a_later_version",)))
     viewer = viewers(None, None, "--runs", str(root))
     listed = {r["name"]: r for r in viewer.get("/api/runs/placed/episodes")["records"]}
     assert "checksum mismatch" in listed["best"]["error"]
@@ -115,7 +120,9 @@ def test_a_corrupt_or_truncated_record_is_a_clear_error_and_the_others_still_rep
         assert status == 422 and "corrupt or truncated episode record" in body["error"], (name, body)
     status, body = fetch(f"{viewer.url}/api/runs/placed/episodes/episode-{newest - 1}")
     assert status == 422 and "not a regular file" in body["error"]
-    status, body = fetch(f"{viewer.url}/api/runs/placed/episodes/episode-{newest - 2}?count=3")
+    status, body = fetch(f"{viewer.url}/api/runs/placed/episodes/episode-{newest - 2}")
+    assert status == 422 and "its environment cannot be built here: unknown or no features" in body["error"], body
+    status, body = fetch(f"{viewer.url}/api/runs/placed/episodes/episode-{newest - 3}?count=3")
     assert status == 200 and len(body["frames"]) == 3
     assert viewer.get("/healthz") == {"ok": True} and viewer.proc.poll() is None
 

@@ -22,8 +22,15 @@ Observation = dict[str, np.ndarray]
 
 
 def start(record: EpisodeRecord) -> tuple[PlacementTetris, Observation]:
-    """The record's environment, reset to the start of its episode."""
-    env = PlacementTetris(features=record.features, max_pieces=record.max_pieces)
+    """The record's environment, reset to the start of its episode.
+
+    A record's header is checked for its types, not for settings this tetriszmq cannot build (a feature
+    another version added): that is a `RecordError` too, for the CLI's message and the viewer's 422.
+    """
+    try:
+        env = PlacementTetris(features=record.features, max_pieces=record.max_pieces)
+    except ValueError as exc:
+        raise RecordError(f"episode {record.episode}: its environment cannot be built here: {exc}") from None
     obs, _ = env.reset(seed=record.seed)
     return env, obs
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ RAW_NOTE = ("a raw-board run (env.kind = raw): tetris-gymnasium's key-press env 
             "only placement runs can be replayed")
 REMOTE_NOTE = "a remote trainer: its episode records are in its own run directory, not under --runs"
 NONE_YET = "no episode records yet (the trainer writes them every few seconds)"
+_NUMBER = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() takes "²", which int() refuses
 
 
 class ReplayError(Exception):
@@ -118,8 +120,11 @@ class Game:
         self.lock = threading.Lock()  # two requests for one game run in two worker threads
 
     def frames(self, first: int, count: int) -> list[dict[str, Any]]:
+        """Frames ``first`` .. ``first + count - 1``, fewer at the game's end; `ReplayError` past it."""
         with self.lock:
             self._seek(first)
+            if self.at < first:  # a record that lies: its game ended before this frame
+                raise ReplayError(400, f"from {first}: the episode has frames 0..{self.end()}")
             out = []
             while len(out) < count:
                 out.append(self._frame())
@@ -173,8 +178,9 @@ class Games:
         game = self.game(directory, which)
         if first > game.end():
             raise ReplayError(400, f"from {first}: the episode has frames 0..{game.end()}")
-        header = {**game.record.summary(), "frames": game.end() + 1}
-        return {"record": header, "from": first, "frames": game.frames(first, count)}
+        chunk = game.frames(first, count)
+        header = {**game.record.summary(), "frames": game.end() + 1}  # after: a lying record's end is found there
+        return {"record": header, "from": first, "frames": chunk}
 
     def game(self, directory: Path, which: str) -> Game:
         if not directory.is_dir():
@@ -266,7 +272,7 @@ def _place(app: web.Application, ident: str) -> Place:
 def _which(name: str) -> str:
     """``best``, ``last`` or an episode number, from the route's ``{name}``."""
     which = name.removeprefix("episode-")
-    if which in ("best", "last") or (which.isdigit() and len(which) < 12):
+    if which in ("best", "last") or _NUMBER.fullmatch(which):
         return which
     raise ReplayError(400, f"episode {name[:40]!r}: expected best, last, episode-<n> or <n>")
 
@@ -275,7 +281,7 @@ def _int_query(request: web.Request, key: str, default: int) -> int:
     value = request.query.get(key)
     if value is None:
         return default
-    if not value.isdigit() or len(value) > 9:
+    if not _NUMBER.fullmatch(value):
         raise ReplayError(400, f"{key} must be a whole number, got {value[:20]!r}")
     return int(value)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from tetriszmq.tetris import records
 from tetriszmq.tetris.dellacherie import Dellacherie
 from tetriszmq.tetris.placement_env import PlacementTetris
 from tetriszmq.tetris.records import EpisodeRecord
@@ -30,3 +33,15 @@ def test_chunks_asked_in_any_order_are_the_frames_of_one_pass_through_the_game()
     for first in (650, 150, 420, 399, 0, 600, 201, 695):
         assert game.frames(first, 10) == whole[first:first + 10], first
     assert sorted(game.keyframes) == [0, 200, 400, 600]
+
+
+def test_a_record_whose_game_ends_before_its_actions_do_says_so_instead_of_mislabelled_frames(tmp_path):
+    lying = EpisodeRecord(seed=3, actions=bytes(40), lines=0, score=0.0, pieces=40, end="cut", features=(),
+                          max_pieces=0)  # action 0 forty times: the game is over long before
+    records.write(tmp_path / records.BEST, lying)
+    games = replays.Games()
+    with pytest.raises(replays.ReplayError, match=r"from 30: the episode has frames 0\.\.1$") as error:
+        games.chunk(tmp_path, "best", 30, 5)
+    assert error.value.status == 400
+    whole = games.chunk(tmp_path, "best", 0, 50)
+    assert whole["record"]["frames"] == len(whole["frames"]) == 2

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tetriszmq.stream.protocol import ProtocolError
-from tetriszmq.stream.relay import Routes
+from tetriszmq.stream.relay import Routes, side
 
 EXPIRE = 5.0
 
@@ -86,9 +86,24 @@ def test_a_hello_without_a_start_time_counts_from_when_the_relay_first_heard_it(
 
 
 @pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"lineage": "x"}', b'{"run": 7}', b'{"run": "a b"}',
-                                 b'{"run": "tiny-aaaaaa", "lineage": 3}'])
+                                 b'{"run": "tiny-aaaaaa", "lineage": 3}', b'{"run": "tiny-aaaaaa\\n"}',
+                                 b'{"run": "tiny-aaaaaa", "lineage": "a lineage\\nwith lines"}',
+                                 b'{"run": "tiny-aaaaaa", "lineage": "' + b"x" * 100_000 + b'"}'])
 def test_a_malformed_hello_is_ignored(routes, raw):
     assert routes.hello(b"trainer", raw) is None
     assert routes.listing() == []
     with pytest.raises(ProtocolError, match="routes to none"):
         routes.find("tiny-aaaaaa")
+
+
+@pytest.mark.parametrize("spec", ["tcp://127.0.0.1:0", "tcp://127.0.0.1:65535", "tcp://127.0.0.1:*"])
+def test_a_side_whose_control_port_cannot_follow_its_stream_port_is_refused(spec):
+    with pytest.raises(ValueError, match=r"give tcp://HOST:PORT \(1 to 65534\), or STREAM,CONTROL"):
+        side(spec, "--trainers")
+    assert side(spec.replace(":0", ":5557") + ",tcp://127.0.0.1:5600", "--trainers").control == "tcp://127.0.0.1:5600"
+
+
+def test_a_lineage_longer_than_a_run_id_is_routed(routes):
+    name = "n" * 72  # the run id adds 6 hex digits (79 characters, within the 80 of a run id), the lineage 8 (81)
+    assert routes.hello(b"trainer", hello(f"{name}-0123ab", f"{name}-0123abcd")) is None
+    assert routes.find(f"{name}-0123abcd").run == f"{name}-0123ab"

@@ -22,6 +22,7 @@ fill the gap with ``snapshot`` through the new relay.
 from __future__ import annotations
 
 import math
+import re
 import sys
 import threading
 import time
@@ -44,6 +45,7 @@ EXPIRE = 5.0  # s without a hello before a run is forgotten (trainers say hello 
 STREAM_HWM = 10_000  # messages per viewer: 10 s of 32 trainers' default streams (~1 KB each)
 PING_MS, PING_TIMEOUT_MS = 1000, 3000  # ZMTP heartbeats: a peer gone without a FIN is noticed in 3 s
 MAX_LISTED = 20  # runs named in an "unknown run" error
+LINEAGE_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,120}")  # a run id's characters; "<run.name>-<8 hex>" may be longer
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,8 @@ def side(spec: str, what: str) -> Side:
             port = parts.port
         except ValueError:
             port = None
-        if parts.scheme != "tcp" or port is None:
-            raise ValueError(f"{what} {spec!r}: give tcp://HOST:PORT, or STREAM,CONTROL endpoints")
+        if parts.scheme != "tcp" or not port or port == 65535:  # port 0 would put CONTROL on port 1
+            raise ValueError(f"{what} {spec!r}: give tcp://HOST:PORT (1 to 65534), or STREAM,CONTROL endpoints")
         control = f"tcp://{parts.netloc.rsplit(':', 1)[0]}:{port + 1}"
     try:
         check_endpoints(stream, control)
@@ -119,8 +121,9 @@ class Routes:
             run, lineage, started = hello["run"], hello.get("lineage") or hello["run"], hello.get("started")
         except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
             return None
-        if not (isinstance(run, str) and isinstance(lineage, str) and protocol.RUN_ID_PATTERN.match(run)):
-            return None
+        if not (isinstance(run, str) and isinstance(lineage, str) and protocol.RUN_ID_PATTERN.fullmatch(run)
+                and LINEAGE_PATTERN.fullmatch(lineage)):
+            return None  # fullmatch: the pattern's "$" also matches before a final newline
         self.prune()
         now = self.clock()
         route = self._by_run.get(run)

@@ -39,7 +39,7 @@ from tetriszmq.stream.protocol import ProtocolError
 from tetriszmq.stream.security import ClientCurve, RelayCurve
 from tetriszmq.stream.sockets import MAX_WIRE_REQUEST, bind, check_endpoints
 
-HELLO = b"hello"  # first frame of a trainer's registration, [HELLO, {"run", "lineage"}]
+HELLO = b"hello"  # first frame of a trainer's registration, [HELLO, {"run", "lineage", "started"}]
 RUNS = "runs"  # the relay's own command: the runs it routes to
 EXPIRE = 5.0  # s without a hello before a run is forgotten (trainers say hello every heartbeat, 0.5 s)
 STREAM_HWM = 10_000  # messages per viewer: 10 s of 32 trainers' default streams (~1 KB each)

@@ -222,6 +222,15 @@ def test_an_unreachable_storage_exits_2_before_any_trial(tmp_path: Path, capsys:
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("study", ["with space", "line\n"])
+def test_a_study_name_that_cannot_name_a_folder_exits_2_before_anything_is_written(
+        study: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["sweep", "--config", str(TINY_SWEEP), "--space", str(space_file(tmp_path)), "--study", study,
+                     "--runs", str(tmp_path / "runs")])
+    assert code == 2 and "(it names folders)" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_report_of_a_study_that_is_not_there_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["sweep", "--study", "nope", "--report", "--runs", str(tmp_path)]) == 2
     assert "no study journal at" in capsys.readouterr().err

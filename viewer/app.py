@@ -208,6 +208,7 @@ async def status(request: web.Request) -> web.Response:
         "trainer": primary and {"id": primary.run, **primary.hub.status()},
         "run": primary and primary.hub.run,
         "trainers": [{"id": feed.run, **feed.hub.status()} for feed in runs_.feeds],
+        "relay": runs_.relay and runs_.relay.status(),
         "clients": runs_.fanout.status(per_client=request.query.get("clients") == "1"),
     })
 

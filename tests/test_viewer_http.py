@@ -152,6 +152,8 @@ def test_before_any_trainer_the_status_and_the_snapshot_say_none_the_same_way(vi
     (["--trainer", "nonsense://x", "--ctl", "tcp://127.0.0.1:1"], "'nonsense://x' is not a ZeroMQ endpoint"),
     (["--token", "two words"], "the control token may hold only"),
     (["--snapshot-rate", "0"], "must be a positive number"),
+    (["--relay", "relay-box:5559"], "--relay 'relay-box:5559': give tcp://HOST:PORT"),
+    (["--relay", "tcp://127.0.0.1:5559,nonsense"], "--relay 'tcp://127.0.0.1:5559,nonsense'"),
 ])
 def test_the_viewer_refuses_bad_endpoints_and_tokens_at_start(args, says):
     done = subprocess.run([sys.executable, "-m", "viewer", "--port", str(free_port()), *args], cwd=ROOT,

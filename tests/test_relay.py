@@ -290,25 +290,32 @@ def test_the_readmes_relay_commands_work_as_written(tmp_path):
 
     def command(args: list[str]) -> list[str]:
         args = [swaps.get(arg, arg.replace("keys/", f"{tmp_path}/keys/")) for arg in args]
-        assert args[0] == "tetriszmq"
-        return [sys.executable, "-m", *args]
+        program = {"tetriszmq": "tetriszmq", "tetriszmq-viewer": "viewer"}[args[0]]
+        return [sys.executable, "-m", program, *args[1:]]
 
-    keys, relay_args, train, runs, stop = (command(args) for args in readme_relay_commands())
+    keys, relay_args, train, runs, viewer_args, stop = (command(args) for args in readme_relay_commands())
     assert subprocess.run(keys, capture_output=True, timeout=60).returncode == 0
     assert sorted(p.name for p in (tmp_path / "keys" / "allowed").iterdir()) == ["client.key", "node.key"]
     process = RelayProcess(relay_args, tmp_path / "relay.log", sides["5557"], sides["5559"])
     process.start()
     trainer = subprocess.Popen([*train, "--run-dir", str(tmp_path / "run"), "--quiet", "--pub", "tcp://127.0.0.1:0",
                                 "--ctl", "tcp://127.0.0.1:0", "--set", "train.max_timesteps=100000000"], cwd=ROOT)
+    with open(tmp_path / "viewer.log", "wb") as out:
+        viewer = ViewerProcess(subprocess.Popen([*viewer_args, "--runs", str(tmp_path / "none"), "--port",
+                                                 str(free_port())], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                                env={**os.environ, "PYTHONUNBUFFERED": "1"}), tmp_path / "viewer.log")
     try:
         listed = lambda: orjson.loads(subprocess.run(runs, capture_output=True, timeout=60).stdout)["runs"]  # noqa: E731
         wait_for(listed, 120, every=0.5, what="the trainer listed", alive=lambda: trainer.poll() is None)
         run = listed()[0]["lineage"]
+        viewer.wait_ready()
+        wait_for(lambda: [(r["id"], r["link"]) for r in relayed_runs(viewer).values()] == [(f"trainer~{run}",
+                 "online")], 60, every=0.5, what="the viewer shows the run behind the relay")
         stopped = subprocess.run([arg.replace("RUN", run) for arg in stop], capture_output=True, timeout=60)
         assert orjson.loads(stopped.stdout) == {"ok": True, "state": "stopping"}
         assert trainer.wait(120) == 0
     finally:
-        reap([trainer])
+        reap([trainer, viewer.proc])
         process.proc.terminate()
         assert process.proc.wait(30) == 0
 

@@ -222,6 +222,7 @@ class Hub:
         return {
             "trainer": self.settings.trainer, "ctl": self.settings.ctl, "link": str(self.link),
             "last_heard": self.last_heard or None, "handshake": self.handshake, "run": self.run,
+            "lineage": self.lineage,
             "seq": -1 if history is None else history.seq,  # as in the browsers' snapshot
             "episodes": 0 if history is None else len(history.episodes),
             "metrics": 0 if history is None else len(history.metrics),
@@ -267,7 +268,10 @@ class Hub:
 
         Known after the snapshot merged, it is news to the sink: the run may be another one than it took.
         """
-        lineage = orjson.loads(heartbeat).get("lineage")
+        try:
+            lineage = orjson.loads(heartbeat).get("lineage")
+        except (orjson.JSONDecodeError, AttributeError):
+            return  # a garbled heartbeat says nothing; the next one may
         self.lineage = lineage if isinstance(lineage, str) and lineage else self.run
         if self.held is None:
             self.sink.resync_all()

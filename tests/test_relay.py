@@ -190,7 +190,7 @@ def covered(viewer: ViewerProcess, ident: str, trainer: TrainerProcess) -> tuple
     return snapshot["history"]["episodes"]["raw"], len(episodes)
 
 
-def test_a_viewer_of_the_relay_shows_every_trainer_stops_one_and_survives_the_relays_kill(
+def test_a_viewer_of_the_relay_shows_every_trainer_stops_and_resumes_one_and_survives_the_relays_kill(
         four_hosts, relay, relay_keys, trainers, viewers):
     _, node_a, node_b, client_host = four_hosts
     a, b = (trainers(*LONG, "--relay", relay.trainers, *curve(relay_keys, "node"), prefix=node.prefix())
@@ -221,6 +221,13 @@ def test_a_viewer_of_the_relay_shows_every_trainer_stops_one_and_survives_the_re
     held, journaled = covered(viewer, id_b, b)
     assert held == journaled  # whatever the kill cost on the wire, a snapshot through the new relay gave back
     assert heard()["snapshots"] >= 2 and relayed_runs(viewer)[id_a]["state"] == "stopped"
+
+    stopped_with = relayed_runs(viewer)[id_a]["episodes"]
+    trainers(*LONG, "--resume", "--relay", relay.trainers, *curve(relay_keys, "node"), run_dir=a.run_dir,
+             prefix=node_a.prefix())
+    wait_for(lambda: relayed_runs(viewer)[id_a]["live"] and relayed_runs(viewer)[id_a]["episodes"] > stopped_with,
+             120, every=0.5, what="the resumed run goes on under its id")
+    assert relayed_runs(viewer)[id_a]["process"] == orjson.loads((a.run_dir / "run.json").read_bytes())["run"]
 
     b.proc.kill()
     b.wait()

@@ -279,13 +279,14 @@ def test_a_remote_resume_stays_one_run_and_a_new_run_on_its_endpoints_ends_it(tm
     wait_for(lambda: listed(viewer).get(ident, {}).get("episodes", 0) >= 3, timeout=120, what="the first process")
     assert request(ctl, "stop")["ok"] and first.wait(60) == 0
     wait_for(lambda: listed(viewer)[ident]["state"] == "stopped", timeout=60, what="the stop seen")
-    before = viewer.get(f"/api/runs/{ident}")["history"]["episodes"]["data"][0]
+    charted = lambda: viewer.get(f"/api/runs/{ident}")["history"]["episodes"]["data"][0]  # noqa: E731
+    before = charted()
 
     resumed = trainers(*LONG, "--resume", run_dir=elsewhere, pub=pub, ctl=ctl)
-    wait_for(lambda: listed(viewer)[ident]["process"] == resumed_process(elsewhere)
-             and listed(viewer)[ident]["episodes"] > len(before), timeout=120, what="the resumed process, same run")
+    wait_for(lambda: listed(viewer)[ident]["process"] == resumed_process(elsewhere) and len(charted()) > len(before),
+             timeout=120, what="the resumed process's episodes, in the same run")
     assert list(listed(viewer)) == [ident] and listed(viewer)[ident]["live"]
-    numbers = viewer.get(f"/api/runs/{ident}")["history"]["episodes"]["data"][0]
+    numbers = charted()
     assert numbers[:len(before)] == before and numbers[len(before)] == len(before) + 1  # the part before, kept
 
     resumed.proc.kill()

@@ -146,7 +146,7 @@ class Runs:
         self._fed: frozenset[str] = frozenset()
         self._listed: dict[str, dict[str, Any]] = {}  # the run list as last broadcast
         self._task: asyncio.Task[None] | None = None
-        self.relay = settings.relay and RelayLink(settings.relay, settings.hub, self)
+        self.relay = RelayLink(settings.relay, settings.hub, self) if settings.relay else None
 
     # Lifecycle -------------------------------------------------------------------
 

@@ -17,18 +17,22 @@ import pytest
 from conftest import train_to_end, wait_for
 
 from tetriszmq.stream.control import request
-from viewer.catalogue import Catalogue, Changes, RunEntry, process_alive, read_journal, run_id
+from viewer.catalogue import Catalogue, RunEntry, process_alive, read_journal, run_id
+from viewer.fanout import Limits
+from viewer.runs import Runs, RunsSettings
 from viewer.series import load_journal
 
 LONG = ("--set", "train.max_timesteps=10000000")
 
 
 def listed(*roots: Path) -> dict[str, dict[str, Any]]:
-    """``GET /api/runs`` as a browser would parse it, by run id."""
-    catalogue = Catalogue(roots)
-    catalogue.entries = catalogue.scan()
-    runs = orjson.loads(orjson.dumps(catalogue.listing()))["runs"]
-    return {run["id"]: run for run in runs}
+    """``GET /api/runs`` as a browser would parse it, by run id: the viewer's `Runs` after one scan."""
+    async def scan() -> dict[str, dict[str, Any]]:
+        runs = Runs(RunsSettings(roots=roots), Limits())
+        await runs.refresh()
+        return runs.listing_entries()
+
+    return orjson.loads(orjson.dumps(asyncio.run(scan())))
 
 
 def copy_run(source: Path, target: Path) -> Path:
@@ -191,23 +195,20 @@ def test_live_runs_appear_change_state_and_disappear_as_the_folder_changes(tmp_p
     asyncio.run(main())
 
 
-def test_watch_reports_a_new_run_directory_within_its_period(tmp_path: Path, finished_run: Path):
-    reported: list[Changes] = []
-
-    async def main() -> None:
-        catalogue = Catalogue([tmp_path])
-        watching = asyncio.create_task(catalogue.watch(reported.append, every=0.2))
+def test_the_viewers_watch_lists_a_new_run_directory_within_its_period(tmp_path: Path, finished_run: Path):
+    async def main() -> dict[str, dict[str, Any]]:
+        runs = Runs(RunsSettings(roots=(tmp_path,), every=0.2), Limits())
+        await runs.start()
         try:
-            await asyncio.sleep(0)
             await asyncio.to_thread(copy_run, finished_run, tmp_path / "new")
             deadline = time.monotonic() + 30
-            while not any("new" in c.added for c in reported) and time.monotonic() < deadline:
+            while "new" not in runs.listing_entries() and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
+            return runs.listing_entries()
         finally:
-            watching.cancel()
+            await runs.stop()
 
-    asyncio.run(main())
-    assert any(c.added == ("new",) for c in reported)
+    assert list(asyncio.run(main())) == ["new"]
 
 
 def test_a_resumed_run_is_one_run_whose_episodes_continue(tmp_path: Path, finished_run: Path):

@@ -19,6 +19,7 @@ import pytest
 import zmq
 from conftest import ROOT, TRAINING, TrainerProcess, free_endpoint, free_port, reap, wait_for
 from netns import LONG, Host, run_in
+from viewer_support import ViewerProcess
 from zmq.utils.monitor import parse_monitor_message
 
 from tetriszmq.stream.control import request
@@ -135,10 +136,10 @@ def lineage(trainer: TrainerProcess) -> str:
     return orjson.loads((trainer.run_dir / "run.json").read_bytes())["lineage"]
 
 
-def journal_seqs(trainer: TrainerProcess, run: str) -> set[int]:
-    """The seqs of the episodes and metrics that process ``run`` journaled."""
+def journal_seqs(trainer: TrainerProcess, run: str, topics: tuple[str, ...] = ("episode", "metrics")) -> set[int]:
+    """The seqs of the episodes and metrics (or ``topics``) that process ``run`` journaled."""
     lines = (orjson.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_bytes().splitlines())
-    return {msg["seq"] for msg in lines if msg["run"] == run and msg["topic"] in ("episode", "metrics")}
+    return {msg["seq"] for msg in lines if msg["run"] == run and msg["topic"] in topics}
 
 
 def ctl(host: Host, relay: RelayProcess, cmd: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -182,6 +183,66 @@ def test_two_trainers_behind_a_relay_stream_stop_and_survive_its_kill(four_hosts
             assert journaled <= set(held["kept"])  # whatever the kill cost on the wire, snapshots gave back
     finally:
         client.close()
+
+
+def relayed_runs(viewer: ViewerProcess) -> dict[str, dict]:
+    return {run["id"]: run for run in viewer.get("/api/runs")["runs"]}
+
+
+def covered(viewer: ViewerProcess, ident: str, trainer: TrainerProcess) -> tuple[int, int]:
+    """(episodes the viewer holds of a run, episodes its process journaled up to the viewer's last seq)."""
+    snapshot = viewer.get(f"/api/runs/{ident}")
+    run, seq = snapshot["run"], snapshot["seq"]
+    wait_for(lambda: max(journal_seqs(trainer, run)) >= seq, 60, what="the journal catches up")
+    episodes = [s for s in journal_seqs(trainer, run, ("episode",)) if s <= seq]
+    return snapshot["history"]["episodes"]["raw"], len(episodes)
+
+
+def test_a_viewer_of_the_relay_shows_every_trainer_stops_and_resumes_one_and_survives_the_relays_kill(
+        four_hosts, relay, relay_keys, trainers, viewers):
+    _, node_a, node_b, client_host = four_hosts
+    a, b = (trainers(*LONG, "--relay", relay.trainers, *curve(relay_keys, "node"), prefix=node.prefix())
+            for node in (node_a, node_b))
+    ids = {f"trainer~{lineage(t)}": t for t in (a, b)}
+    (id_a, _), (id_b, _) = ids.items()
+    viewer = viewers(None, None, "--relay", relay.viewers, *curve(relay_keys, "client"), "--token", "relay-test",
+                     prefix=tuple(client_host.prefix()))
+    wait_for(lambda: {i: r["link"] for i, r in relayed_runs(viewer).items()} == dict.fromkeys(ids, "online"), 120,
+             every=0.5, what="both trainers behind the relay listed, online")
+    processes = {orjson.loads((t.run_dir / "run.json").read_bytes())["run"] for t in (a, b)}
+    lines = viewer.watch(seconds=60, live=200)
+    assert {line["run"] for line in lines if line["topic"] == "board"} == processes
+
+    assert viewer.control("stop", id_a) == {"status": 200, "reply": {"ok": True, "state": "stopping",
+                                                                            "run": id_a}}
+    assert a.wait(120) == 0
+    wait_for(lambda: relayed_runs(viewer)[id_a]["state"] == "stopped", 60, every=0.5, what="the stop seen")
+
+    relay.kill()
+    relay.start()
+    restarted = time.time()
+    heard = lambda: next(t for t in viewer.status()["trainers"] if t["id"] == id_b)  # noqa: E731
+    wait_for(lambda: heard()["last_heard"] > restarted and not heard()["syncing"], 120, every=0.5,
+             what="the viewer hears the other run through the new relay")
+    assert viewer.control("pause", id_b)["reply"]["state"] == "paused"
+    assert viewer.control("resume", id_b)["reply"]["state"] == "running"
+    held, journaled = covered(viewer, id_b, b)
+    assert held == journaled  # whatever the kill cost on the wire (if anything), a snapshot gave back
+    assert relayed_runs(viewer)[id_a]["state"] == "stopped"
+
+    stopped_with = relayed_runs(viewer)[id_a]["episodes"]
+    trainers(*LONG, "--resume", "--relay", relay.trainers, *curve(relay_keys, "node"), run_dir=a.run_dir,
+             prefix=node_a.prefix())
+    wait_for(lambda: relayed_runs(viewer)[id_a]["live"] and relayed_runs(viewer)[id_a]["episodes"] > stopped_with,
+             120, every=0.5, what="the resumed run goes on under its id")
+    assert relayed_runs(viewer)[id_a]["process"] == orjson.loads((a.run_dir / "run.json").read_bytes())["run"]
+
+    b.proc.kill()
+    b.wait()
+    wait_for(lambda: relayed_runs(viewer)[id_b]["link"] == "offline", 60, every=0.2, what="silence shown offline")
+    wait_for(lambda: relayed_runs(viewer)[id_b]["state"] == "crashed", 60, every=0.5, what="then crashed")
+    assert not relayed_runs(viewer)[id_b]["live"] and set(relayed_runs(viewer)) == set(ids)
+    assert "Traceback" not in viewer.output()
 
 
 def test_wrong_keys_get_nothing(four_hosts, relay, relay_keys, trainers):
@@ -327,10 +388,10 @@ def test_the_readmes_relay_commands_work_as_written(tmp_path):
 
     def command(args: list[str]) -> list[str]:
         args = [swaps.get(arg, arg.replace("keys/", f"{tmp_path}/keys/")) for arg in args]
-        assert args[0] == "tetriszmq"
-        return [sys.executable, "-m", *args]
+        program = {"tetriszmq": "tetriszmq", "tetriszmq-viewer": "viewer"}[args[0]]
+        return [sys.executable, "-m", program, *args[1:]]
 
-    keys, relay_args, train, runs, stop = (command(args) for args in readme_relay_commands())
+    keys, relay_args, train, runs, viewer_args, stop = (command(args) for args in readme_relay_commands())
     assert subprocess.run(keys, capture_output=True, timeout=60).returncode == 0
     assert [p.name for p in (tmp_path / "keys" / "allowed").iterdir()] == ["client.key"]
     assert [p.name for p in (tmp_path / "keys" / "allowed-trainers").iterdir()] == ["node.key"]
@@ -338,15 +399,22 @@ def test_the_readmes_relay_commands_work_as_written(tmp_path):
     process.start()
     trainer = subprocess.Popen([*train, "--run-dir", str(tmp_path / "run"), "--quiet", "--pub", "tcp://127.0.0.1:0",
                                 "--ctl", "tcp://127.0.0.1:0", "--set", "train.max_timesteps=100000000"], cwd=ROOT)
+    with open(tmp_path / "viewer.log", "wb") as out:
+        viewer = ViewerProcess(subprocess.Popen([*viewer_args, "--runs", str(tmp_path / "none"), "--port",
+                                                 str(free_port())], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                                env={**os.environ, "PYTHONUNBUFFERED": "1"}), tmp_path / "viewer.log")
     try:
         listed = lambda: orjson.loads(subprocess.run(runs, capture_output=True, timeout=60).stdout)["runs"]  # noqa: E731
         wait_for(listed, 120, every=0.5, what="the trainer listed", alive=lambda: trainer.poll() is None)
         run = listed()[0]["lineage"]
+        viewer.wait_ready()
+        wait_for(lambda: [(r["id"], r["link"]) for r in relayed_runs(viewer).values()] == [(f"trainer~{run}",
+                 "online")], 60, every=0.5, what="the viewer shows the run behind the relay")
         stopped = subprocess.run([arg.replace("RUN", run) for arg in stop], capture_output=True, timeout=60)
         assert orjson.loads(stopped.stdout) == {"ok": True, "state": "stopping"}
         assert trainer.wait(120) == 0
     finally:
-        reap([trainer])
+        reap([trainer, viewer.proc])
         process.proc.terminate()
         assert process.proc.wait(30) == 0
 

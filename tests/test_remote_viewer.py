@@ -20,25 +20,11 @@ from viewer_support import ViewerProcess
 pytestmark = pytest.mark.slow
 
 
-def watch(viewer: ViewerProcess, seconds: float, live: int | None = None) -> list[dict[str, Any]]:
-    """The digests of what one WebSocket client of ``viewer`` received (see tests/viewer_probe.py)."""
-    args = ["watch", viewer.url, "--seconds", str(seconds), *(["--live", str(live)] if live else [])]
-    result = viewer.probe(*args, timeout=seconds + 30)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return [orjson.loads(line) for line in result.stdout.splitlines()]
-
-
-def post_control(viewer: ViewerProcess, cmd: str) -> dict[str, Any]:
-    result = viewer.probe("control", viewer.url, viewer.token, orjson.dumps({"cmd": cmd}).decode())
-    assert result.returncode == 0, result.stderr
-    return orjson.loads(result.stdout)
-
-
 def test_a_viewer_with_the_allowed_key_relays_the_stream_and_stops_the_trainer(secured_trainer, hosts, keys,
                                                                              viewers):
     _, client = hosts
     viewer = viewers(secured_trainer.pub, secured_trainer.ctl, *client_keys(keys), prefix=tuple(client.prefix()))
-    lines = watch(viewer, seconds=60, live=40)
+    lines = viewer.watch(seconds=60, live=40)
     last = max(i for i, line in enumerate(lines) if line["topic"] == "snapshot")
     snapshot, live = lines[last], [line for line in lines[last + 1:] if line["seq"] is not None]
     assert snapshot["run"] is not None and snapshot["link"] == "online"
@@ -48,7 +34,7 @@ def test_a_viewer_with_the_allowed_key_relays_the_stream_and_stops_the_trainer(s
     assert (trainer["link"], trainer["handshake"], trainer["run"]) == ("online", None, snapshot["run"])
 
     ident = viewer.status()["trainer"]["id"]
-    assert post_control(viewer, "stop") == {"status": 200, "reply": {"ok": True, "state": "stopping", "run": ident}}
+    assert viewer.control("stop") == {"status": 200, "reply": {"ok": True, "state": "stopping", "run": ident}}
     assert secured_trainer.wait(60) == 0
 
 
@@ -64,7 +50,7 @@ def test_a_viewer_without_an_allowed_key_gets_nothing_and_cannot_stop_training(s
     before = orjson.loads(ctl(client, "status", secured_trainer.ctl, *client_keys(keys)).stdout)["timesteps"]
 
     def try_viewer(viewer: ViewerProcess) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        return watch(viewer, seconds=3), post_control(viewer, "stop")
+        return viewer.watch(seconds=3), viewer.control("stop")
 
     with ThreadPoolExecutor(len(refused)) as pool:
         outcomes = dict(zip(refused, pool.map(try_viewer, refused.values()), strict=True))

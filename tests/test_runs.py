@@ -12,8 +12,10 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from conftest import TRAINING, wait_for
+from conftest import TRAINING, free_endpoint, wait_for
 from viewer_support import Browser, ViewerProcess, connect
+
+from tetriszmq.stream.control import request
 
 LONG = ("--set", "train.max_timesteps=10000000")
 
@@ -224,7 +226,13 @@ def test_another_sites_page_can_neither_watch_nor_control(tmp_path, viewers, fin
     run(body)
 
 
-def test_a_remote_trainer_is_named_by_its_process_and_one_under_runs_is_listed_once(
+def lineage(run_dir: Path) -> str:
+    """The run a trainer's process continues, as its run.json says (once the trainer wrote it)."""
+    wait_for(lambda: (run_dir / "run.json").exists(), timeout=60, what=f"{run_dir.name}/run.json")
+    return orjson.loads((run_dir / "run.json").read_bytes())["lineage"]
+
+
+def test_a_remote_trainer_is_named_by_its_lineage_and_one_under_runs_is_listed_once(
         tmp_path, trainers, viewers):
     root = tmp_path / "runs"
     root.mkdir()
@@ -233,8 +241,7 @@ def test_a_remote_trainer_is_named_by_its_process_and_one_under_runs_is_listed_o
     viewer = viewers(None, None, "--runs", str(root), "--trainer", f"{remote.pub},{remote.ctl}",
                      "--trainer", f"{local.pub},{local.ctl}")
 
-    wait_for(lambda: (remote.run_dir / "run.json").exists(), timeout=60, what="the remote trainer started")
-    remote_id = f"trainer~{resumed_process(remote.run_dir)}"  # the local trainer is a tiny-* process too
+    remote_id = f"trainer~{lineage(remote.run_dir)}"
 
     async def early(session: aiohttp.ClientSession) -> None:
         """A browser watching every run from before the trainers are heard sees them renamed, and stays."""
@@ -249,8 +256,9 @@ def test_a_remote_trainer_is_named_by_its_process_and_one_under_runs_is_listed_o
         ids = set(listed(viewer))
         return len(ids) == 2 and "local" in ids and any(i.startswith("trainer~tiny-") for i in ids)
 
-    wait_for(named, timeout=120, what="the remote trainer named by its process, the local one once")
+    wait_for(named, timeout=120, what="the remote trainer named by its lineage, the local one once")
     ident = next(i for i in listed(viewer) if i.startswith("trainer~"))
+    assert ident == remote_id
     entry = listed(viewer)[ident]
     assert entry["dir"] is None and entry["process"] == resumed_process(remote.run_dir) and entry["live"]
     assert {t["id"] for t in viewer.status()["trainers"]} == {ident, "local"}
@@ -260,3 +268,56 @@ def test_a_remote_trainer_is_named_by_its_process_and_one_under_runs_is_listed_o
         assert (status, reply["run"], reply["state"]) == (200, ident, "paused")
 
     run(body)
+
+
+def test_a_remote_resume_stays_one_run_and_a_new_run_on_its_endpoints_ends_it(tmp_path, trainers, viewers):
+    pub, ctl = free_endpoint(), free_endpoint()
+    elsewhere = tmp_path / "elsewhere"
+    first = trainers(*LONG, run_dir=elsewhere, pub=pub, ctl=ctl)
+    viewer = viewers(pub, ctl)
+    ident = f"trainer~{lineage(elsewhere)}"
+    wait_for(lambda: listed(viewer).get(ident, {}).get("episodes", 0) >= 3, timeout=120, what="the first process")
+    assert request(ctl, "stop")["ok"] and first.wait(60) == 0
+    wait_for(lambda: listed(viewer)[ident]["state"] == "stopped", timeout=60, what="the stop seen")
+    charted = lambda: viewer.get(f"/api/runs/{ident}")["history"]["episodes"]["data"][0]  # noqa: E731
+    before = charted()
+
+    resumed = trainers(*LONG, "--resume", run_dir=elsewhere, pub=pub, ctl=ctl)
+    wait_for(lambda: listed(viewer)[ident]["process"] == resumed_process(elsewhere) and len(charted()) > len(before),
+             timeout=120, what="the resumed process's episodes, in the same run")
+    assert list(listed(viewer)) == [ident] and listed(viewer)[ident]["live"]
+    numbers = charted()
+    assert numbers[:len(before)] == before and numbers[len(before)] == len(before) + 1  # the part before, kept
+
+    resumed.proc.kill()
+    resumed.wait()
+    fresh = trainers(*LONG, run_dir=tmp_path / "fresh", pub=pub, ctl=ctl)
+    new = f"trainer~{lineage(fresh.run_dir)}"
+    wait_for(lambda: listed(viewer).get(new, {}).get("state") in TRAINING, timeout=120, what="the new run")
+    old = listed(viewer)[ident]
+    assert (old["state"], old["live"], old["link"]) == ("crashed", False, None)  # not `running` for ever
+    assert old["ended"] is not None and set(listed(viewer)) == {ident, new}
+
+
+def test_removing_the_folder_of_a_run_followed_through_trainer_leaves_its_trainer_a_run_of_its_own(
+        tmp_path, trainers, viewers):
+    root = tmp_path / "runs"
+    mirror = root / "mirror"  # a run directory naming the remote trainer, as a synced copy of its folder would
+    mirror.mkdir(parents=True)
+    remote = trainers(*LONG, run_dir=tmp_path / "elsewhere")
+    ident = f"trainer~{lineage(remote.run_dir)}"
+    shutil.copy(remote.run_dir / "run.json", mirror / "run.json")
+    viewer = viewers(None, None, "--runs", str(root), "--trainer", f"{remote.pub},{remote.ctl}")
+    wait_for(lambda: {i: r["link"] for i, r in listed(viewer).items()} == {"mirror": "online"}, timeout=120,
+             what="the --trainer followed as the run directory naming it")
+    shutil.rmtree(mirror)
+
+    async def body(session: aiohttp.ClientSession) -> None:
+        browser = await connect(session, viewer, runs=True)
+        await browser.watch("*")
+        await browser.until(lambda m: m["topic"] == "episode" and m["id"] == ident, timeout=120)
+
+    run(body)
+    assert {i: r["link"] for i, r in listed(viewer).items()} == {ident: "online"}
+    assert [t["id"] for t in viewer.status()["trainers"]] == [ident]
+    assert "Traceback" not in viewer.output()

@@ -165,7 +165,7 @@ def run(body: Callable[[], Awaitable[None]]) -> None:
 
 def handshake(path: bytes = b"/ws") -> bytes:
     key = base64.b64encode(os.urandom(16))
-    return (b"GET %s HTTP/1.1\r\nHost: viewer\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    return (b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (path, key))
 
 
@@ -406,19 +406,19 @@ async def _(reader, writer):
 
 @drop("a 10 kB request line", {"400", "414", "closed", "cut"})
 async def _(reader, writer):
-    writer.write(b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: v\r\n\r\n")
+    writer.write(b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     return await status_line(reader)
 
 
 @drop("a path out of /static", {"403", "404"})
 async def _(reader, writer):
-    writer.write(b"GET /static/../../../../etc/passwd HTTP/1.1\r\nHost: v\r\nConnection: close\r\n\r\n")
+    writer.write(b"GET /static/../../../../etc/passwd HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     return await status_line(reader)
 
 
 @drop("GET /api/status, leave before the answer", None)
 async def _(reader, writer):
-    writer.write(b"GET /api/status?clients=1 HTTP/1.1\r\nHost: v\r\n\r\n")
+    writer.write(b"GET /api/status?clients=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     await writer.drain()
 
 
@@ -538,7 +538,7 @@ def raw_control_requests(stage: Stage) -> dict[str, str]:
             writer.transport.abort()
 
     body = b'{"cmd": "stop"}'
-    head = b"POST /api/control HTTP/1.1\r\nHost: v\r\nContent-Length: %d\r\nAuthorization: Bearer %s\r\n\r\n"
+    head = b"POST /api/control HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\nAuthorization: Bearer %s\r\n\r\n"
 
     async def both() -> dict[str, str]:
         return {"non-UTF-8 token": await send(head % (len(body), b"\xff\xfe" + stage.viewer.token.encode()) + body,

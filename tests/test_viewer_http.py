@@ -6,12 +6,14 @@ One real viewer with no trainer behind it serves the module: everything here is 
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from conftest import ROOT, free_port, reap
 from viewer_support import ViewerProcess, start_viewer
@@ -150,8 +152,50 @@ def test_before_any_trainer_the_status_and_the_snapshot_say_none_the_same_way(vi
     (["--trainer", "nonsense://x", "--ctl", "tcp://127.0.0.1:1"], "'nonsense://x' is not a ZeroMQ endpoint"),
     (["--token", "two words"], "the control token may hold only"),
     (["--snapshot-rate", "0"], "must be a positive number"),
+    (["--relay", "relay-box:5559"], "--relay 'relay-box:5559': give tcp://HOST:PORT"),
+    (["--relay", "tcp://127.0.0.1:5559,nonsense"], "--relay 'tcp://127.0.0.1:5559,nonsense'"),
 ])
 def test_the_viewer_refuses_bad_endpoints_and_tokens_at_start(args, says):
     done = subprocess.run([sys.executable, "-m", "viewer", "--port", str(free_port()), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and says in done.stderr, done.stderr
+
+
+def raw_get(viewer: ViewerProcess, path: str, host: str, *extra: str) -> tuple[int, bytes]:
+    """GET ``path`` with this ``Host`` header, as a page on a name re-pointed at 127.0.0.1 would send it."""
+    address, port = viewer.url.removeprefix("http://").rsplit(":", 1)
+    head = "".join(f"{line}\r\n" for line in (f"GET {path} HTTP/1.1", f"Host: {host}", *extra, "Connection: close"))
+    with socket.create_connection((address, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode() + b"\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536) or b"\r\n\r\n"
+        status = int(answer.split(b" ", 2)[1])
+        if status != 101:  # an upgraded socket stays open: its head is all there is to read
+            answer += b"".join(iter(lambda: sock.recv(65536), b""))
+    return status, answer.partition(b"\r\n\r\n")[2]
+
+
+UPGRADE = ("Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+           "Sec-WebSocket-Version: 13")
+
+
+@pytest.mark.parametrize("path", ["/", "/api/runs", "/api/runs/anything", "/api/status", "/healthz",
+                                  "/static/app.js", "/ws", "/ws?runs=1"])
+def test_a_request_addressed_to_another_name_is_refused_on_every_route(viewer, path):
+    """DNS rebinding: evil.example re-pointed at 127.0.0.1 makes its page same-origin with the viewer."""
+    port = viewer.url.rsplit(":", 1)[1]
+    extra = UPGRADE if path.startswith("/ws") else ()
+    status, body = raw_get(viewer, path, f"evil.example:{port}", *extra)
+    assert status == 421, body
+    assert "evil.example" in orjson.loads(body)["error"]
+    for own in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST.:{port}", f"[::1]:{port}", "127.0.0.1"):
+        assert raw_get(viewer, path, own, *extra)[0] in (101, 200, 404), own
+
+
+def test_allow_origin_admits_its_host_name_too(viewers, tmp_path):
+    trusting = viewers(None, None, "--allow-origin", "https://dash.example.org")
+    assert raw_get(trusting, "/api/status", "dash.example.org")[0] == 200
+    assert raw_get(trusting, "/api/status", "evil.example")[0] == 421
+    anyone = viewers(None, None, "--allow-origin", "*")
+    assert raw_get(anyone, "/api/status", "evil.example")[0] == 200

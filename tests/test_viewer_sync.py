@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from viewer_support import Recorder, start_viewer
 from tetriszmq.stream import protocol
 from tetriszmq.stream.broker import Broker
 from tetriszmq.stream.history import RunHistory
+from tetriszmq.stream.relay import Relay, Side, Uplink
 from tetriszmq.stream.state import TrainerState
 from viewer.hub import Hub, HubSettings
 
@@ -136,3 +138,48 @@ def test_a_crowd_reconnecting_at_once_gets_its_snapshots_within_the_byte_budget(
         broker.close()
         if viewer is not None:
             reap([viewer.proc])
+
+
+def test_through_a_relay_that_does_not_know_the_run_yet_the_snapshot_is_asked_once_more():
+    """A restarted relay relearns its routes from the trainers' hellos; the stream may come back first."""
+    trainers_side, viewers_side = (Side(endpoint(), endpoint()) for _ in range(2))
+    relay = Relay(trainers_side, viewers_side)
+    ready = threading.Event()
+    serving = threading.Thread(target=relay.serve, args=(ready.set,), daemon=True)
+    serving.start()
+    assert ready.wait(30)
+    broker = Broker(TrainerState(run="sync-test"), endpoint(), endpoint(), heartbeat_every=0.05,
+                    relay=Uplink(trainers_side))
+    prefix = b'{"v":1,"topic":"episode","run":"sync-test","seq":'
+
+    replies: list[dict[str, Any]] = []
+
+    async def main() -> dict[str, int]:
+        settings = HubSettings(viewers_side.stream, viewers_side.control, request_retries=0, run="sync-test")
+        hub, recorder = Hub(settings), Recorder()
+        control = hub.control
+
+        async def noted(cmd: protocol.Command) -> dict[str, Any]:
+            replies.append(await control(cmd))
+            return replies[-1]
+
+        hub.control = noted
+        hub.attach(recorder)
+        try:
+            hub.on_frames([b"episode:", protocol.seal(prefix, 0, orjson.dumps({**EPISODE, "t": 1.0}))])
+            async with asyncio.timeout(30):
+                await until(lambda: bool(replies))
+                broker.start()  # the trainer says hello only after the relay said it does not know the run
+                await until(lambda: hub.held is None)
+            return hub.counters
+        finally:
+            await hub.stop()
+
+    try:
+        counters = asyncio.run(main())
+    finally:
+        broker.close()
+        relay.stop()
+        serving.join(30)
+    assert replies[0]["error"].startswith('unknown run "sync-test"') and replies[1]["run"] == "sync-test"
+    assert (counters["snapshots"], counters["snapshot_failures"]) == (1, 0)

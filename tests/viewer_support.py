@@ -60,6 +60,20 @@ class ViewerProcess:
     def status(self) -> dict[str, Any]:
         return self.get("/api/status?clients=1")
 
+    def watch(self, seconds: float, live: int | None = None) -> list[dict[str, Any]]:
+        """The digests of what one WebSocket client (plain /ws) received, through tests/viewer_probe.py."""
+        args = ["watch", self.url, "--seconds", str(seconds), *(["--live", str(live)] if live else [])]
+        result = self.probe(*args, timeout=seconds + 30)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return [orjson.loads(line) for line in result.stdout.splitlines()]
+
+    def control(self, cmd: str, run: str | None = None) -> dict[str, Any]:
+        """``{"status", "reply"}`` of ``POST /api/control`` with the token, through tests/viewer_probe.py."""
+        body = {"cmd": cmd, **({"run": run} if run else {})}
+        result = self.probe("control", self.url, self.token, orjson.dumps(body).decode())
+        assert result.returncode == 0, result.stderr
+        return orjson.loads(result.stdout)
+
     def wait_ready(self, timeout: float = 30) -> None:
         """Poll until the viewer printed its URL and answers /healthz."""
         deadline = time.monotonic() + timeout

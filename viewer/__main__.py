@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from tetriszmq.cli import client_curve, client_curve_arguments
+from tetriszmq.stream.relay import side
 from tetriszmq.stream.security import SecurityError, is_loopback
 from viewer.app import TOKEN, Settings, create_app
 from viewer.fanout import Limits
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainers = trainer_endpoints(args.trainer or [], args.ctl)
         check_endpoints(*(endpoint for pair in trainers for endpoint in pair))
+        relay = side(args.relay, "--relay") if args.relay else None
         curve = client_curve(args)
         check_host(args.host, args.insecure)
         token = check_token(args.token or os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(18))
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     hub = HubSettings(trainer="", ctl="", history=args.history, offline_after=args.offline_after, curve=curve)
     settings = Settings(
-        runs=RunsSettings(roots=tuple(Path(p) for p in args.runs or ["runs"]), trainers=tuple(trainers), hub=hub),
+        runs=RunsSettings(roots=tuple(Path(p) for p in args.runs or ["runs"]), trainers=tuple(trainers), relay=relay,
+                          hub=hub),
         limits=Limits(send_timeout=args.send_timeout, snapshot_rate=args.snapshot_rate * 1e6),
         host=args.host, port=args.port, token=token, allow_origins=frozenset(args.allow_origin or ()),
     )
@@ -72,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="a live trainer not under --runs (repeatable): its PUB endpoint, and its control "
                         "(REP) endpoint after a comma (default: PUB's port + 1)")
     parser.add_argument("--ctl", help="the control endpoint of a single --trainer (as --trainer PUB,CTL)")
+    parser.add_argument("--relay", metavar="STREAM[,CONTROL]",
+                        help="a relay's viewers side (tetriszmq relay --viewers): every trainer behind it is a live "
+                        "run (CONTROL default: STREAM's port + 1)")
     parser.add_argument("--allow-origin", action="append", metavar="ORIGIN",
                         help="another site (e.g. https://dash.example.org) whose pages may use /ws and "
                         "/api/control (repeatable; * for any); default: this viewer's own page only")
@@ -162,6 +168,8 @@ def _announce(settings: Settings, port: int) -> None:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     runs = settings.runs
     trainers = "".join(f"\n  trainer {pub}, control {ctl}" for pub, ctl in runs.trainers)
+    if runs.relay is not None:
+        trainers += f"\n  relay {runs.relay.stream}, control {runs.relay.control}"
     print(f"tetriszmq-viewer: runs in {', '.join(map(str, runs.roots))}{trainers}\n"
           f"  open http://{host}:{port}/#token={settings.token}\n"
           f"  control token: {settings.token} (without it the page is read-only)", flush=True)

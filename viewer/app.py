@@ -8,12 +8,16 @@ control token). Every error, aiohttp's own 404, 405 and 413 included, is
 ``{"ok": false, "error": ...}``. ``/ws`` and ``/api/control`` refuse a request
 whose ``Origin`` is another site's (unless ``--allow-origin``): any page the
 user visits could otherwise read the streams or, with the token, send commands.
+Every route refuses a request whose ``Host`` is not one of the viewer's names
+(421): a page on a name the attacker re-points at 127.0.0.1 (DNS rebinding) is
+same-origin with the viewer as far as the browser knows, so only ``Host`` tells.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import os
 import re
@@ -22,6 +26,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -64,11 +69,14 @@ class Settings:
 SETTINGS = web.AppKey("settings", Settings)
 RUNS = web.AppKey("runs", Runs)
 STARTED = web.AppKey("started", float)
+HOSTS = web.AppKey("hosts", frozenset)
+LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=MAX_CONTROL_BODY, middlewares=[json_errors])
+    app = web.Application(client_max_size=MAX_CONTROL_BODY, middlewares=[own_host, json_errors])
     app[SETTINGS], app[RUNS], app[STARTED] = settings, Runs(settings.runs, settings.limits), time.time()
+    app[HOSTS] = own_names(settings)
     app.cleanup_ctx.append(_run_runs)
     app.on_shutdown.append(_disconnect_clients)
     app.router.add_routes([
@@ -103,6 +111,45 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return _json({"ok": False, "error": message}, status, headers)
+
+
+def own_names(settings: Settings) -> frozenset[str]:
+    """The host names a request may be addressed to: loopback's, the bound host, each --allow-origin's host."""
+    origins = {urlsplit(origin).hostname for origin in settings.allow_origins}
+    return frozenset({*LOCAL_NAMES, settings.host.strip("[]").lower(), *filter(None, origins)})
+
+
+def _host_name(host: str) -> str | None:
+    """The name in a ``Host`` header (``Name:8080``, ``[::1]:8080``), lower case; None if it is not one."""
+    try:
+        parts = urlsplit(f"//{host}")
+        parts.port  # noqa: B018  a port that is no number raises ValueError
+    except ValueError:
+        return None
+    return parts.hostname and parts.hostname.rstrip(".")
+
+
+def _ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+@web.middleware
+async def own_host(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Refuse (421) a request addressed to a name that is not this viewer's, whatever the route.
+
+    An address (``http://10.0.0.5:8080``) cannot be re-pointed, so any is served; a name must be
+    loopback's, the ``--host``, or an ``--allow-origin``'s (``*``: any).
+    """
+    name = _host_name(request.host)
+    allowed = request.app[SETTINGS].allow_origins
+    if name is not None and ("*" in allowed or name in request.app[HOSTS] or _ip_literal(name)):
+        return await handler(request)
+    return _error(421, f"refused: this viewer is not {request.host[:80]!r} (a name re-pointed at it by another "
+                  "site?); open it as http://127.0.0.1:<port>/, or add --allow-origin http://<that name>:<port>")
 
 
 @web.middleware
@@ -164,6 +211,7 @@ async def status(request: web.Request) -> web.Response:
         "trainer": primary and {"id": primary.run, **primary.hub.status()},
         "run": primary and primary.hub.run,
         "trainers": [{"id": feed.run, **feed.hub.status()} for feed in runs_.feeds],
+        "relay": runs_.relay and runs_.relay.status(),
         "clients": runs_.fanout.status(per_client=request.query.get("clients") == "1"),
     })
 

@@ -144,28 +144,12 @@ class Catalogue:
         self._parsed: dict[Path, tuple[tuple[int, int, int], Any]] = {}
         self._host = socket.gethostname()
 
-    def listing(self) -> dict[str, Any]:
-        """The ``GET /api/runs`` body."""
-        return {"runs": [entry.to_json() for entry in self.entries.values()]}
-
     async def refresh(self) -> Changes:
         """Rescan in a thread, then swap the entries in on the event loop."""
         entries = await asyncio.to_thread(self.scan)
         changes = _diff(self.entries, entries)
         self.entries = entries
         return changes
-
-    async def watch(self, on_change: Callable[[Changes], None], every: float = 1.0) -> None:
-        """Refresh every ``every`` seconds for ever; tell ``on_change`` what changed."""
-        while True:
-            try:
-                changes = await self.refresh()
-            except Exception:  # a bug on one scan must not end the watch
-                log.exception("scanning the runs folders failed")
-            else:
-                if changes:
-                    on_change(changes)
-            await asyncio.sleep(every)
 
     def scan(self) -> dict[str, RunEntry]:
         """Find and read every run now (blocking file I/O: call it in a thread)."""

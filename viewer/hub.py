@@ -29,7 +29,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from tetriszmq.stream import protocol
+from tetriszmq.stream import protocol, relay
 from tetriszmq.stream.control import NoReply, decode_reply, no_reply, req_socket
 from tetriszmq.stream.history import RunHistory
 from tetriszmq.stream.protocol import Command, ProtocolError, Topic
@@ -45,6 +45,7 @@ _TOPIC_FRAME = re.compile(rb"([a-z][a-z0-9_]{0,39}):")  # any well-formed topic 
 _HISTORY_TOPICS = frozenset({Topic.STATUS, Topic.EPISODE, Topic.METRICS})
 LATEST_WINS = frozenset({Topic.BOARD, Topic.HEARTBEAT})  # state, not history: only the newest matters
 MAX_HELD = 20_000  # live messages held while a snapshot is in flight
+RELAY_RELEARNS = 1.0  # s for a restarted relay to hear every trainer's hello again (they say it every 0.5 s)
 _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -74,16 +75,33 @@ class HubSettings:
     request_timeout: float = 2.0
     request_retries: int = 2
     curve: ClientCurve | None = None  # the trainer's public key and ours, for its SUB and REQ sockets
+    run: str | None = None  # behind a relay (`trainer`, `ctl`: the relay's): the process run id requests name
+
+
+def subscriber(ctx: zmq.asyncio.Context, settings: HubSettings) -> zmq.asyncio.Socket:
+    """A SUB socket on every message of ``settings.trainer`` (a trainer's PUB or a relay's XPUB), not yet connected.
+
+    ZMTP heartbeats notice a vanished peer (a killed relay, a trainer's host gone) so that it reconnects.
+    """
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, 10_000)
+    sub.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+    sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    if settings.curve is not None:
+        settings.curve.apply(sub)
+    return sub
 
 
 async def request(ctx: zmq.asyncio.Context, endpoint: str, cmd: Command | str, *, timeout: float,
-                  retries: int, curve: ClientCurve | None = None) -> dict[str, Any]:
+                  retries: int, curve: ClientCurve | None = None, run: str | None = None) -> dict[str, Any]:
     """Send one control command with the lazy-pirate pattern and return the decoded reply.
 
     A REQ socket that lost its reply cannot send again, so every attempt uses a
-    fresh socket that is closed without lingering.
+    fresh socket that is closed without lingering. ``run``: the run it is for, through a relay.
     """
-    payload = protocol.encode_request(cmd)
+    payload = protocol.encode_request(cmd) if run is None else relay.encode_request(str(cmd), run)
     for _ in range(retries + 1):
         with req_socket(ctx, endpoint, curve) as sock:
             await sock.send(payload)
@@ -108,6 +126,7 @@ class Hub:
         self.sink: Sink
         self.ctx = zmq.asyncio.Context()
         self.history: RunHistory | None = None
+        self.lineage: str | None = None  # the run the current process continues, once its snapshot or heartbeat said
         self.heartbeat: bytes | None = None
         self.link = Link.WAITING
         self.last_heard = 0.0
@@ -124,20 +143,17 @@ class Hub:
 
     async def start(self, sink: Sink) -> None:
         """Subscribe to the trainer; accepted messages go to ``sink`` from now on."""
-        self.sink = sink
-        sub = self.ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 10_000)
-        sub.setsockopt(zmq.HEARTBEAT_IVL, 2000)  # notice a vanished remote trainer and reconnect
-        sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        if self.settings.curve is not None:
-            self.settings.curve.apply(sub)
+        self.attach(sink)
+        sub = subscriber(self.ctx, self.settings)
         monitor = sub.get_monitor_socket(_HANDSHAKE_EVENTS)
         sub.connect(self.settings.trainer)
-        self._tasks = [asyncio.create_task(self._receive(sub), name="hub-receive"),
-                       asyncio.create_task(self._watch_link(), name="hub-watch-link"),
-                       asyncio.create_task(self._watch_handshakes(monitor), name="hub-watch-handshakes")]
+        self._tasks += [asyncio.create_task(self._receive(sub), name="hub-receive"),
+                        asyncio.create_task(self._watch_handshakes(monitor), name="hub-watch-handshakes")]
+
+    def attach(self, sink: Sink) -> None:
+        """Take the messages someone else receives (`on_frames`: a relay's one SUB for every trainer behind it)."""
+        self.sink = sink
+        self._tasks = [asyncio.create_task(self._watch_link(), name="hub-watch-link")]
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *([self._snapshot_task] if self._snapshot_task else [])]
@@ -150,7 +166,7 @@ class Hub:
         """Forward one command to the trainer's REP and return its reply."""
         s = self.settings
         return await request(self.ctx, s.ctl, cmd, timeout=s.request_timeout, retries=s.request_retries,
-                             curve=s.curve)
+                             curve=s.curve, run=s.run)
 
     # What late joiners need ----------------------------------------------------
 
@@ -206,6 +222,7 @@ class Hub:
         return {
             "trainer": self.settings.trainer, "ctl": self.settings.ctl, "link": str(self.link),
             "last_heard": self.last_heard or None, "handshake": self.handshake, "run": self.run,
+            "lineage": self.lineage,
             "seq": -1 if history is None else history.seq,  # as in the browsers' snapshot
             "episodes": 0 if history is None else len(history.episodes),
             "metrics": 0 if history is None else len(history.metrics),
@@ -242,7 +259,22 @@ class Hub:
             self._start_run(run)
         if self.link is not Link.ONLINE:
             self._set_link(Link.ONLINE)
+        if self.lineage is None and topic is Topic.HEARTBEAT:
+            self._learn_lineage(frames[1])
         self._offer(topic, seq, frames[1])
+
+    def _learn_lineage(self, heartbeat: bytes) -> None:
+        """The lineage from a heartbeat, when the snapshot that would have said it failed (or is in flight).
+
+        Known after the snapshot merged, it is news to the sink: the run may be another one than it took.
+        """
+        try:
+            lineage = orjson.loads(heartbeat).get("lineage")
+        except (orjson.JSONDecodeError, AttributeError):
+            return  # a garbled heartbeat says nothing; the next one may
+        self.lineage = lineage if isinstance(lineage, str) and lineage else self.run
+        if self.held is None:
+            self.sink.resync_all()
 
     def _offer(self, topic: Topic | str, seq: int, payload: bytes, shown: bool = False) -> None:
         """Accept the next message in ``seq`` order; hold it while a snapshot is due.
@@ -288,7 +320,7 @@ class Hub:
     def _start_run(self, run: str) -> None:
         log.info("run %s: asking the trainer for its history", run)
         self.history = RunHistory(run, self.settings.history)
-        self.heartbeat = None
+        self.lineage = self.heartbeat = None
         self._history_version += 1
         self._request_snapshot()
 
@@ -299,16 +331,15 @@ class Hub:
         self._snapshot_task = asyncio.create_task(self._snapshot(), name="hub-snapshot")
 
     async def _snapshot(self) -> None:
-        try:
-            reply = await self.control(Command.SNAPSHOT)
-        except Exception as exc:  # noqa: BLE001  whatever failed, the held messages must go on
-            reply = {"ok": False, "error": str(exc) if isinstance(exc, NoReply) else repr(exc)}
+        reply = await self._ask_snapshot()
         self._snapshot_task = None
         history = self.history
         assert history is not None and self.held is not None
         new_run = history.seq < 0
         if reply.get("ok") and reply.get("run") == history.run and type(reply.get("seq")) is int:
             self.counters["snapshots"] += 1
+            lineage = reply.get("lineage")
+            self.lineage = lineage if isinstance(lineage, str) and lineage else history.run
             missed = self._merge(reply)
         else:
             self.counters["snapshot_failures"] += 1
@@ -318,6 +349,24 @@ class Hub:
             if self.held:  # accept the gap: the history resumes at the first held message
                 history.seq = max(history.seq, self.held[0].seq - 1)
         self._release(missed, new_run)
+
+    async def _ask_snapshot(self) -> dict[str, Any]:
+        """The trainer's snapshot reply, or an ``ok: false`` one saying why there is none.
+
+        Through a relay, asked again once if the relay does not know the run yet: a relay that
+        restarted relearns its routes from the trainers' next hellos, and the stream comes back first.
+        """
+        reply = await self._try_snapshot()
+        if self.settings.run and str(reply.get("error", "")).startswith("unknown run"):
+            await asyncio.sleep(RELAY_RELEARNS)
+            reply = await self._try_snapshot()
+        return reply
+
+    async def _try_snapshot(self) -> dict[str, Any]:
+        try:
+            return await self.control(Command.SNAPSHOT)
+        except Exception as exc:  # noqa: BLE001  whatever failed, the held messages must go on
+            return {"ok": False, "error": str(exc) if isinstance(exc, NoReply) else repr(exc)}
 
     def _merge(self, reply: dict[str, Any]) -> list[_Held]:
         """Fold a snapshot into the history; return what browsers have not seen, in seq order.
@@ -387,6 +436,14 @@ def check_endpoints(*endpoints: str) -> None:
                                      "expected e.g. tcp://127.0.0.1:5555") from None
     finally:
         ctx.term()
+
+
+def run_of(frames: list[bytes]) -> str | None:
+    """The process run id a stream message names; None if it is malformed (how a relay's stream is told apart)."""
+    try:
+        return _envelope(frames)[1]
+    except ProtocolError:
+        return None
 
 
 def _envelope(frames: list[bytes]) -> tuple[Topic | str, str, int]:

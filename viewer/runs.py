@@ -8,11 +8,13 @@ hub's sink: what the hub accepts goes into the run's history and to the fan-out 
 run's id. So a ``--resume`` (same directory, a new process on new ports) is one run whose
 feed is replaced, and its history goes on.
 
-A remote trainer is identified by what it says: its process run id (``trainer~<run id>``),
-or the catalogue run whose ``run.json`` names that process or its endpoints. Until it is
-heard it is listed as ``trainer~<host_port>``, waiting. (When the protocol names a run's
-lineage, a remote trainer is identified by that instead, and a remote ``--resume`` stays one
-run; see docs/VIEWER.md.)
+A remote trainer (a ``--trainer``, or one behind the ``--relay``, `viewer.relaylink`) is
+identified by what it says: the catalogue run whose ``run.json`` names its process or its
+endpoints, else its lineage (``trainer~<lineage>``, from its snapshot or heartbeats), so a
+remote ``--resume`` is one run whose history goes on. Until it is heard it is listed as
+``trainer~<host_port>`` (behind a relay: ``trainer~<process run id>``), waiting. A run whose
+trainer went away (another run's process took its endpoints, or the relay lost it) stays
+listed, ended: ``crashed`` unless its last state was ``stopped`` or ``error``.
 
 History (`viewer.series.RunSeries`, bounded, about 1 MB a run) is loaded only when a browser
 watches the run or asks for it: the listing reads only the ends of each ``metrics.jsonl``,
@@ -36,10 +38,12 @@ from typing import Any
 import orjson
 import zmq
 
+from tetriszmq.stream.relay import Side
 from viewer import series as history
-from viewer.catalogue import Catalogue, run_id
+from viewer.catalogue import TERMINAL, Catalogue, run_id
 from viewer.fanout import LISTING, Fanout, Limits
 from viewer.hub import Hub, HubSettings, Link
+from viewer.relaylink import RelayLink
 
 log = logging.getLogger("viewer.runs")
 
@@ -54,6 +58,7 @@ class RunsSettings:
 
     roots: tuple[Path, ...] = (Path("runs"),)
     trainers: tuple[tuple[str, str], ...] = ()  # (pub, ctl) of each --trainer
+    relay: Side | None = None  # --relay: every trainer behind it is a run
     hub: HubSettings = field(default_factory=lambda: HubSettings(trainer="", ctl=""))
     series: history.Limits = field(default_factory=history.Limits)
     every: float = 1.0  # seconds between rescans of the runs folders
@@ -68,11 +73,15 @@ class ControlError(Exception):
 
 
 class Feed:
-    """One live trainer link: a hub, and the run it feeds (the hub's sink)."""
+    """One live trainer link: a hub, and the run it feeds (the hub's sink).
 
-    def __init__(self, runs: Runs, pub: str, ctl: str, run: str, remote: bool) -> None:
-        self.runs, self.pub, self.ctl, self.run, self.remote = runs, pub, ctl, run, remote
-        self.hub = Hub(replace(runs.settings.hub, trainer=pub, ctl=ctl))
+    :param process: behind a relay (``pub``, ``ctl``: the relay's), the trainer process it carries.
+    """
+
+    def __init__(self, runs: Runs, pub: str, ctl: str, run: str, remote: bool, process: str | None = None) -> None:
+        self.runs, self.pub, self.ctl, self.run, self.remote, self.process = runs, pub, ctl, run, remote, process
+        self.placeholder = run  # the id it is listed under until its trainer says which run it is
+        self.hub = Hub(replace(runs.settings.hub, trainer=pub, ctl=ctl, run=process))
 
     def publish(self, topic: str, payload: bytes) -> None:
         self.runs.on_message(self, topic, payload)
@@ -137,6 +146,7 @@ class Runs:
         self._fed: frozenset[str] = frozenset()
         self._listed: dict[str, dict[str, Any]] = {}  # the run list as last broadcast
         self._task: asyncio.Task[None] | None = None
+        self.relay = RelayLink(settings.relay, settings.hub, self) if settings.relay else None
 
     # Lifecycle -------------------------------------------------------------------
 
@@ -144,6 +154,8 @@ class Runs:
         """Connect to every --trainer, read the runs folders once, then keep them watched."""
         for pub, ctl in self.settings.trainers:
             await self._start_feed(pub, ctl, _placeholder(pub), remote=True)
+        if self.relay:
+            await self.relay.start()
         await self.refresh()
         self._task = asyncio.create_task(self._watch(), name="runs-watch")
 
@@ -152,6 +164,8 @@ class Runs:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.relay:
+            await self.relay.stop()
         for feed in list(self.feeds):
             await self._stop_feed(feed)
 
@@ -202,15 +216,40 @@ class Runs:
         self.feeds.append(feed)
         self._bind(feed, ident)
 
+    def relayed(self, process: str) -> Hub:
+        """A new trainer process behind the relay: a feed for it, listed as that process until it is identified."""
+        assert self.settings.relay is not None
+        side = self.settings.relay
+        feed = Feed(self, side.stream, side.control, run_id(["trainer", process]), remote=True, process=process)
+        feed.hub.attach(feed)
+        self.feeds.append(feed)
+        self._bind(feed, feed.run)
+        return feed.hub
+
+    async def vanished(self, process: str) -> None:
+        """A process the relay lost: its run ends (crashed, unless it said it stopped)."""
+        feed = next((f for f in self.feeds if f.process == process), None)
+        if feed is not None:
+            await self._stop_feed(feed)
+
     async def _stop_feed(self, feed: Feed) -> None:
         self.feeds.remove(feed)
         run = self.runs.get(feed.run)
         if run is not None and run.feed is feed:
-            run.feed = None
-            if run.remote is not None:
-                run.remote = {**self._listed.get(run.id, run.remote), "live": False, "link": None}
+            self._unfeed(run)
         self._fed = frozenset(f.run for f in self.feeds)
         await feed.hub.stop()
+
+    def _unfeed(self, run: Run) -> None:
+        """The run's trainer is gone: a remote run stays listed, ended, as it was last heard."""
+        feed, run.feed = run.feed, None
+        if run.remote is not None and feed is not None:
+            heard = feed.overlay() if feed.hub.run == run.remote.get("process") else {}  # else: another process's
+            ended = {**self._listed.get(run.id, run.remote), **heard, "live": False, "link": None,
+                     "ended": feed.hub.last_heard or None}
+            if ended["state"] not in TERMINAL:
+                ended["state"] = "crashed"
+            run.remote = ended
 
     def _bind(self, feed: Feed, ident: str) -> None:
         """Make ``feed`` feed the run ``ident`` (a remote trainer that said which run it is).
@@ -219,13 +258,11 @@ class Runs:
         a trainer not heard yet, or the same process under a better name, goes.
         """
         old = self.runs.get(feed.run)
-        if old is not None and old.feed is feed:
-            old.feed = None
-            if old.remote is not None:
-                if old.id == _placeholder(feed.pub) or old.remote.get("process") == feed.hub.run:
-                    del self.runs[old.id]
-                else:
-                    old.remote = {**self._listed.get(old.id, old.remote), "live": False, "link": None}
+        if old is not None and old.feed is feed and old.id != ident:
+            if old.remote is not None and (old.id == feed.placeholder or old.remote.get("process") == feed.hub.run):
+                del self.runs[old.id]
+            else:
+                self._unfeed(old)
         feed.run = ident
         run = self.runs.setdefault(ident, Run(ident))
         run.feed = feed
@@ -237,11 +274,14 @@ class Runs:
         self.fanout.resync(ident)
 
     def _identify(self, feed: Feed) -> str:
-        """The run a remote trainer's process belongs to: a catalogue run naming it, else its own."""
+        """The run a remote trainer's process belongs to: a catalogue run naming it, else its lineage's."""
+        hub = feed.hub
         for entry in self.catalogue.entries.values():
-            if entry.process == feed.hub.run or _connectable(entry.endpoints) == (feed.pub, feed.ctl):
+            named = hub.run is not None and entry.process == hub.run
+            if named or (feed.process is None and _connectable(entry.endpoints) == (feed.pub, feed.ctl)):
                 return entry.id
-        return run_id(["trainer", feed.hub.run or ""])
+        lineage = hub.lineage or hub.run
+        return feed.placeholder if lineage is None else run_id(["trainer", lineage])
 
     def on_message(self, feed: Feed, topic: str, payload: bytes) -> None:
         """A message the hub accepted: into the run's history, then to browsers (runs mode only if it is new)."""
@@ -377,11 +417,13 @@ class Runs:
             self.fanout.resync(ident, legacy=False)  # to browsers watching every run, or this one by name
 
     async def _forget(self, ident: str) -> None:
-        """A run directory that was removed: its feed stops, its history goes."""
+        """A run directory that was removed: its feed stops (a remote trainer's feeds its own run), its history goes."""
         run = self.runs.get(ident)
         if run is None or run.remote is not None:
             return
-        if run.feed is not None and not run.feed.remote:
+        if run.feed is not None and run.feed.remote:
+            self._bind(run.feed, self._identify(run.feed))
+        elif run.feed is not None:
             await self._stop_feed(run.feed)
         if run.loading is not None:
             run.loading.cancel()
@@ -418,11 +460,14 @@ def _catch_up(run: Run, hub: Hub) -> None:
 
 
 def _remote_entry(ident: str, feed: Feed) -> dict[str, Any]:
-    return {"id": ident, "name": feed.hub.run or feed.pub, "dir": None, "live": True, "state": "waiting",
+    hub = feed.hub
+    where = f"behind the relay {feed.pub}" if feed.process else f"--trainer {feed.pub}"
+    return {"id": ident, "name": hub.lineage or hub.run or feed.process or feed.pub, "dir": None, "live": True,
+            "state": "waiting",
             "reason": "", "algo": None, "seed": None, "episodes": 0, "timesteps": 0, "best_lines": None,
             "best_lines_exact": True, "mean_lines": None, "sps": None, "started": None, "ended": None,
             "process": feed.hub.run, "endpoints": {"pub": feed.pub, "ctl": feed.ctl}, "config": {},
-            "note": f"a remote trainer (--trainer {feed.pub}): its files are not under --runs", "link": None}
+            "note": f"a remote trainer ({where}): its files are not under --runs", "link": None}
 
 
 def _placeholder(pub: str) -> str:

@@ -68,6 +68,11 @@ class TrainerState:
         """Ask training to end at the next step, for ``reason`` (the first reason given wins)."""
         self.request(stop_requested=True, stop_reason=self.stop_reason or reason)
 
+    def status(self, state: State, reason: str) -> dict[str, object]:
+        """The fields of a ``status`` message announcing ``state``: the one builder, whichever thread announces."""
+        return {"state": str(state), "reason": reason, "timesteps": self.timesteps, "episodes": self.episodes,
+                "best_lines": self.best_lines}
+
     def summary(self) -> dict[str, object]:
         """The fields of a `status` reply and of a `heartbeat`."""
         return {

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import typing
 from pathlib import Path
 
 import orjson
@@ -20,7 +21,7 @@ from conftest import ROOT, Subscriber, free_port, wait_for
 from tetriszmq.stream.broker import SWITCH_INTERVAL
 from tetriszmq.stream.callback import ABANDONED, StreamCallback
 from tetriszmq.stream.control import NoReply, request
-from tetriszmq.stream.protocol import Topic
+from tetriszmq.stream.protocol import StatusFields, Topic
 from tetriszmq.stream.security import ClientCurve, SecurityError, make_keys
 
 PRELUDE = """
@@ -249,6 +250,7 @@ def test_learn_raising_in_a_notebook_publishes_error_and_frees_the_ports(script)
     """)
     errors = run.until(lambda t, m: t is Topic.STATUS and m["state"] == "error")
     assert errors[-1][1]["reason"] == "learn() raised ValueError: the user's bug"
+    assert set(typing.get_type_hints(StatusFields)) <= set(errors[-1][1]), "the broker thread's status is whole"
     wait_for(lambda: bindable(run.pub) and bindable(run.ctl), timeout=10)
     wait_for(lambda: "cell done" in run.output(), timeout=30)  # the cell may end just after the broker did
     assert run.proc.poll() is None, "the kernel lives on"
@@ -283,6 +285,39 @@ def test_context_manager_reports_the_exception_at_once(script):
     """)
     assert run.finish() == 0, run.output()
     assert run.statuses()[-1] == ("error", "learn() raised KeyError: 'missing'")
+
+
+def test_an_exception_caught_inside_the_with_block_still_ends_that_run_as_error(script):
+    """The run is the learn() that raised, however the script goes on: the same end as without the block."""
+    run = script("""
+        model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
+        with streaming(StreamCallback(pub=PUB, ctl=CTL)) as callback:
+            try:
+                model.learn(1024, callback=[callback, Fails(KeyError("missing"))])
+            except KeyError:
+                print("caught")
+    """)
+    assert run.finish() == 0, run.output()
+    assert run.statuses()[-1] == ("error", ABANDONED)
+
+
+def test_bind_before_learn_counts_episodes_as_that_learn_goes_on(script, tmp_path):
+    """`bind` comes before the learn() it is for: afresh for a learn() that resets the timesteps, carried
+    on for one that continues them."""
+    run = script(f"""
+        callback = StreamCallback(pub=PUB, ctl=CTL, run_dir={str(tmp_path / "run")!r})
+        model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
+        model.learn(256, callback=callback)
+        callback.bind()
+        model.learn(256, callback=callback)
+        callback.bind()
+        model.learn(256, callback=callback, reset_num_timesteps=False)
+    """)
+    assert run.finish() == 0, run.output()
+    messages = journal(tmp_path / "run")
+    runs = list(dict.fromkeys(m["run"] for m in messages))
+    episodes = [[m["episode"] for m in messages if m["topic"] == "episode" and m["run"] == r] for r in runs]
+    assert [e[0] for e in episodes] == [1, 1, episodes[1][-1] + 1]
 
 
 def test_a_script_that_dies_in_learn_publishes_error_with_the_exception(script):

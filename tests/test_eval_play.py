@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import orjson
 import pytest
@@ -57,3 +58,18 @@ def test_play_streams_a_game_and_obeys_stop(subscribe):
     finally:
         game.kill()
         game.wait(10)
+
+
+def test_eval_progress_gives_each_games_own_seconds_and_play_help_its_one_seed(monkeypatch, capsys):
+    """A clock that ticks one second per reading: each game reads it twice, so each took one second."""
+    from tetriszmq import cli, evaluate  # noqa: F401  (imported before the clock is replaced)
+
+    ticks = iter(range(1_000_000))
+    monkeypatch.setattr(time, "monotonic", lambda: float(next(ticks)))
+    assert cli.main(["eval", "--agent", "dellacherie", "--games", "3", "--max-pieces", "20", "--workers", "1"]) == 0
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tetriszmq eval: seed")]
+    assert [line.rsplit(", ", 1)[1] for line in progress] == ["1.0 s"] * 3
+    monkeypatch.undo()
+    with pytest.raises(SystemExit):
+        cli.main(["play", "--help"])
+    assert "game i" not in capsys.readouterr().out

@@ -88,4 +88,4 @@ def test_a_full_disk_stops_training_with_a_clear_error(tiny_disk):
     assert "No space left on device" in result.stderr
     statuses = [m for m in journal.read(tiny_disk / "run" / "metrics.jsonl") if m["topic"] == "status"]
     assert statuses[-1]["state"] == "error" and "No space left" in statuses[-1]["reason"]
-    assert not list((tiny_disk / "run" / "checkpoints").glob(".saving-*")), "no half-written checkpoint left"
+    assert not list((tiny_disk / "run" / "checkpoints").glob(".*")), "no half-written checkpoint left"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from tetriszmq.config import EnvSection
+from tetriszmq.recorder import EpisodeRecorder
 from tetriszmq.replay import check, simulate
 from tetriszmq.tetris import records
 from tetriszmq.tetris.dellacherie import Dellacherie
@@ -94,3 +99,54 @@ def test_a_damaged_record_is_a_record_error_naming_the_problem(tmp_path, damage,
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(RecordError, match=message):
         records.read(path)
+
+
+def recording(directory: Path, keep: int) -> EpisodeRecorder:
+    """An `EpisodeRecorder` as ``learn()`` drives it, flushing at every episode's end."""
+    recorder = EpisodeRecorder(directory, keep=keep, flush_every=0)
+    recorder.init_callback(SimpleNamespace(num_timesteps=0, get_env=lambda: None, logger=None))
+    recorder.on_training_start({}, {})
+    return recorder
+
+
+def end_episodes(recorder: EpisodeRecorder, lines: list[int]) -> None:
+    for n in lines:
+        record = EpisodeRecord(seed=1, actions=bytes([20]), lines=n, score=1.0, pieces=1, end="game over",
+                               features=(), max_pieces=0)
+        recorder.update_locals({"dones": np.ones(1, bool), "infos": [{"episode_record": record}]})
+        recorder.on_step()
+
+
+def test_a_stalled_disk_never_stalls_training_and_a_clean_stop_writes_every_record(tmp_path, monkeypatch):
+    disk = threading.Event()
+    write = records.write
+
+    def stalled(*args, **kwargs) -> None:
+        disk.wait(60)
+        write(*args, **kwargs)
+
+    monkeypatch.setattr(records, "write", stalled)
+    recorder = recording(tmp_path, keep=3)
+    training = threading.Thread(target=end_episodes, args=(recorder, [4, 9, 2, 7, 1, 3, 0, 5]))
+    training.start()
+    training.join(30)
+    stalled_training = training.is_alive()
+    disk.set()
+    training.join()
+    recorder.on_training_end()
+    assert not stalled_training, "the training thread waited for the disk"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "best.rec", "episode-6.rec", "episode-7.rec", "episode-8.rec"]
+    assert records.read(tmp_path / "best.rec").episode == 2
+    assert records.read(tmp_path / "episode-8.rec").lines == 5
+
+
+def test_a_write_error_of_the_recorder_ends_training(tmp_path, monkeypatch):
+    def full(*args, **kwargs) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(records, "write", full)
+    recorder = recording(tmp_path, keep=3)
+    end_episodes(recorder, [1])
+    with pytest.raises(OSError, match="No space left"):
+        recorder.on_training_end()

@@ -8,6 +8,7 @@ and a real trainer killed with SIGKILL and resumed.
 from __future__ import annotations
 
 import random
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,26 @@ def test_a_resume_draws_what_the_saved_process_would_have_drawn_next(tmp_path):
     restored = load(checkpoints.latest, 1_000)  # SB3's load seeds every generator with the run's seed
     Checkpoints(tmp_path / "checkpoints", every=0).restore(restored)
     assert (random.random(), np.random.rand(), th.rand(1).item()) == expected
+
+
+def test_opening_a_checkpoints_folder_removes_killed_saves_but_not_a_live_processs(tmp_path):
+    """Two processes on one run folder (a resume started while the old trainer still saves): the new one
+    cleans up what killed writers left, never the temp file the live one is writing."""
+    directory = tmp_path / "checkpoints"
+    (directory / "replay").mkdir(parents=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with subprocess.Popen(["sleep", "600"]) as writer:
+        try:
+            live = [directory / f".latest.zip.{writer.pid}.tmp", directory / "replay" / f".rows-1.npy.{writer.pid}.tmp"]
+            left = [directory / f".latest.zip.{gone.pid}.tmp", directory / "replay" / f".rows-2.npy.{gone.pid}.tmp",
+                    directory / "replay" / "rows-000000000000-000000000010.npy"]  # a segment no zip names
+            for path in live + left:
+                path.write_bytes(b"partial")
+            Checkpoints(directory, every=0).replay.prune()
+            assert [path.exists() for path in live + left] == [True, True, False, False, False]
+        finally:
+            writer.kill()
 
 
 @pytest.mark.slow  # real trainer processes

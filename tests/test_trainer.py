@@ -202,7 +202,8 @@ def test_headless_run_finishes_and_journals_every_episode(tmp_path):
     ("publish.board_fps='fast'", "publish.board_fps: expected float"),
     ("env.kind='hexagonal'", "env.kind: must be one of raw, placement"),
     ("env.reward='lines'", "env.reward: 'lines' needs env.kind = 'placement'"),
-    ("agent.params.warp_speed=9", "agent.params"),
+    ("agent.params.warp_speed=9", "agent.params: warp_speed"),
+    ("env.features=['holes']", "env.features: only the placement env"),
 ])
 def test_bad_config_values_fail_before_training_naming_the_key(tmp_path, override, message):
     run_dir = tmp_path / "bad"
@@ -212,7 +213,7 @@ def test_bad_config_values_fail_before_training_naming_the_key(tmp_path, overrid
         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert message in result.stderr
-    assert not (run_dir / "checkpoints" / "latest.zip").exists()
+    assert not run_dir.exists(), "a run that never started leaves no run directory"
 
 
 def test_ctl_without_a_trainer_fails_clearly():

@@ -6,7 +6,6 @@ import argparse
 import importlib.util
 import signal
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ctl.set_defaults(func=_ctl)
 
     evaluate = commands.add_parser("eval", help="play seeded games with an agent and report lines per game")
-    _player_arguments(evaluate)
+    _player_arguments(evaluate, seed_help="the first game's seed; game i (from 1) plays seed + i - 1 (> 0)")
     evaluate.add_argument("--games", type=int, default=20)
     evaluate.add_argument("--json", action="store_true", help="print the result as one JSON object")
     evaluate.add_argument("--workers", type=int,
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.set_defaults(func=_eval)
 
     play = commands.add_parser("play", help="play one game, streamed on PUB like a training run")
-    _player_arguments(play)
+    _player_arguments(play, seed_help="the game's seed (> 0)")
     play.add_argument("--pub", default="tcp://127.0.0.1:5555")
     play.add_argument("--ctl", default="tcp://127.0.0.1:5556")
     play.add_argument("--pps", type=float, default=10.0, help="placements per second; 0: as fast as possible")
@@ -226,14 +225,14 @@ def _relay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _player_arguments(parser: argparse.ArgumentParser) -> None:
+def _player_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--checkpoint", type=Path,
                      help="a checkpoint of a placement agent (e.g. runs/x/checkpoints/final)")
     who.add_argument("--agent", choices=["dellacherie", "bcts"], help="a hand-tuned agent")
     parser.add_argument("--algo", help="the checkpoint's algorithm (default: from its run's config.toml)")
     parser.add_argument("--max-pieces", type=int, default=10_000, help="piece cap per game")
-    parser.add_argument("--seed", type=int, default=1, help="game i is seeded seed + i (> 0)")
+    parser.add_argument("--seed", type=int, default=1, help=seed_help)
 
 
 def _player(args: argparse.Namespace):
@@ -260,11 +259,9 @@ def _eval(args: argparse.Namespace) -> int:
     from tetriszmq.config import ConfigError
     from tetriszmq.evaluate import default_workers, evaluate
 
-    start = time.monotonic()
-
     def progress(game: int, result: dict) -> None:  # on stderr: --json's stdout stays one object
         print(f"tetriszmq eval: seed {args.seed + game - 1}: {result['lines']:,} lines, {result['pieces']:,} pieces"
-              f"{' (capped)' if result['capped'] else ''}, {time.monotonic() - start:,.0f} s", file=sys.stderr)
+              f"{' (capped)' if result['capped'] else ''}, {result['seconds']:,.1f} s", file=sys.stderr)
 
     try:
         result = evaluate(_player(args), games=args.games, max_pieces=args.max_pieces, seed=args.seed,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
@@ -67,12 +68,15 @@ class ModelPolicy:
 
 
 def play_game(policy: Callable[[Observation], int], env: PlacementTetris, seed: int) -> dict[str, Any]:
-    """One game to game over or the env's piece cap: its ``episode_stats``, whether it was capped, its record."""
+    """One game to game over or the env's piece cap: its ``episode_stats``, whether it was capped, its record,
+    and the ``seconds`` it took (in its worker: games in parallel overlap)."""
+    start = time.monotonic()
     obs, _ = env.reset(seed=seed)
     while True:
         obs, _, terminated, truncated, info = env.step(policy(obs))
         if terminated or truncated:
-            return {**info["episode_stats"], "capped": truncated, "record": info["episode_record"]}
+            return {**info["episode_stats"], "capped": truncated, "record": info["episode_record"],
+                    "seconds": time.monotonic() - start}
 
 
 PARALLEL_FROM = 50_000  # pieces (games x cap) from which `default_workers` uses every CPU

@@ -2,13 +2,16 @@
 
 A daemon thread reads the shared `TrainerState` twice a second, so the
 training loop pays nothing for it. On a terminal the line redraws in place;
-into a file or pipe it prints a plain line every ten seconds.
+into a file or pipe it prints a plain line every ten seconds. The bar shows
+how far the run is towards whichever of its limits it will reach first:
+``train.max_timesteps`` or ``train.max_minutes``.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -16,9 +19,12 @@ from tetriszmq.stream.state import TrainerState
 
 
 class ProgressLine:
-    def __init__(self, state: TrainerState, run_dir: Path, max_timesteps: int, out: TextIO = sys.stderr) -> None:
+    def __init__(self, state: TrainerState, run_dir: Path, max_timesteps: int, max_minutes: float = 0.0,
+                 out: TextIO = sys.stderr) -> None:
         self.state = state
         self.max_timesteps = max_timesteps
+        self.max_seconds = max_minutes * 60
+        self.started = time.monotonic()  # reset by `start`, when the clock of max_minutes starts too
         self.out = out
         self.tty = out.isatty()
         self.period = 0.5 if self.tty else 10.0
@@ -27,6 +33,7 @@ class ProgressLine:
         print(f"tetriszmq: run {state.run} in {run_dir}", file=out, flush=True)
 
     def start(self) -> None:
+        self.started = time.monotonic()
         print(f"tetriszmq: streaming on {self.state.endpoints.get('pub')}, "
               f"control on {self.state.endpoints.get('ctl')}", file=self.out, flush=True)
         self._thread.start()
@@ -39,7 +46,8 @@ class ProgressLine:
 
     def line(self) -> str:
         s = self.state
-        share = min(1.0, s.timesteps / self.max_timesteps) if self.max_timesteps else 0.0
+        share = min(1.0, max(s.timesteps / self.max_timesteps if self.max_timesteps else 0.0,
+                             (time.monotonic() - self.started) / self.max_seconds if self.max_seconds else 0.0))
         bar = "#" * int(share * 20)
         return (f"[{bar:<20}] {share:4.0%} | {s.timesteps:,} steps | {s.episodes:,} episodes | "
                 f"best {s.best_lines:,} lines | {s.sps:,.0f} steps/s | {s.state}")

@@ -4,7 +4,8 @@
 placement run has is added here, one job per callback:
 
 - `EpisodeRecorder` keeps the run's best episode (most lines) and its last N
-  as replayable records in ``<run_dir>/episodes/``;
+  as replayable records in ``<run_dir>/episodes/``, written by a `RecordWriter`
+  thread so that training never waits on the disk;
 - `BoardStats` logs each episode's mean holes, max height and bumpiness as SB3
   logger scalars (so they reach the stream's metrics like any other scalar);
 - `ShowCandidates` lets env 0's board frames carry the agent's values of the
@@ -13,6 +14,8 @@ placement run has is added here, one job per callback:
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import deque
 from dataclasses import replace
@@ -25,6 +28,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from tetriszmq.stream.atomic import fsync_dir
 from tetriszmq.stream.state import TrainerState
 from tetriszmq.tetris import records
 from tetriszmq.tetris.placement_env import BOARD_STATS
@@ -32,6 +36,64 @@ from tetriszmq.tetris.records import EpisodeRecord, RecordError
 
 KEEP = 20  # recent episodes kept per run
 FLUSH_EVERY = 5.0  # seconds between writes: early episodes end dozens of times a second; a file costs ~3-6 ms
+QUEUED_FLUSHES = 2  # flushes waiting for the writer thread at most; a slower disk defers the next one
+Writes = list[tuple[Path, EpisodeRecord]]
+
+
+class RecordWriter:
+    """The thread that writes an `EpisodeRecorder`'s files: ~20 fsynced files per flush cost the training
+    thread tens of milliseconds, every few seconds.
+
+    Each flush is one job (records to write, files to delete, then one fsync of the folder), written as
+    soon as it is handed over, so a kill -9 loses at most the last flush interval. The queue is bounded
+    and a hand-off never blocks: when the disk falls behind, `submit` says so and the recorder keeps the
+    work for its next flush. An I/O error is raised in the training thread at its next `submit` or at
+    `close`, and ends training as it did when the writes were made there.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._jobs: queue.Queue[tuple[Writes, list[Path]] | None] = queue.Queue(QUEUED_FLUSHES)
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name="tetriszmq-records", daemon=True)
+        self._thread.start()
+
+    def submit(self, writes: Writes, deletes: list[Path], *, wait: bool = False) -> bool:
+        """Hand one flush over; False (without ``wait``) if the writer is still busy with earlier ones."""
+        self._raise()
+        try:
+            self._jobs.put((writes, deletes), block=wait)
+        except queue.Full:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Write everything handed over, then end the thread."""
+        self._jobs.put(None)
+        self._thread.join()
+        self._raise()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                if self._error is None:
+                    self._write(*job)
+            except Exception as exc:  # kept for the training thread: this one must go on draining the queue
+                self._error = exc
+            finally:
+                self._jobs.task_done()
+        self._jobs.task_done()
+
+    def _write(self, writes: Writes, deletes: list[Path]) -> None:
+        for path, record in writes:
+            records.write(path, record, sync_dir=False)
+        for path in deletes:
+            path.unlink(missing_ok=True)
+        fsync_dir(self.directory)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 class EpisodeRecorder(BaseCallback):
@@ -39,8 +101,8 @@ class EpisodeRecorder(BaseCallback):
 
     Reads ``info["episode_record"]`` that the env hands over when an episode ends,
     numbers episodes as `StreamCallback` does (in env order, after ``first_episode``),
-    and writes at most once per ``flush_every`` seconds: only the records still among
-    the last ``keep`` by then, and ``best.rec`` when it changed. A damaged
+    and hands its writer thread, at most once per ``flush_every`` seconds, only the records
+    still among the last ``keep`` by then, and ``best.rec`` when it changed. A damaged
     ``best.rec`` left by an earlier process is replaced, never fatal.
 
     :param directory: ``<run_dir>/episodes``.
@@ -65,8 +127,11 @@ class EpisodeRecorder(BaseCallback):
         self.state = state
         self._best_changed = self._unwritten = False
         self._next_flush = 0.0
+        self._writer: RecordWriter | None = None  # one per learn()
 
     def _on_training_start(self) -> None:
+        if self._writer is not None:  # the previous learn() raised: what it handed over is written first
+            self._writer.close()
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
             self.best = records.read(self.directory / records.BEST)
@@ -79,6 +144,7 @@ class EpisodeRecorder(BaseCallback):
             else:
                 self._files.add(number)
         self._next_flush = time.monotonic() + self.flush_every
+        self._writer = RecordWriter(self.directory)
         self._list()
 
     def _on_step(self) -> bool:
@@ -90,7 +156,12 @@ class EpisodeRecorder(BaseCallback):
         return True
 
     def _on_training_end(self) -> None:
-        self.flush()
+        try:
+            self.flush(wait=True)
+        finally:
+            assert self._writer is not None
+            writer, self._writer = self._writer, None
+            writer.close()
 
     def _episodes_ended(self, dones: np.ndarray, infos: list[dict[str, Any]]) -> None:
         for i in np.flatnonzero(dones):
@@ -104,25 +175,30 @@ class EpisodeRecorder(BaseCallback):
             if self.best is None or record.lines > self.best.lines:
                 self.best, self._best_changed = record, True
 
-    def flush(self) -> None:
-        """Write what changed since the last flush and drop records older than the last ``keep``."""
+    def flush(self, *, wait: bool = False) -> None:
+        """Have the writer write what changed since the last flush and drop records older than the last
+        ``keep`` (during ``learn()``); if it is still busy (and not ``wait``), all of it waits for the next."""
+        assert self._writer is not None, "flush during learn()"
         self._next_flush = time.monotonic() + self.flush_every
-        self._unwritten = False
-        for record in self._recent:
-            if record.episode not in self._files:
-                records.write(records.episode_path(self.directory, record.episode), record)
-                self._files.add(record.episode)
-                self._written[f"episode-{record.episode}"] = time.time()
+        new = [record for record in self._recent if record.episode not in self._files]
+        writes = [(records.episode_path(self.directory, record.episode), record) for record in new]
         if self._best_changed and self.best is not None:
-            records.write(self.directory / records.BEST, self.best)
-            self._best_changed = False
-            self._written["best"] = time.time()
-        for number in sorted(self._files)[:-self.keep]:
-            records.episode_path(self.directory, number).unlink(missing_ok=True)
-            self._files.discard(number)
-            self._written.pop(f"episode-{number}", None)
-        records.fsync_dir(self.directory)
-        self._list()
+            writes.append((self.directory / records.BEST, self.best))
+        numbers = sorted(self._files.union(record.episode for record in new))
+        dropped = numbers[:-self.keep]
+        if self._writer.submit(writes, [records.episode_path(self.directory, n) for n in dropped], wait=wait):
+            self._handed_over([f"episode-{record.episode}" for record in new]
+                              + (["best"] if self._best_changed else []),
+                              [f"episode-{number}" for number in dropped])
+            self._files = set(numbers[-self.keep:])
+            self._best_changed = self._unwritten = False
+            self._list()
+
+    def _handed_over(self, written: list[str], dropped: list[str]) -> None:
+        now = time.time()
+        self._written.update((name, now) for name in written)
+        for name in dropped:
+            self._written.pop(name, None)
 
     def _list(self) -> None:
         """Tell the trainer's state what is kept now (a new list: the broker thread may be reading the old)."""

@@ -1,8 +1,10 @@
 """`tetriszmq train`: one run, from config to final checkpoint.
 
-The order of a run: resolve the run directory, bind the sockets (so a port in
-use fails before any work), build or load the model, learn with the stream
-callback, and always finish with a final checkpoint and a ``stopped`` status.
+The order of a run: check the config (so a bad one leaves no run directory
+behind), resolve the run directory, bind the sockets (so a port in use fails
+before any work), build or load the model, learn with the stream callback, and
+always finish with a final checkpoint and a ``stopped`` status, or an ``error``
+status saying why not.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ from tetriszmq import config as cfg
 from tetriszmq.progress import ProgressLine
 from tetriszmq.recorder import placement_callbacks
 from tetriszmq.stream.broker import Broker
-from tetriszmq.stream.callback import StreamCallback
+from tetriszmq.stream.callback import StreamCallback, describe
 from tetriszmq.stream.checkpoints import CheckpointError, Checkpoints, counters_of
 from tetriszmq.stream.protocol import State
 from tetriszmq.stream.relay import Uplink, side
 from tetriszmq.stream.security import ClientCurve, SecurityError, ServerCurve, check_exposure
 from tetriszmq.stream.state import TrainerState, lineage_of, write_run_file
-from tetriszmq.tetris.envs import make_vec_env
+from tetriszmq.tetris.envs import check_env, make_vec_env
 
 
 class RunError(RuntimeError):
@@ -90,6 +92,7 @@ def resolve_run_dir(config: cfg.Config, options: RunOptions) -> Path:
 def train(config: cfg.Config, options: RunOptions) -> int:
     """Run one training; returns the process exit code."""
     agents.check_pairing(config.agent, config.env)
+    check_env(config.env)
     curve, relay = _security(config)
     run_dir = resolve_run_dir(config, options)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -111,10 +114,14 @@ def train(config: cfg.Config, options: RunOptions) -> int:
     stream = StreamCallback(broker, checkpoints=checkpoints, board_fps=publish.board_fps)
     stream.set_state(State.STARTING)
     write_run_file(run_dir, state)
-    progress = None if options.quiet else ProgressLine(state, run_dir, config.train.max_timesteps)
+    progress = None if options.quiet else ProgressLine(state, run_dir, config.train.max_timesteps,
+                                                            config.train.max_minutes)
     previous = _stop_on_signals(state)
     try:
-        model = _model(config, run_dir, options.resume, state, checkpoints)
+        try:
+            model = _model(config, run_dir, options.resume, state, checkpoints)
+        except Exception as exc:
+            return _not_started(stream, exc, options.resume)
         if options.resume:  # the first status went out before the checkpoint's counters were known
             stream.set_state(State.STARTING, f"resumed at {state.timesteps} timesteps")
         game = placement_callbacks(run_dir, state.episodes, state) if config.env.kind == "placement" else []
@@ -178,6 +185,19 @@ def _refill_first(model: BaseAlgorithm, agent: cfg.AgentSection) -> None:
     print(f"tetriszmq: --resume: the checkpoint holds no replay buffer (saved with train.save_replay = false): it "
           f"starts empty, and updates resume after {starts} new steps, at timestep {model.learning_starts}",
           file=sys.stderr)
+
+
+def _not_started(stream: StreamCallback, exc: Exception, resume: bool) -> int:
+    """The model could not be built or loaded: the run's last status is ``error``, saying why.
+
+    A config or run error goes on to the command (exit 2, its message); anything else exits 1 here.
+    """
+    expected = isinstance(exc, (cfg.ConfigError, RunError))
+    stream.set_state(State.ERROR, str(exc) if expected else describe(exc))
+    if expected:
+        raise exc
+    print(f"tetriszmq: cannot {'load' if resume else 'build'} the model: {describe(exc)}", file=sys.stderr)
+    return 1
 
 
 def _learn(model: BaseAlgorithm, config: cfg.Config, state: TrainerState, stream: StreamCallback,

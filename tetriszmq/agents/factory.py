@@ -9,6 +9,7 @@ and load work the same for all.
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,11 +37,37 @@ ALGOS: dict[str, Algo] = {
 
 
 def check_pairing(agent: AgentSection, env: EnvSection) -> None:
-    """Refuse, before a run starts, an algorithm that is unknown or cannot play the configured env."""
+    """Refuse, before a run starts, an algorithm that is unknown or cannot play the configured env,
+    or ``agent.params`` it does not take (a value it rejects is found only when the model is built)."""
     kinds = _algo(agent.algo).env_kinds
     if env.kind not in kinds:
         raise ConfigError(f"agent.algo = {agent.algo!r} cannot play env.kind = {env.kind!r}; "
                           f"it needs env.kind = {' or '.join(repr(k) for k in kinds)}")
+    cls = algo_class(agent.algo)
+    taken = _keyword_parameters(cls)
+    unknown = sorted(name for name in agent.params if name in RESERVED or taken is not None and name not in taken)
+    if unknown:
+        known = "" if taken is None else f"; it takes {', '.join(sorted(taken - RESERVED))}"
+        raise ConfigError(f"agent.params: {', '.join(unknown)}: not for {cls.__name__} here{known} "
+                          "(policy, device and seed are agent.policy, agent.device and run.seed)")
+
+
+RESERVED = frozenset({"policy", "env", "seed", "device", "verbose"})  # what `build_model` passes itself
+
+
+def _keyword_parameters(cls: type) -> set[str] | None:
+    """The keyword arguments ``cls(...)`` takes, following ``**kwargs`` up the classes that pass them on;
+    None if some ``__init__`` takes any keyword."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        names.update(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                     and not p.name.startswith("_"))
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names
+    return None
 
 
 def algo_class(name: str) -> type[BaseAlgorithm]:

@@ -180,10 +180,8 @@ class Broker:
 
     def set_state(self, new: State, reason: str = "") -> None:
         """Change the trainer's state and announce it (from the thread that started the broker)."""
-        state = self.state
-        state.state, state.reason = new, reason
-        self.outbox.post(Topic.STATUS, {"state": str(new), "reason": reason, "timesteps": state.timesteps,
-                                        "episodes": state.episodes, "best_lines": state.best_lines})
+        self.state.state, self.state.reason = new, reason
+        self.outbox.post(Topic.STATUS, self.state.status(new, reason))
 
     @property
     def running(self) -> bool:
@@ -310,15 +308,15 @@ class Broker:
         return True
 
     def _abandoned(self, pub: zmq.Socket, journal: IO[bytes] | None) -> bool:
-        """True (after publishing ``error``) if the watch says training ended without closing the run."""
+        """True (after publishing ``error``) if the watch says training ended without closing the run.
+
+        ``state.state`` is the training thread's to write (`TrainerState`); this run sends nothing after this.
+        """
         reason = self.watch() if self.watch is not None else None
         if reason is None:
             return False
-        state = self.state
-        state.state, state.reason = State.ERROR, reason
-        self._publish(pub, journal, Topic.STATUS, protocol.encode_body({
-            "state": str(State.ERROR), "reason": reason, "timesteps": state.timesteps,
-            "episodes": state.episodes, "t": time.time()}))
+        self._publish(pub, journal, Topic.STATUS,
+                      protocol.encode_body({**self.state.status(State.ERROR, reason), "t": time.time()}))
         if journal is not None:
             self._flush(journal)
         return True

@@ -205,9 +205,9 @@ class StreamCallback(BaseCallback):
         self.broker = broker  # an own broker is made by `bind`, once per learn()
         self.state = broker.state if broker is not None else TrainerState(run="")
         self.tap = LoggerTap(self.state.scalars)
-        self._bound_early = self._training = False
+        self._training = False
+        self._ended: dict[str, int] = {}  # the counters of this callback's last run, for a learn() that continues it
         self._next_board = self._next_flush = 0.0
-        self._board_period = self.board_period
         self._returns = self._lengths = np.zeros(0)  # per env, for envs without a Monitor
 
     # SB3 hooks --------------------------------------------------------------
@@ -215,9 +215,9 @@ class StreamCallback(BaseCallback):
     def _on_training_start(self) -> None:
         if self._own_broker:
             self._close_abandoned_runs()
-            if not self._bound_early:
-                self.bind()
-            self._bound_early = False
+            self.bind()  # unless `bind` was called before learn()
+            for name, value in self._counters_now().items():  # now that the model's timesteps are known
+                setattr(self.state, name, value)
             self.broker.watch = LearnWatch.of_caller(self.model)
             if self.run_dir is not None:
                 write_run_file(self.run_dir, self.state, algo=type(self.model).__name__)
@@ -268,7 +268,7 @@ class StreamCallback(BaseCallback):
         if self not in _LIVE:
             return
         _LIVE.discard(self)
-        self._bound_early = False
+        self._ended = self.counters()
         if self.broker.running:
             if error is not None:
                 self.set_state(State.ERROR, error)
@@ -290,8 +290,12 @@ class StreamCallback(BaseCallback):
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        """``with StreamCallback(...) as cb: model.learn(callback=cb)`` reports an exception at once."""
-        self.close(error=None if exc is None else f"learn() raised {describe(exc)}")
+        """``with StreamCallback(...) as cb: model.learn(callback=cb)`` reports an exception at once.
+
+        A ``learn()`` that raised ends its run as ``error`` even if the block caught the exception (the
+        reason then cannot name it), as it would without the block: the run did not end as training does.
+        """
+        self.close(error=f"learn() raised {describe(exc)}" if exc is not None else self.abandoned_reason())
 
     def bind(self) -> None:
         """Bind the endpoints now, for the next ``learn()`` (which otherwise binds them when it starts).
@@ -301,8 +305,7 @@ class StreamCallback(BaseCallback):
         if not self._own_broker or self in _LIVE:
             return
         pub, ctl = self.endpoints
-        self.state = TrainerState(run=f"{self.run_name}-{secrets.token_hex(3)}", lineage=self.lineage,
-                                  **self._counters_now())
+        self.state = TrainerState(run=f"{self.run_name}-{secrets.token_hex(3)}", lineage=self.lineage)
         self.tap.latest = self.state.scalars
         self.broker = Broker(self.state, pub, ctl, metrics_every=self.metrics_every,
                              journal=self.run_dir / "metrics.jsonl" if self.run_dir is not None else None,
@@ -314,7 +317,6 @@ class StreamCallback(BaseCallback):
         except BaseException:
             self._stop_authenticator()
             raise
-        self._bound_early = True
         _LIVE.add(self)
 
     @staticmethod
@@ -331,19 +333,17 @@ class StreamCallback(BaseCallback):
             self._authenticator = None
 
     def _counters_now(self) -> dict[str, int]:
-        """Counters carry on when ``learn()`` continues the timesteps; a reset starts them afresh."""
+        """At the start of ``learn()``: counters carry on when it continues the timesteps (from this
+        callback's last run, else from the checkpoint the model was loaded from); a reset starts them afresh."""
         if self.num_timesteps == 0:
             return {}
-        if self.state.run:
-            return {"episodes": self.state.episodes, "best_lines": self.state.best_lines}
-        return counters_of(self.model)
+        return self._ended or counters_of(self.model)
 
     def _decide_per_env_work(self) -> None:
         """Once per ``learn()``: board frames only if env 0 has them (never a call that can fail in a
         subprocess worker), and reward/length accumulators only for envs without a Monitor."""
         env = self.training_env
         self._next_board = 0.0 if self.board_period < math.inf and env.has_attr("board_frame") else math.inf
-        self._board_period = self.board_period
         monitored = all(env.env_is_wrapped(Monitor))
         self._returns = np.zeros(0) if monitored else np.zeros(env.num_envs)
         self._lengths = np.zeros(0) if monitored else np.zeros(env.num_envs, np.int64)
@@ -398,7 +398,7 @@ class StreamCallback(BaseCallback):
         return {"reward": float(episode["r"]), "length": int(episode["l"])}
 
     def _stage_board(self, now: float) -> None:
-        self._next_board = now + self._board_period
+        self._next_board = now + self.board_period
         frame = self.training_env.env_method("board_frame", indices=0)[0]
         frame["episode"] = self.state.episodes + 1
         self.broker.outbox.stage(Topic.BOARD, frame)

@@ -1,8 +1,9 @@
 """Checkpoints that survive a kill at any moment, and that resume without forgetting.
 
 Each save serialises the model once to a temp file, flushes it to disk, then
-renames it over ``latest.zip`` (and links it as a periodic ``step_*.zip``).
-A rename is atomic, so ``latest`` is always a complete, loadable file.
+renames it over ``latest.zip`` (`tetriszmq.stream.atomic`), and links that file
+as ``final.zip`` or a periodic ``step_*.zip``. A rename is atomic, so ``latest``
+is always a complete, loadable file.
 
 An off-policy model's replay buffer (SB3 keeps it out of the zip) goes beside
 it, in ``replay/``, as append-only segments: each save writes only the rows
@@ -27,7 +28,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from tetriszmq.stream.state import fsync_dir
+from tetriszmq.stream.atomic import atomic_writer, fsync_dir, in_progress, replacing, temp_path
 
 COUNTERS_ATTR = "tetriszmq_counters"  # saved with the model by SB3, restored by load
 REPLAY_ATTR = "tetriszmq_replay"  # {"rows": rows ever added, "segments": [[first, end], ...]}
@@ -48,8 +49,9 @@ class Checkpoints:
         self._next = 0
         self.replay = ReplaySegments(directory / "replay")
         directory.mkdir(parents=True, exist_ok=True)
-        for leftover in directory.glob(".*"):  # temp files of a save that was killed
-            leftover.unlink()
+        for leftover in directory.glob(".*"):  # temp files of a killed save; not another process's save
+            if not in_progress(leftover):
+                leftover.unlink(missing_ok=True)
 
     @property
     def latest(self) -> Path:
@@ -75,19 +77,13 @@ class Checkpoints:
             setattr(model, REPLAY_ATTR, self.replay.write(buffer, model.num_timesteps))
         elif getattr(model, REPLAY_ATTR, None):
             setattr(model, REPLAY_ATTR, None)  # not the segments of the checkpoint this run resumed from
-        tmp = self.directory / f".saving-{os.getpid()}.zip"
-        try:
+        with replacing(self.latest, sync_dir=False) as tmp:
             model.save(tmp)
-            _fsync(tmp)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a full disk must not keep half a checkpoint around
-            raise
         if final:
-            _link_over(tmp, self.final)
+            _link_over(self.latest, self.final)
         if self.due(model.num_timesteps):
-            _link_over(tmp, self.directory / f"step_{model.num_timesteps:09d}.zip")
+            _link_over(self.latest, self.directory / f"step_{model.num_timesteps:09d}.zip")
             self.start_at(model.num_timesteps)
-        os.replace(tmp, self.latest)
         fsync_dir(self.directory)
         if buffer is not None:
             self.replay.prune()
@@ -187,26 +183,24 @@ class ReplaySegments:
         self.prune()
 
     def prune(self) -> None:
-        """Delete segment files the manifest no longer names: overwritten rows, or orphans of a killed save."""
+        """Delete segment files the manifest no longer names: overwritten rows, or orphans of a killed save
+        (not another live process's segment being written)."""
         if not self.directory.is_dir():
             return
         named = {self._path(*s).name for s in self.segments}
         for path in self.directory.iterdir():
-            if path.name not in named:
+            if path.name not in named and not in_progress(path):
                 path.unlink(missing_ok=True)
 
     def _write_segment(self, buffer: Any, first: int, end: int) -> None:
         size = buffer.buffer_size
         rows = slice(first % size, (end - 1) % size + 1)
-        tmp = self.directory / f".{first}-{end}.tmp"
         arrays = ring_arrays(buffer)
-        with open(tmp, "wb") as f:  # .npy records back to back: a names record, then one per array
+        # .npy records back to back: a names record, then one per array; `write` syncs the folder once
+        with atomic_writer(self._path(first, end), sync_dir=False) as f:
             np.lib.format.write_array(f, np.array(sorted(arrays)))
             for name in sorted(arrays):
                 np.lib.format.write_array(f, np.ascontiguousarray(arrays[name][rows]))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path(first, end))
 
     def _path(self, first: int, end: int) -> Path:
         return self.directory / f"rows-{first:012d}-{end:012d}.npy"
@@ -259,13 +253,7 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def _link_over(src: Path, dst: Path) -> None:
     """Make ``dst`` name the same complete file as ``src``, atomically."""
-    staging = dst.with_name(f".{dst.name}.link")
+    staging = temp_path(dst)
     staging.unlink(missing_ok=True)
     os.link(src, staging)
     os.replace(staging, dst)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-

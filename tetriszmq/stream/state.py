@@ -70,6 +70,11 @@ class TrainerState:
         """Ask training to end at the next step, for ``reason`` (the first reason given wins)."""
         self.request(stop_requested=True, stop_reason=self.stop_reason or reason)
 
+    def status(self, state: State, reason: str) -> dict[str, object]:
+        """The fields of a ``status`` message announcing ``state``: the one builder, whichever thread announces."""
+        return {"state": str(state), "reason": reason, "timesteps": self.timesteps, "episodes": self.episodes,
+                "best_lines": self.best_lines}
+
     def summary(self) -> dict[str, object]:
         """The fields of a `status` reply and of a `heartbeat`."""
         return {
@@ -127,12 +132,3 @@ def _first_line_field(path: Path) -> object:
     except orjson.JSONDecodeError:
         return None
     return value.get("run") if isinstance(value, dict) else None
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make the renames in ``directory`` durable (an atomic write is a rename, and a rename is a directory entry)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

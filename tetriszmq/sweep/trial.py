@@ -27,6 +27,7 @@ import orjson
 import zmq
 
 from tetriszmq.stream import protocol
+from tetriszmq.stream.atomic import write_atomic
 from tetriszmq.stream.control import NoReply, request
 from tetriszmq.sweep.space import Space
 
@@ -238,9 +239,7 @@ def _evaluate(sweep: Sweep, run_dir: Path) -> float:
 
 def write_record(run_dir: Path, record: dict[str, Any]) -> None:
     """``trial.json``, replaced atomically so a reader (the viewer's catalogue) never sees half of it."""
-    tmp = run_dir / "trial.json.tmp"
-    tmp.write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2))
-    tmp.replace(run_dir / "trial.json")
+    write_atomic(run_dir / "trial.json", orjson.dumps(record, option=orjson.OPT_INDENT_2))
 
 
 def _tail(log: Path, chars: int = 800) -> str:

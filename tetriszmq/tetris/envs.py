@@ -104,12 +104,20 @@ def make_placement_env(features: list[str], max_pieces: int = 0, reward: str = "
 
 def env_factory(section: EnvSection) -> Callable[[], gym.Env]:
     """A picklable-enough constructor for one monitored env of the configured kind."""
+    check_env(section)
+    if section.kind == "placement":
+        return lambda: Monitor(make_placement_env(section.features, section.max_pieces, section.reward))
+    return lambda: Monitor(make_raw_env(section.max_pieces))
+
+
+def check_env(section: EnvSection) -> None:
+    """Refuse settings that only make sense together (checked before a run makes its directory)."""
     if section.kind == "placement":
         check_features(section.features)
-        return lambda: Monitor(make_placement_env(section.features, section.max_pieces, section.reward))
-    if section.reward != "score":
+    elif section.reward != "score":
         raise ConfigError(f"env.reward: {section.reward!r} needs env.kind = 'placement'")
-    return lambda: Monitor(make_raw_env(section.max_pieces))
+    elif section.features:
+        raise ConfigError("env.features: only the placement env has features (env.kind = 'placement')")
 
 
 def check_features(names: list[str]) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from tetriszmq.stream.state import fsync_dir  # noqa: F401  (renames made durable; the recorder's, too)
+from tetriszmq.stream.atomic import write_atomic
 
 MAGIC = b"TZEP"
 VERSION = 1
@@ -129,18 +129,12 @@ def _int(value: Any) -> int:
     return value
 
 
-def write(path: Path, record: EpisodeRecord) -> None:
-    """Write ``path`` atomically: a reader, or a later run after a crash, sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(encode(record))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def write(path: Path, record: EpisodeRecord, *, sync_dir: bool = True) -> None:
+    """Write ``path`` atomically: a reader, or a later run after a crash, sees the old file or the new one.
+
+    ``sync_dir=False`` for a writer of several records that syncs their folder once after them.
+    """
+    write_atomic(path, encode(record), sync_dir=sync_dir)
 
 
 def read(path: Path) -> EpisodeRecord:

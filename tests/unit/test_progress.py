@@ -1,0 +1,24 @@
+"""The progress line of a headless run: how far it is towards the limit it will reach first."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+from tetriszmq.progress import ProgressLine
+from tetriszmq.stream.state import TrainerState
+
+
+def test_a_run_limited_by_minutes_shows_the_share_of_its_time():
+    state = TrainerState(run="tiny-abcdef", timesteps=1_000)
+    progress = ProgressLine(state, Path("runs/tiny"), max_timesteps=100_000_000, max_minutes=1000.0,
+                           out=io.StringIO())
+    progress.started = time.monotonic() - 45_000  # as if `start` had been called 750 minutes ago
+    assert "[###############     ]  75%" in progress.line()
+
+
+def test_a_run_limited_by_timesteps_shows_the_share_of_its_steps():
+    state = TrainerState(run="tiny-abcdef", timesteps=50_000)
+    progress = ProgressLine(state, Path("runs/tiny"), max_timesteps=100_000, out=io.StringIO())
+    assert "[##########          ]  50%" in progress.line()

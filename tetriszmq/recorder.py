@@ -18,7 +18,9 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ KEEP = 20  # recent episodes kept per run
 FLUSH_EVERY = 5.0  # seconds between writes: early episodes end dozens of times a second; a file costs ~3-6 ms
 QUEUED_FLUSHES = 2  # flushes waiting for the writer thread at most; a slower disk defers the next one
 Writes = list[tuple[Path, EpisodeRecord]]
+Job = tuple[Writes, list[Path], Callable[[], None] | None]  # writes, deletes, then what to tell
 
 
 class RecordWriter:
@@ -53,16 +56,18 @@ class RecordWriter:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._jobs: queue.Queue[tuple[Writes, list[Path]] | None] = queue.Queue(QUEUED_FLUSHES)
+        self._jobs: queue.Queue[Job | None] = queue.Queue(QUEUED_FLUSHES)
         self._error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name="tetriszmq-records", daemon=True)
         self._thread.start()
 
-    def submit(self, writes: Writes, deletes: list[Path], *, wait: bool = False) -> bool:
-        """Hand one flush over; False (without ``wait``) if the writer is still busy with earlier ones."""
+    def submit(self, writes: Writes, deletes: list[Path], *, then: Callable[[], None] | None = None,
+               wait: bool = False) -> bool:
+        """Hand one flush over, ``then`` called once it is on disk; False (without ``wait``) if the writer
+        is still busy with earlier ones."""
         self._raise()
         try:
-            self._jobs.put((writes, deletes), block=wait)
+            self._jobs.put((writes, deletes, then), block=wait)
         except queue.Full:
             return False
         return True
@@ -84,12 +89,14 @@ class RecordWriter:
                 self._jobs.task_done()
         self._jobs.task_done()
 
-    def _write(self, writes: Writes, deletes: list[Path]) -> None:
+    def _write(self, writes: Writes, deletes: list[Path], then: Callable[[], None] | None) -> None:
         for path, record in writes:
             records.write(path, record, sync_dir=False)
         for path in deletes:
             path.unlink(missing_ok=True)
         fsync_dir(self.directory)
+        if then is not None:
+            then()
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -145,7 +152,8 @@ class EpisodeRecorder(BaseCallback):
                 self._files.add(number)
         self._next_flush = time.monotonic() + self.flush_every
         self._writer = RecordWriter(self.directory)
-        self._list()
+        if self.state is not None:
+            self.state.records = self._listing(self._files, self._written)
 
     def _on_step(self) -> bool:
         dones = self.locals.get("dones")
@@ -185,29 +193,25 @@ class EpisodeRecorder(BaseCallback):
         if self._best_changed and self.best is not None:
             writes.append((self.directory / records.BEST, self.best))
         numbers = sorted(self._files.union(record.episode for record in new))
-        dropped = numbers[:-self.keep]
-        if self._writer.submit(writes, [records.episode_path(self.directory, n) for n in dropped], wait=wait):
-            self._handed_over([f"episode-{record.episode}" for record in new]
-                              + (["best"] if self._best_changed else []),
-                              [f"episode-{number}" for number in dropped])
-            self._files = set(numbers[-self.keep:])
+        dropped, files = numbers[:-self.keep], set(numbers[-self.keep:])
+        written = self._written | {f"episode-{record.episode}": time.time() for record in new}
+        if self._best_changed:
+            written["best"] = time.time()
+        for number in dropped:
+            written.pop(f"episode-{number}", None)
+        listing = self._listing(files, written)
+        then = None if self.state is None else partial(setattr, self.state, "records", listing)
+        deletes = [records.episode_path(self.directory, number) for number in dropped]
+        if self._writer.submit(writes, deletes, then=then, wait=wait):
+            self._files, self._written = files, written
             self._best_changed = self._unwritten = False
-            self._list()
 
-    def _handed_over(self, written: list[str], dropped: list[str]) -> None:
-        now = time.time()
-        self._written.update((name, now) for name in written)
-        for name in dropped:
-            self._written.pop(name, None)
-
-    def _list(self) -> None:
-        """Tell the trainer's state what is kept now (a new list: the broker thread may be reading the old)."""
-        if self.state is None:
-            return
-        kept = [("best", self.best)] if self.best is not None and "best" in self._written else []
-        kept += [(f"episode-{r.episode}", r) for r in reversed(self._recent) if r.episode in self._files]
-        self.state.records = [{"name": name, **record.summary(), "when": round(self._written[name], 3)}
-                              for name, record in kept]
+    def _listing(self, files: set[int], written: dict[str, float]) -> list[dict[str, Any]]:
+        """What the trainer's ``snapshot`` lists once these files are on disk (a new list each time: the
+        broker thread may be reading the old): ``best``, then the kept records, newest first."""
+        kept = [("best", self.best)] if self.best is not None and "best" in written else []
+        kept += [(f"episode-{r.episode}", r) for r in reversed(self._recent) if r.episode in files]
+        return [{"name": name, **record.summary(), "when": round(written[name], 3)} for name, record in kept]
 
 
 class BoardStats(BaseCallback):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from tetriszmq.stream.protocol import RUN_ID_PATTERN, Command
+from tetriszmq.stream.protocol import Command, is_run_id
 from tetriszmq.stream.relay import EXPIRE, RUNS, side
 from tetriszmq.stream.security import ALLOWED, ALLOWED_TRAINERS, ClientCurve, SecurityError, make_keys
 
@@ -360,7 +360,7 @@ def _keys(args: argparse.Namespace) -> int:
     names, trainers = (tuple(name.strip() for name in given.split(",") if name.strip())
                        for given in (args.names, args.trainers))
     every = (*names, *trainers)
-    if not names or len(every) < 2 or len(set(every)) != len(every) or not all(map(RUN_ID_PATTERN.match, every)):
+    if not names or len(every) < 2 or len(set(every)) != len(every) or not all(map(is_run_id, every)):
         print(f"tetriszmq keys: --names {args.names!r} --trainers {args.trainers!r}: give two or more different "
               "names (letters, digits, . _ -), the server first", file=sys.stderr)
         return 2

@@ -45,7 +45,8 @@ EXPIRE = 5.0  # s without a hello before a run is forgotten (trainers say hello 
 STREAM_HWM = 10_000  # messages per viewer: 10 s of 32 trainers' default streams (~1 KB each)
 PING_MS, PING_TIMEOUT_MS = 1000, 3000  # ZMTP heartbeats: a peer gone without a FIN is noticed in 3 s
 MAX_LISTED = 20  # runs named in an "unknown run" error
-LINEAGE_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,120}")  # a run id's characters; "<run.name>-<8 hex>" may be longer
+# A run id's characters; longer, for the lineages of run names from before `RUN_NAME_MAX`
+LINEAGE_PATTERN = re.compile(f"{protocol.RUN_ID_CHARS}{{1,120}}")
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,8 @@ class Routes:
             run, lineage, started = hello["run"], hello.get("lineage") or hello["run"], hello.get("started")
         except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
             return None
-        if not (isinstance(run, str) and isinstance(lineage, str) and protocol.RUN_ID_PATTERN.fullmatch(run)
-                and LINEAGE_PATTERN.fullmatch(lineage)):
-            return None  # fullmatch: the pattern's "$" also matches before a final newline
+        if not (protocol.is_run_id(run) and isinstance(lineage, str) and LINEAGE_PATTERN.fullmatch(lineage)):
+            return None
         self.prune()
         now = self.clock()
         route = self._by_run.get(run)

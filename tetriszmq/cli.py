@@ -364,8 +364,16 @@ def _keys(args: argparse.Namespace) -> int:
         print(f"tetriszmq keys: --names {args.names!r} --trainers {args.trainers!r}: give two or more different "
               "names (letters, digits, . _ -), the server first", file=sys.stderr)
         return 2
-    for path in make_keys(args.directory, names, trainers):
+    try:
+        made = make_keys(args.directory, names, trainers)
+    except (SecurityError, OSError) as exc:
+        print(f"tetriszmq keys: {exc}", file=sys.stderr)
+        return 2
+    for path in made.written:
         print(path)
+    for name in made.kept:
+        print(f"tetriszmq keys: kept the existing pair {args.directory}/{name}.key(_secret): the nodes that hold it "
+              "stay connected (delete both files to make a new one)", file=sys.stderr)
     server, directory = names[0], args.directory
     allow = f" --curve-allow-trainers {directory}/{ALLOWED_TRAINERS}" if trainers else ""
     print(f"{server}: --curve-secret-key {directory}/{server}.key_secret --curve-allow {directory}/{ALLOWED}{allow}")

@@ -6,9 +6,11 @@ import contextlib
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+import orjson
 import pytest
 from conftest import ROOT, TINY_PLACEMENT, free_endpoint, free_port, reap, wait_for
 
@@ -85,14 +87,19 @@ NEXT_FRAMES = "(n) => new Promise((done) => { const f = () => (n-- > 0 ? request
 
 
 @contextlib.contextmanager
-def open_page(url: str) -> Iterator[sync_api.Page]:
-    """The page at ``url`` in a fresh headless Chromium, which must raise no error by the end."""
+def open_page(url: str, serve: Callable[[sync_api.Route], None] | None = None) -> Iterator[sync_api.Page]:
+    """The page at ``url`` in a fresh headless Chromium, which must raise no error by the end.
+
+    ``serve``: answers every request instead of the network (a scripted viewer).
+    """
     errors: list[Exception] = []
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on("pageerror", errors.append)
+            page.on("pageerror", lambda error: errors.append(error))
+            if serve is not None:
+                page.route("**/*", serve)
             page.goto(url)
             yield page
             assert errors == []
@@ -292,3 +299,116 @@ def chosen_outlined(page: sync_api.Page) -> bool:
     others = {tuple(cell) for k in frame["candidates"] for cell in k["cells"]} - chosen
     white = {(r, c) for r, row in enumerate(seen["cells"]) for c, colour in enumerate(row) if colour == "255,255,255"}
     return bool(chosen) and chosen <= white and not others & white
+
+
+# The replay panel alone, as index.html has it, with the player on `window.player`.
+REPLAY_PAGE = """<!doctype html>
+<section id="replay"><button id="replay-best"></button><select id="replay-list"></select>
+<div id="replay-game"><canvas id="replay-board" width="300" height="600"></canvas>
+<canvas id="replay-next" width="60" height="200"></canvas><select id="replay-speed"><option>1</option></select></div>
+<button id="replay-back"></button><button id="replay-play"></button><button id="replay-step"></button>
+<input id="replay-scrub" type="range" min="0" max="0" value="0"><p id="replay-info"></p></section>
+<script type="module">
+import { ReplayPlayer } from "/static/replay.js";
+const el = {};
+for (const role of ["best", "list", "game", "board", "next", "speed", "play", "step", "back", "scrub", "info"]) {
+  el[role] = document.getElementById(`replay-${role}`);
+}
+window.player = new ReplayPlayer({ panel: document.getElementById("replay"), ...el });
+window.player.follow("long");
+</script>"""
+# Input events as a drag across the scrubber delivers them, one per chunk crossed.
+DRAG = """([last, every]) => {
+  const scrub = document.getElementById("replay-scrub");
+  for (let piece = every; piece <= last; piece += every) {
+    scrub.value = piece;
+    scrub.dispatchEvent(new Event("input"));
+  }
+}"""
+SHOWN = "(k) => (document.getElementById('replay-board').shown || {}).step === k"
+
+
+class ScriptedViewer:
+    """The viewer's replay routes for one long recorded game, on page.route; it counts the chunks asked for.
+
+    ``hold``: chunk requests wait in `held` instead of being answered; ``listing_fails``: listings are errors.
+    """
+
+    def __init__(self, pieces: int) -> None:
+        self.pieces = pieces
+        self.asked: list[int] = []
+        self.hold = False
+        self.held: list[sync_api.Route] = []
+        self.listing_fails = False
+
+    def serve(self, route: sync_api.Route) -> None:
+        url = urlsplit(route.request.url)
+        if url.path == "/":
+            route.fulfill(body=REPLAY_PAGE, content_type="text/html")
+        elif url.path.startswith("/static/"):
+            route.fulfill(path=ROOT / "viewer" / url.path.lstrip("/"), content_type="text/javascript")
+        elif url.path == "/api/runs/long/episodes":
+            route.fulfill(json={"ok": False, "error": "listing failed"} if self.listing_fails else {
+                "ok": True, "records": [{"name": "best", "episode": 1, "lines": 0, "pieces": self.pieces}]})
+        elif url.path == "/api/runs/long/episodes/best":
+            first = int(parse_qs(url.query)["from"][0])
+            self.asked.append(first)
+            if self.hold:
+                self.held.append(route)
+            else:
+                route.fulfill(body=self.chunk(first), content_type="application/json")
+        else:
+            route.fulfill(status=404, json={"ok": False, "error": "not scripted"})
+
+    def chunk(self, first: int) -> bytes:
+        frames = [{"board": "0" * 200, "next": [], "step": k, "lines": 0, "score": 0}
+                  for k in range(first, min(first + 200, self.pieces + 1))]
+        record = {"episode": 1, "seed": 1, "lines": 0, "score": 0, "pieces": self.pieces, "frames": self.pieces + 1}
+        return orjson.dumps({"ok": True, "record": record, "from": first, "frames": frames})
+
+    def release(self) -> None:
+        """Answer the latest held request (the page cancelled the others)."""
+        route = self.held.pop()
+        route.fulfill(body=self.chunk(self.asked[-1]), content_type="application/json")
+
+
+def scrub(page: sync_api.Page, piece: int) -> None:
+    page.eval_on_selector("#replay-scrub", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", piece)
+
+
+def test_a_long_replay_fetches_only_where_the_scrubber_rests_cancels_the_rest_and_keeps_few_chunks():
+    viewer = ScriptedViewer(pieces=20_000)  # 101 chunks of 200 frames
+    with open_page("http://replay.test/", viewer.serve) as page:
+        cancelled: list[str] = []
+        page.on("requestfailed", lambda request: cancelled.append(request.url))
+        page.wait_for_function("() => !document.getElementById('replay-best').disabled")
+        page.locator("#replay-best").click()
+        page.wait_for_function(SHOWN, arg=0)
+
+        page.evaluate(DRAG, [20_000, 200])  # a drag across the whole game
+        page.wait_for_function(SHOWN, arg=20_000)
+        assert viewer.asked == [0, 20_000], "one fetch where the drag rested, none per chunk crossed"
+
+        viewer.hold = True
+        scrub(page, 5000)
+        page.wait_for_function("() => player.loading.has(25)")
+        scrub(page, 9000)  # before piece 5000's chunk came
+        page.wait_for_function("() => player.loading.has(45) && !player.loading.has(25)")
+        viewer.release()
+        page.wait_for_function(SHOWN, arg=9000)
+        assert viewer.asked[-2:] == [5000, 9000]
+        superseded = lambda: any("from=5000" in url for url in cancelled)  # noqa: E731
+        wait_for(lambda: page.evaluate("1") and superseded(), timeout=10,  # playwright delivers events in its calls
+                 what="the superseded request cancelled")
+
+        viewer.hold = False
+        kept = page.evaluate("async () => { for (let k = 0; k < 60; k++) await player.show(k * 200); "
+                             "return player.chunks.size; }")
+        assert kept <= 32
+
+        page.locator("#replay-play").click()
+        page.wait_for_function("() => player.playing")
+        viewer.listing_fails = True
+        playing, info = page.evaluate("async () => { await player.list(); return [player.playing, "
+                                      "document.getElementById('replay-info').textContent]; }")
+        assert playing and "listing failed" not in info and info.startswith("long, best (episode 1")

@@ -17,21 +17,9 @@ from collections.abc import Callable
 
 import orjson
 from harness import ROOT  # noqa: F401  (puts this checkout ahead of an installed tetriszmq)
+from harness.games import dellacherie_game
 
-from tetriszmq.tetris.dellacherie import Dellacherie
-from tetriszmq.tetris.placement_env import PlacementTetris
-from tetriszmq.tetris.records import EpisodeRecord
 from viewer.replays import DEFAULT_COUNT, Game
-
-
-def record_game(pieces: int) -> EpisodeRecord:
-    agent = Dellacherie()
-    env = PlacementTetris(features=agent.feature_names, max_pieces=pieces)
-    obs, _ = env.reset(seed=7)
-    while True:
-        obs, _, terminated, truncated, info = env.step(agent(obs))
-        if terminated or truncated:
-            return info["episode_record"]
 
 
 def timed(what: Callable[[], object]) -> float:
@@ -46,7 +34,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a 1,000-piece game")
     args = parser.parse_args()
     pieces = 1000 if args.quick else args.pieces
-    record = record_game(pieces)
+    record = dellacherie_game(pieces, seed=7)
     game = Game(record)
     far, back = record.pieces - DEFAULT_COUNT, record.pieces // 3
     rows = [

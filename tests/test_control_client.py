@@ -7,8 +7,9 @@ import warnings
 
 import pytest
 import zmq
+from conftest import free_port
 
-from tetriszmq.stream.control import req_socket, request
+from tetriszmq.stream.control import NoReply, req_socket, request
 
 
 @pytest.mark.parametrize("endpoint", ["tcp://nonsense", "tcp://127.0.0.1:notaport", "carrier-pigeon://x", ""])
@@ -28,3 +29,13 @@ def test_a_malformed_endpoint_raises_and_leaves_no_socket_open(endpoint: str):
         assert not leaks, leaks
     finally:
         ctx.term()  # blocks for ever on a socket left open
+
+
+def test_an_unanswered_request_says_why_and_leaves_no_socket_or_monitor_open():
+    ctx = zmq.Context()
+    try:
+        nowhere = f"tcp://127.0.0.1:{free_port()}"
+        with pytest.raises(NoReply, match=r"after 2 attempts of 0\.1s: could not connect"):
+            request(nowhere, "status", timeout=0.1, retries=1, ctx=ctx)
+    finally:
+        ctx.term()  # blocks (until pytest's timeout) on a socket or monitor left open

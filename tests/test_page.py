@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+import orjson
 import pytest
 from conftest import ROOT, TINY_PLACEMENT, free_endpoint, free_port, reap, wait_for
 
@@ -82,12 +86,36 @@ GHOST = "200,200,200"
 NEXT_FRAMES = "(n) => new Promise((done) => { const f = () => (n-- > 0 ? requestAnimationFrame(f) : done()); f(); })"
 
 
-def browser_page(playwright: sync_api.Playwright, url: str, errors: list, width: int = 1280, height: int = 800):
-    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-    page = browser.new_page(viewport={"width": width, "height": height})
-    page.on("pageerror", lambda error: errors.append(error))
-    page.goto(url)
-    return browser, page
+@contextlib.contextmanager
+def open_page(url: str, serve: Callable[[sync_api.Route], None] | None = None) -> Iterator[sync_api.Page]:
+    """The page at ``url`` in a fresh headless Chromium, which must raise no error by the end.
+
+    ``serve``: answers every request instead of the network (a scripted viewer).
+    """
+    errors: list[Exception] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("pageerror", lambda error: errors.append(error))
+            if serve is not None:
+                page.route("**/*", serve)
+            page.goto(url)
+            yield page
+            assert errors == []
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def streaming(log: Path, *args: str) -> Iterator[None]:
+    """``python ARGS``, a process that streams on endpoints of its own, its output in ``log``; reaped at the end."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        reap([proc])
 
 
 def row(page: sync_api.Page, ident: str) -> sync_api.Locator:
@@ -102,62 +130,50 @@ def test_the_page_lists_runs_overlays_the_selected_focuses_one_and_stops_only_it
     viewer = viewers(None, None, "--runs", str(root), "--token", "page-test")
     wait_for(lambda: all(r["link"] == "online" for r in viewer.get("/api/runs")["runs"] if r["id"] in ("a", "b")),
              timeout=120, what="both trainers followed")
-    errors: list[Exception] = []
-    with sync_api.sync_playwright() as playwright:
-        browser, page = browser_page(playwright, f"{viewer.url}/#token={viewer.token}", errors)
-        try:
-            page.wait_for_function("() => document.querySelectorAll('#run-table tbody tr').length === 3")
-            assert page.evaluate(CHECKED) == ["a", "b"]  # live runs are overlaid by default
-            page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 2, 6], timeout=60_000)
-            page.wait_for_function(CHART_SHOWS, arg=["episodes:lines", 2, 6])
-            row(page, "done").locator("input").check()
-            page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 3, 9], timeout=30_000)
-            assert "seed" in page.locator("#run-table thead").inner_text()
+    with open_page(f"{viewer.url}/#token={viewer.token}") as page:
+        page.wait_for_function("() => document.querySelectorAll('#run-table tbody tr').length === 3")
+        assert page.evaluate(CHECKED) == ["a", "b"]  # live runs are overlaid by default
+        page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 2, 6], timeout=60_000)
+        page.wait_for_function(CHART_SHOWS, arg=["episodes:lines", 2, 6])
+        row(page, "done").locator("input").check()
+        page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 3, 9], timeout=30_000)
+        assert "seed" in page.locator("#run-table thead").inner_text()
 
-            row(page, "b").locator("td.name").click()
-            page.wait_for_function("() => document.getElementById('focus-name').textContent === 'b'")
-            page.wait_for_function("() => document.getElementById('replay-info').textContent"
-                                   ".includes('a raw-board run')")  # nothing to replay, and the page says why
-            page.wait_for_function(COLOURED_CELLS, timeout=60_000)
-            page.wait_for_function("() => document.querySelector('#strip .tile[data-id=a]:not([hidden])')")
-            page.wait_for_function(VALUES_SHOWN, timeout=30_000)
-            for width, height in SCREENS:
-                page.set_viewport_size({"width": width, "height": height})
-                page.wait_for_timeout(300)  # a resize is laid out on the next frames
-                page.screenshot(path=str(tmp_path / f"page-{width}x{height}.png"))
-                assert page.evaluate(OVERLAPS) == [], f"overlapping boxes at {width}x{height}"
+        row(page, "b").locator("td.name").click()
+        page.wait_for_function("() => document.getElementById('focus-name').textContent === 'b'")
+        page.wait_for_function("() => document.getElementById('replay-info').textContent"
+                               ".includes('a raw-board run')")  # nothing to replay, and the page says why
+        page.wait_for_function(COLOURED_CELLS, timeout=60_000)
+        page.wait_for_function("() => document.querySelector('#strip .tile[data-id=a]:not([hidden])')")
+        page.wait_for_function(VALUES_SHOWN, timeout=30_000)
+        for width, height in SCREENS:
+            page.set_viewport_size({"width": width, "height": height})
+            page.wait_for_timeout(300)  # a resize is laid out on the next frames
+            page.screenshot(path=str(tmp_path / f"page-{width}x{height}.png"))
+            assert page.evaluate(OVERLAPS) == [], f"overlapping boxes at {width}x{height}"
 
-            page.locator("button[data-cmd=stop]").click()
-            page.wait_for_function("() => document.getElementById('ack').textContent"
-                                   ".startsWith('b: stop: trainer says')")
-            assert b.wait(60) == 0
-            page.wait_for_function("() => document.querySelector(\"#run-table tr[data-id=b]\").textContent"
-                                   ".includes('stopped')", timeout=30_000)
-            assert a.proc.poll() is None
-            assert errors == []
-        finally:
-            browser.close()
+        page.locator("button[data-cmd=stop]").click()
+        page.wait_for_function("() => document.getElementById('ack').textContent"
+                               ".startsWith('b: stop: trainer says')")
+        assert b.wait(60) == 0
+        page.wait_for_function("() => document.querySelector(\"#run-table tr[data-id=b]\").textContent"
+                               ".includes('stopped')", timeout=30_000)
+        assert a.proc.poll() is None
 
 
 def test_the_page_reconnects_after_a_viewer_restart_and_shows_the_whole_history_again(trainers, viewers, tmp_path):
     trainer = trainers(*LONG)
     port = free_port()
     viewer = viewers(trainer.pub, trainer.ctl, port=port)
-    errors: list[Exception] = []
-    with sync_api.sync_playwright() as playwright:
-        browser, page = browser_page(playwright, viewer.url + "/", errors)
-        try:
-            page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 1, 5], timeout=60_000)
-            seen = int(page.locator("[data-chart='episodes:reward']").get_attribute("data-points"))
-            viewer.proc.terminate()
-            assert viewer.proc.wait(10) == 0
-            page.wait_for_function("() => document.getElementById('link').textContent === 'reconnecting'")
-            viewers(trainer.pub, trainer.ctl, port=port)
-            page.wait_for_function("() => document.getElementById('link').textContent === 'connected'")
-            page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 1, seen + 1], timeout=60_000)
-            assert errors == []
-        finally:
-            browser.close()
+    with open_page(viewer.url + "/") as page:
+        page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 1, 5], timeout=60_000)
+        seen = int(page.locator("[data-chart='episodes:reward']").get_attribute("data-points"))
+        viewer.proc.terminate()
+        assert viewer.proc.wait(10) == 0
+        page.wait_for_function("() => document.getElementById('link').textContent === 'reconnecting'")
+        viewers(trainer.pub, trainer.ctl, port=port)
+        page.wait_for_function("() => document.getElementById('link').textContent === 'connected'")
+        page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 1, seen + 1], timeout=60_000)
 
 
 SB3_SCRIPT = """
@@ -171,26 +187,13 @@ model.learn(10_000_000, callback=StreamCallback(pub=sys.argv[1], ctl=sys.argv[2]
 
 def test_a_run_of_an_sb3_script_on_another_env_is_shown_without_board_or_lines(viewers, tmp_path):
     pub, ctl = free_endpoint(), free_endpoint()
-    with open(tmp_path / "sb3.log", "wb") as out:
-        script = subprocess.Popen([sys.executable, "-c", SB3_SCRIPT, pub, ctl], cwd=ROOT, stdout=out,
-                                  stderr=subprocess.STDOUT)
-    try:
-        viewer = viewers(pub, ctl)
-        errors: list[Exception] = []
-        with sync_api.sync_playwright() as playwright:
-            browser, page = browser_page(playwright, viewer.url + "/", errors)
-            try:
-                page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 1, 5], timeout=120_000)
-                page.wait_for_function(CHART_SHOWS, arg=["episodes:length", 1, 5])
-                page.wait_for_function("() => document.getElementById('focus-name').textContent.startsWith('sb3-')")
-                assert page.locator("#game").is_hidden()
-                assert page.locator("[data-chart='episodes:lines']:not([hidden])").count() == 0
-                assert "lines" not in page.locator("#run-table thead").inner_text()
-                assert errors == []
-            finally:
-                browser.close()
-    finally:
-        reap([script])
+    with streaming(tmp_path / "sb3.log", "-c", SB3_SCRIPT, pub, ctl), open_page(viewers(pub, ctl).url + "/") as page:
+        page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 1, 5], timeout=120_000)
+        page.wait_for_function(CHART_SHOWS, arg=["episodes:length", 1, 5])
+        page.wait_for_function("() => document.getElementById('focus-name').textContent.startsWith('sb3-')")
+        assert page.locator("#game").is_hidden()
+        assert page.locator("[data-chart='episodes:lines']:not([hidden])").count() == 0
+        assert "lines" not in page.locator("#run-table thead").inner_text()
 
 
 def ghosts_where_the_frame_says(page: sync_api.Page) -> bool:
@@ -220,87 +223,70 @@ def test_the_page_shows_the_agents_candidates_and_replays_a_recorded_game_beside
     root.mkdir()
     trainers(*LONG, config=TINY_PLACEMENT, run_dir=root / "live")
     viewer = viewers(None, None, "--runs", str(root), "--token", "page-test")
-    errors: list[Exception] = []
-    with sync_api.sync_playwright() as playwright:
-        browser, page = browser_page(playwright, f"{viewer.url}/#token={viewer.token}", errors)
-        try:
-            page.wait_for_function("() => (document.getElementById('board').shown || {}).candidates",
-                                   timeout=120_000)
-            assert not ghosts_where_the_frame_says(page), "candidates are off until asked for"
-            page.locator("#show-candidates").click()
-            wait_for(lambda: ghosts_where_the_frame_says(page), timeout=30, what="ghost cells at the candidates")
-            page.locator("#show-candidates").click()
-            page.wait_for_function("() => document.getElementById('show-candidates').ariaPressed === 'false'")
-            page.evaluate(NEXT_FRAMES, 2)
-            assert not any(GHOST in row for row in page.evaluate(CELLS, "board")["cells"])
+    with open_page(f"{viewer.url}/#token={viewer.token}") as page:
+        page.wait_for_function("() => (document.getElementById('board').shown || {}).candidates",
+                               timeout=120_000)
+        assert not ghosts_where_the_frame_says(page), "candidates are off until asked for"
+        page.locator("#show-candidates").click()
+        wait_for(lambda: ghosts_where_the_frame_says(page), timeout=30, what="ghost cells at the candidates")
+        page.locator("#show-candidates").click()
+        page.wait_for_function("() => document.getElementById('show-candidates').ariaPressed === 'false'")
+        page.evaluate(NEXT_FRAMES, 2)
+        assert not any(GHOST in row for row in page.evaluate(CELLS, "board")["cells"])
 
-            page.wait_for_function("() => !document.getElementById('replay-best').disabled", timeout=30_000)
-            page.locator("button[data-cmd=pause]").click()  # the live board (and its records) stand still from here
-            page.wait_for_function("() => document.getElementById('focus-state').textContent === 'paused'")
-            page.evaluate(NEXT_FRAMES, 2)
-            live = page.evaluate(CELLS, "board")
-            best = viewer.get("/api/runs/live/episodes")["records"][0]
-            assert best["name"] == "best"
+        page.wait_for_function("() => !document.getElementById('replay-best').disabled", timeout=30_000)
+        page.locator("button[data-cmd=pause]").click()  # the live board (and its records) stand still from here
+        page.wait_for_function("() => document.getElementById('focus-state').textContent === 'paused'")
+        page.evaluate(NEXT_FRAMES, 2)
+        live = page.evaluate(CELLS, "board")
+        best = viewer.get("/api/runs/live/episodes")["records"][0]
+        assert best["name"] == "best"
 
-            page.locator("#replay-best").click()
-            page.wait_for_function("() => !document.getElementById('replay-play').disabled")
-            assert replay_step(page) == 0
-            page.select_option("#replay-speed", "100")
-            page.locator("#replay-play").click()
-            page.wait_for_function("(end) => document.getElementById('replay-board').shown.step === end",
-                                   arg=best["pieces"], timeout=30_000)
-            page.wait_for_function("() => document.getElementById('replay-play').textContent === 'Play'")
+        page.locator("#replay-best").click()
+        page.wait_for_function("() => !document.getElementById('replay-play').disabled")
+        assert replay_step(page) == 0
+        page.select_option("#replay-speed", "100")
+        page.locator("#replay-play").click()
+        page.wait_for_function("(end) => document.getElementById('replay-board').shown.step === end",
+                               arg=best["pieces"], timeout=30_000)
+        page.wait_for_function("() => document.getElementById('replay-play').textContent === 'Play'")
 
-            for piece in (best["pieces"] // 2, 1, best["pieces"]):  # the scrubber, either way
-                page.eval_on_selector("#replay-scrub", "(el, v) => { el.value = v; el.dispatchEvent("
-                                      "new Event('input')); }", piece)
-                page.wait_for_function("(k) => document.getElementById('replay-board').shown.step === k", arg=piece)
-                seen = page.evaluate(CELLS, "replay-board")
-                served = viewer.get(f"/api/runs/live/episodes/best?from={piece}&count=1")["frames"][0]
-                assert seen["shown"] == served
-                assert cells_match(seen, [[int(d) for d in served["board"][r * 10:r * 10 + 10]] for r in range(20)])
+        for piece in (best["pieces"] // 2, 1, best["pieces"]):  # the scrubber, either way
+            page.eval_on_selector("#replay-scrub", "(el, v) => { el.value = v; el.dispatchEvent("
+                                  "new Event('input')); }", piece)
+            page.wait_for_function("(k) => document.getElementById('replay-board').shown.step === k", arg=piece)
+            seen = page.evaluate(CELLS, "replay-board")
+            served = viewer.get(f"/api/runs/live/episodes/best?from={piece}&count=1")["frames"][0]
+            assert seen["shown"] == served
+            assert cells_match(seen, [[int(d) for d in served["board"][r * 10:r * 10 + 10]] for r in range(20)])
 
-            page.eval_on_selector("#replay-scrub", "(el) => { el.value = 0; el.dispatchEvent(new Event('input')); }")
-            page.wait_for_function("() => document.getElementById('replay-board').shown.step === 0")
-            page.select_option("#replay-speed", "10")
-            page.locator("#replay-play").click()
-            page.wait_for_function("() => document.getElementById('replay-board').shown.step > 0")
-            page.locator("#replay-play").click()  # pause
-            paused_at = replay_step(page)
-            page.evaluate(NEXT_FRAMES, 30)  # half a second at 20 pieces a second, had it gone on playing
-            assert replay_step(page) == paused_at < best["pieces"]
-            page.locator("#replay-step").click()
-            page.wait_for_function("(k) => document.getElementById('replay-board').shown.step === k",
-                                   arg=paused_at + 1)
+        page.eval_on_selector("#replay-scrub", "(el) => { el.value = 0; el.dispatchEvent(new Event('input')); }")
+        page.wait_for_function("() => document.getElementById('replay-board').shown.step === 0")
+        page.select_option("#replay-speed", "10")
+        page.locator("#replay-play").click()
+        page.wait_for_function("() => document.getElementById('replay-board').shown.step > 0")
+        page.locator("#replay-play").click()  # pause
+        paused_at = replay_step(page)
+        page.evaluate(NEXT_FRAMES, 30)  # half a second at 20 pieces a second, had it gone on playing
+        assert replay_step(page) == paused_at < best["pieces"]
+        page.locator("#replay-step").click()
+        page.wait_for_function("(k) => document.getElementById('replay-board').shown.step === k",
+                               arg=paused_at + 1)
 
-            after = page.evaluate(CELLS, "board")
-            assert after == live, "the replay never touched the live board"
-            assert cells_match(after, live["shown"]["board"])
-            assert errors == []
-        finally:
-            browser.close()
+        after = page.evaluate(CELLS, "board")
+        assert after == live, "the replay never touched the live board"
+        assert cells_match(after, live["shown"]["board"])
 
 
 def test_the_placement_a_played_game_is_about_to_make_is_outlined_among_the_candidates(viewers, tmp_path):
     pub, ctl = free_endpoint(), free_endpoint()
-    with open(tmp_path / "play.log", "wb") as out:
-        game = subprocess.Popen([sys.executable, "-m", "tetriszmq", "play", "--agent", "dellacherie", "--pps", "2",
-                                 "--pub", pub, "--ctl", ctl], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        viewer = viewers(pub, ctl)
-        errors: list[Exception] = []
-        with sync_api.sync_playwright() as playwright:
-            browser, page = browser_page(playwright, viewer.url + "/", errors)
-            try:
-                page.wait_for_function("() => (document.getElementById('board').shown || {}).chosen !== undefined",
-                                       timeout=60_000)
-                page.locator("#show-candidates").click()
-                wait_for(lambda: chosen_outlined(page), timeout=30, what="the chosen placement outlined")
-                assert errors == []
-            finally:
-                browser.close()
-    finally:
-        reap([game])
+    with (streaming(tmp_path / "play.log", "-m", "tetriszmq", "play", "--agent", "dellacherie", "--pps", "2",
+                    "--pub", pub, "--ctl", ctl),
+          open_page(viewers(pub, ctl).url + "/") as page):
+        page.wait_for_function("() => (document.getElementById('board').shown || {}).chosen !== undefined",
+                               timeout=60_000)
+        page.locator("#show-candidates").click()
+        wait_for(lambda: chosen_outlined(page), timeout=30, what="the chosen placement outlined")
 
 
 def chosen_outlined(page: sync_api.Page) -> bool:
@@ -313,3 +299,116 @@ def chosen_outlined(page: sync_api.Page) -> bool:
     others = {tuple(cell) for k in frame["candidates"] for cell in k["cells"]} - chosen
     white = {(r, c) for r, row in enumerate(seen["cells"]) for c, colour in enumerate(row) if colour == "255,255,255"}
     return bool(chosen) and chosen <= white and not others & white
+
+
+# The replay panel alone, as index.html has it, with the player on `window.player`.
+REPLAY_PAGE = """<!doctype html>
+<section id="replay"><button id="replay-best"></button><select id="replay-list"></select>
+<div id="replay-game"><canvas id="replay-board" width="300" height="600"></canvas>
+<canvas id="replay-next" width="60" height="200"></canvas><select id="replay-speed"><option>1</option></select></div>
+<button id="replay-back"></button><button id="replay-play"></button><button id="replay-step"></button>
+<input id="replay-scrub" type="range" min="0" max="0" value="0"><p id="replay-info"></p></section>
+<script type="module">
+import { ReplayPlayer } from "/static/replay.js";
+const el = {};
+for (const role of ["best", "list", "game", "board", "next", "speed", "play", "step", "back", "scrub", "info"]) {
+  el[role] = document.getElementById(`replay-${role}`);
+}
+window.player = new ReplayPlayer({ panel: document.getElementById("replay"), ...el });
+window.player.follow("long");
+</script>"""
+# Input events as a drag across the scrubber delivers them, one per chunk crossed.
+DRAG = """([last, every]) => {
+  const scrub = document.getElementById("replay-scrub");
+  for (let piece = every; piece <= last; piece += every) {
+    scrub.value = piece;
+    scrub.dispatchEvent(new Event("input"));
+  }
+}"""
+SHOWN = "(k) => (document.getElementById('replay-board').shown || {}).step === k"
+
+
+class ScriptedViewer:
+    """The viewer's replay routes for one long recorded game, on page.route; it counts the chunks asked for.
+
+    ``hold``: chunk requests wait in `held` instead of being answered; ``listing_fails``: listings are errors.
+    """
+
+    def __init__(self, pieces: int) -> None:
+        self.pieces = pieces
+        self.asked: list[int] = []
+        self.hold = False
+        self.held: list[sync_api.Route] = []
+        self.listing_fails = False
+
+    def serve(self, route: sync_api.Route) -> None:
+        url = urlsplit(route.request.url)
+        if url.path == "/":
+            route.fulfill(body=REPLAY_PAGE, content_type="text/html")
+        elif url.path.startswith("/static/"):
+            route.fulfill(path=ROOT / "viewer" / url.path.lstrip("/"), content_type="text/javascript")
+        elif url.path == "/api/runs/long/episodes":
+            route.fulfill(json={"ok": False, "error": "listing failed"} if self.listing_fails else {
+                "ok": True, "records": [{"name": "best", "episode": 1, "lines": 0, "pieces": self.pieces}]})
+        elif url.path == "/api/runs/long/episodes/best":
+            first = int(parse_qs(url.query)["from"][0])
+            self.asked.append(first)
+            if self.hold:
+                self.held.append(route)
+            else:
+                route.fulfill(body=self.chunk(first), content_type="application/json")
+        else:
+            route.fulfill(status=404, json={"ok": False, "error": "not scripted"})
+
+    def chunk(self, first: int) -> bytes:
+        frames = [{"board": "0" * 200, "next": [], "step": k, "lines": 0, "score": 0}
+                  for k in range(first, min(first + 200, self.pieces + 1))]
+        record = {"episode": 1, "seed": 1, "lines": 0, "score": 0, "pieces": self.pieces, "frames": self.pieces + 1}
+        return orjson.dumps({"ok": True, "record": record, "from": first, "frames": frames})
+
+    def release(self) -> None:
+        """Answer the latest held request (the page cancelled the others)."""
+        route = self.held.pop()
+        route.fulfill(body=self.chunk(self.asked[-1]), content_type="application/json")
+
+
+def scrub(page: sync_api.Page, piece: int) -> None:
+    page.eval_on_selector("#replay-scrub", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", piece)
+
+
+def test_a_long_replay_fetches_only_where_the_scrubber_rests_cancels_the_rest_and_keeps_few_chunks():
+    viewer = ScriptedViewer(pieces=20_000)  # 101 chunks of 200 frames
+    with open_page("http://replay.test/", viewer.serve) as page:
+        cancelled: list[str] = []
+        page.on("requestfailed", lambda request: cancelled.append(request.url))
+        page.wait_for_function("() => !document.getElementById('replay-best').disabled")
+        page.locator("#replay-best").click()
+        page.wait_for_function(SHOWN, arg=0)
+
+        page.evaluate(DRAG, [20_000, 200])  # a drag across the whole game
+        page.wait_for_function(SHOWN, arg=20_000)
+        assert viewer.asked == [0, 20_000], "one fetch where the drag rested, none per chunk crossed"
+
+        viewer.hold = True
+        scrub(page, 5000)
+        page.wait_for_function("() => player.loading.has(25)")
+        scrub(page, 9000)  # before piece 5000's chunk came
+        page.wait_for_function("() => player.loading.has(45) && !player.loading.has(25)")
+        viewer.release()
+        page.wait_for_function(SHOWN, arg=9000)
+        assert viewer.asked[-2:] == [5000, 9000]
+        superseded = lambda: any("from=5000" in url for url in cancelled)  # noqa: E731
+        wait_for(lambda: page.evaluate("1") and superseded(), timeout=10,  # playwright delivers events in its calls
+                 what="the superseded request cancelled")
+
+        viewer.hold = False
+        kept = page.evaluate("async () => { for (let k = 0; k < 60; k++) await player.show(k * 200); "
+                             "return player.chunks.size; }")
+        assert kept <= 32
+
+        page.locator("#replay-play").click()
+        page.wait_for_function("() => player.playing")
+        viewer.listing_fails = True
+        playing, info = page.evaluate("async () => { await player.list(); return [player.playing, "
+                                      "document.getElementById('replay-info').textContent]; }")
+        assert playing and "listing failed" not in info and info.startswith("long, best (episode 1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -83,19 +84,33 @@ def relay(four_hosts: list[Host], relay_keys: Path, tmp_path: Path) -> Iterator[
     reap([process.proc])
 
 
-@pytest.fixture
-def loopback(tmp_path: Path) -> Iterator[RelayProcess]:
-    """A relay on loopback without CURVE; it must exit 0 on SIGTERM."""
+@contextlib.contextmanager
+def loopback_relay(log: Path, *options: str) -> Iterator[RelayProcess]:
+    """A relay on loopback with these options; it must exit 0 on SIGTERM."""
     trainers, viewers = (f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}" for _ in range(2))
-    process = RelayProcess([sys.executable, "-m", "tetriszmq", "relay", "--trainers", trainers, "--viewers", viewers],
-                           tmp_path / "relay.log", trainers, viewers)
+    process = RelayProcess([sys.executable, "-m", "tetriszmq", "relay", "--trainers", trainers, "--viewers", viewers,
+                            *options], log, trainers, viewers)
     process.start()
-    yield process
-    process.proc.terminate()
     try:
+        yield process
+        process.proc.terminate()
         assert process.proc.wait(30) == 0
     finally:
         reap([process.proc])
+
+
+@pytest.fixture
+def loopback(tmp_path: Path) -> Iterator[RelayProcess]:
+    """A relay on loopback without CURVE."""
+    with loopback_relay(tmp_path / "relay.log") as process:
+        yield process
+
+
+@pytest.fixture
+def curve_loopback(relay_keys: Path, tmp_path: Path) -> Iterator[RelayProcess]:
+    """A relay on loopback with CURVE, letting in `relay_keys`' node and client."""
+    with loopback_relay(tmp_path / "relay.log", *relay_curve(relay_keys)) as process:
+        yield process
 
 
 class Client:
@@ -278,24 +293,44 @@ def handshake(kind: int, endpoint: str, keys: list[str]) -> int:
         sock.close(linger=0)
 
 
-def test_each_side_lets_in_its_own_keys_only(relay_keys, tmp_path):
+def test_each_side_lets_in_its_own_keys_only(relay_keys, curve_loopback):
     """A client's key is refused where trainers connect, so it can neither register a run nor publish."""
-    sides = [f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}" for _ in range(2)]
-    process = RelayProcess([sys.executable, "-m", "tetriszmq", "relay", "--trainers", sides[0], "--viewers", sides[1],
-                            *relay_curve(relay_keys)], tmp_path / "relay.log", *sides)
-    process.start()
-    (up_stream, up_control), (down_stream, down_control) = (side.split(",") for side in sides)
+    (up_stream, up_control), (down_stream, down_control) = (side.split(",") for side in
+                                                            (curve_loopback.trainers, curve_loopback.viewers))
     node, client = curve(relay_keys, "node"), curve(relay_keys, "client")
-    try:
-        for kind, endpoint in ((zmq.DEALER, up_control), (zmq.PUB, up_stream)):
-            assert handshake(kind, endpoint, client) == zmq.EVENT_HANDSHAKE_FAILED_AUTH
-            assert handshake(kind, endpoint, node) == zmq.EVENT_HANDSHAKE_SUCCEEDED
-        for kind, endpoint in ((zmq.REQ, down_control), (zmq.SUB, down_stream)):
-            assert handshake(kind, endpoint, node) == zmq.EVENT_HANDSHAKE_FAILED_AUTH
-            assert handshake(kind, endpoint, client) == zmq.EVENT_HANDSHAKE_SUCCEEDED
-    finally:
-        process.proc.terminate()
-        assert process.proc.wait(30) == 0
+    for kind, endpoint in ((zmq.DEALER, up_control), (zmq.PUB, up_stream)):
+        assert handshake(kind, endpoint, client) == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        assert handshake(kind, endpoint, node) == zmq.EVENT_HANDSHAKE_SUCCEEDED
+    for kind, endpoint in ((zmq.REQ, down_control), (zmq.SUB, down_stream)):
+        assert handshake(kind, endpoint, node) == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        assert handshake(kind, endpoint, client) == zmq.EVENT_HANDSHAKE_SUCCEEDED
+
+
+@pytest.mark.parametrize(("keys", "said"), [
+    (("--curve-server-key", "relay.key", "--curve-secret-key", "stranger/client.key_secret"),
+     "the server refused this client's CURVE key (is its public key in the trainer's or relay's allow folder?)"),
+    (("--curve-server-key", "client.key", "--curve-secret-key", "client.key_secret"),
+     "the handshake failed (is --curve-server-key that trainer's or relay's public key"),
+    ((), "the handshake failed"),  # no CURVE towards a CURVE relay
+])
+def test_ctl_says_why_a_curve_relay_does_not_answer(relay_keys, curve_loopback, keys, said):
+    """Refused and unreadable keys look like silence to a client: the socket monitor tells them apart."""
+    options = [str(relay_keys / option) if option.startswith(("relay", "client", "stranger")) else option
+               for option in keys]
+    result = subprocess.run([sys.executable, "-m", "tetriszmq", "ctl", "runs", "--relay", curve_loopback.viewers,
+                             "--timeout", "1", "--retries", "0", *options], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 3 and "no reply" in result.stderr and said in result.stderr, result.stderr
+    assert "is the trainer running?" not in result.stderr
+
+
+def test_ctl_to_a_relay_that_is_not_there_says_it_could_not_connect():
+    nowhere = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
+    result = subprocess.run([sys.executable, "-m", "tetriszmq", "ctl", "runs", "--relay", nowhere,
+                             "--timeout", "0.5", "--retries", "1"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 3
+    assert "after 2 attempts of 0.5s: could not connect: is the trainer (or relay) running there?" in result.stderr
 
 
 class FakeTrainer:

@@ -177,3 +177,14 @@ def test_a_record_whose_environment_cannot_be_built_is_a_clear_error(tmp_path):
     result = tetriszmq("replay", path, "--check")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "episode 4: its environment cannot be built here: unknown or no features" in result.stderr
+
+
+def test_an_episode_named_in_other_than_ascii_digits_is_a_clear_error(tmp_path):
+    for name in ("episode-3.rec", "episode-٣.rec"):  # the second is no numbered record: "\d" would read it as 3
+        records.write(tmp_path / name, records.EpisodeRecord(seed=3, actions=bytes([1, 2]), lines=0, score=2.0,
+                                                             pieces=2, end="cut", features=(), max_pieces=10))
+    assert records.numbered(tmp_path) == [3]
+    for episode in ("²", "٣"):  # str.isdigit() takes both; int() refuses the first and reads the second as 3
+        result = tetriszmq("replay", tmp_path, "--episode", episode, "--check")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"no episode '{episode}' (best, last, or one of the kept numbers: 3..3)" in result.stderr

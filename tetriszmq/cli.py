@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from tetriszmq.stream.protocol import RUN_ID_PATTERN, Command
+from tetriszmq.stream.protocol import Command, is_run_id
 from tetriszmq.stream.relay import EXPIRE, RUNS, side
 from tetriszmq.stream.security import ALLOWED, ALLOWED_TRAINERS, ClientCurve, SecurityError, make_keys
 
@@ -357,12 +357,20 @@ def _keys(args: argparse.Namespace) -> int:
     names, trainers = (tuple(name.strip() for name in given.split(",") if name.strip())
                        for given in (args.names, args.trainers))
     every = (*names, *trainers)
-    if not names or len(every) < 2 or len(set(every)) != len(every) or not all(map(RUN_ID_PATTERN.match, every)):
+    if not names or len(every) < 2 or len(set(every)) != len(every) or not all(map(is_run_id, every)):
         print(f"tetriszmq keys: --names {args.names!r} --trainers {args.trainers!r}: give two or more different "
               "names (letters, digits, . _ -), the server first", file=sys.stderr)
         return 2
-    for path in make_keys(args.directory, names, trainers):
+    try:
+        made = make_keys(args.directory, names, trainers)
+    except (SecurityError, OSError) as exc:
+        print(f"tetriszmq keys: {exc}", file=sys.stderr)
+        return 2
+    for path in made.written:
         print(path)
+    for name in made.kept:
+        print(f"tetriszmq keys: kept the existing pair {args.directory}/{name}.key(_secret): the nodes that hold it "
+              "stay connected (delete both files to make a new one)", file=sys.stderr)
     server, directory = names[0], args.directory
     allow = f" --curve-allow-trainers {directory}/{ALLOWED_TRAINERS}" if trainers else ""
     print(f"{server}: --curve-secret-key {directory}/{server}.key_secret --curve-allow {directory}/{ALLOWED}{allow}")

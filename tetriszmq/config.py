@@ -19,8 +19,9 @@ from typing import Any
 
 import tomli_w
 
-from tetriszmq.stream.protocol import RUN_ID_PATTERN
+from tetriszmq.stream.protocol import is_run_id
 from tetriszmq.stream.relay import side
+from tetriszmq.stream.state import RUN_NAME_MAX
 
 
 class ConfigError(ValueError):
@@ -141,8 +142,8 @@ def from_dict(data: dict[str, Any]) -> Config:
     sections = {name: read_section(name, hints[name], data.get(name, {})) for name in hints}
     config = Config(**sections)
     _check_security(config)
-    if not RUN_ID_PATTERN.match(config.run.name):
-        raise ConfigError(f"run.name: {config.run.name!r} must match {RUN_ID_PATTERN.pattern}")
+    if not (is_run_id(config.run.name) and len(config.run.name) <= RUN_NAME_MAX):  # "-<8 hex>" must still fit
+        raise ConfigError(f"run.name: {config.run.name[:100]!r} must be 1 to {RUN_NAME_MAX} letters, digits, . _ -")
     return config
 
 

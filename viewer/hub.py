@@ -39,7 +39,8 @@ log = logging.getLogger("viewer.hub")
 
 # The head `protocol.envelope_prefix` + `seal` give every payload; anything
 # else takes the slow path through `protocol.decode_message`.
-_ENVELOPE = re.compile(rb'\{"v":%d,"topic":"[a-z]+","run":"([A-Za-z0-9._-]{1,80})","seq":(\d+),' % protocol.VERSION)
+_ENVELOPE = re.compile(rb'\{"v":%d,"topic":"[a-z]+","run":"(%s)","seq":(\d+),'
+                       % (protocol.VERSION, protocol.RUN_ID_PATTERN.pattern.encode()))
 _TOPICS = frozenset(Topic)
 _TOPIC_FRAME = re.compile(rb"([a-z][a-z0-9_]{0,39}):")  # any well-formed topic frame, known or not
 _HISTORY_TOPICS = frozenset({Topic.STATUS, Topic.EPISODE, Topic.METRICS})
@@ -456,7 +457,7 @@ def _envelope(frames: list[bytes]) -> tuple[Topic | str, str, int]:
         return topic, head[1].decode(), int(head[2])
     payload = protocol.decode_payload(frames[1])
     run, seq = payload.get("run"), payload.get("seq")
-    if not isinstance(run, str) or not protocol.RUN_ID_PATTERN.match(run) or type(seq) is not int:
+    if not protocol.is_run_id(run) or type(seq) is not int:
         raise ProtocolError("payload lacks a valid run and seq")
     return topic, run, seq
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -58,7 +57,6 @@ RAW_NOTE = ("a raw-board run (env.kind = raw): tetris-gymnasium's key-press env 
             "only placement runs can be replayed")
 REMOTE_NOTE = "a remote trainer: its episode records are in its own run directory, not under --runs"
 NONE_YET = "no episode records yet (the trainer writes them every few seconds)"
-_NUMBER = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() takes "²", which int() refuses
 
 
 class ReplayError(Exception):
@@ -272,7 +270,7 @@ def _place(app: web.Application, ident: str) -> Place:
 def _which(name: str) -> str:
     """``best``, ``last`` or an episode number, from the route's ``{name}``."""
     which = name.removeprefix("episode-")
-    if which in ("best", "last") or _NUMBER.fullmatch(which):
+    if which in ("best", "last") or records.NUMBER.fullmatch(which):
         return which
     raise ReplayError(400, f"episode {name[:40]!r}: expected best, last, episode-<n> or <n>")
 
@@ -281,7 +279,7 @@ def _int_query(request: web.Request, key: str, default: int) -> int:
     value = request.query.get(key)
     if value is None:
         return default
-    if not _NUMBER.fullmatch(value):
+    if not records.NUMBER.fullmatch(value):
         raise ReplayError(400, f"{key} must be a whole number, got {value[:20]!r}")
     return int(value)
 

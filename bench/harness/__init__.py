@@ -6,7 +6,8 @@
 - `servers`: the viewer under test and the naive broadcaster it is compared with;
 - `load`: client processes, each holding many raw WebSocket connections;
 - `case`: one measured run of publisher, server and clients (`run_case`), and its `Result`;
-- `tables`: the columns and tables the scripts print.
+- `tables`: the columns and tables the scripts print;
+- `games`: recorded games to replay (the replay bench's and the replay unit tests').
 
 Importing the package puts this checkout ahead of an installed tetriszmq, so a bench always
 measures the code beside it.

@@ -107,3 +107,16 @@ def test_a_lineage_longer_than_a_run_id_is_routed(routes):
     name = "n" * 72  # the run id adds 6 hex digits (79 characters, within the 80 of a run id), the lineage 8 (81)
     assert routes.hello(b"trainer", hello(f"{name}-0123ab", f"{name}-0123abcd")) is None
     assert routes.find(f"{name}-0123abcd").run == f"{name}-0123ab"
+
+
+def test_a_run_still_saying_hello_outlives_one_that_fell_silent_after_it(routes, clock):
+    """Routes are pruned from the least recently heard end: a refresh must move a run to the other end."""
+    routes.hello(b"a", hello("tiny-aaaaaa"))
+    clock.now += 1
+    routes.hello(b"b", hello("tiny-bbbbbb"))
+    clock.now += 2
+    routes.hello(b"a", hello("tiny-aaaaaa"))
+    clock.now += EXPIRE - 1.5  # b silent for EXPIRE + 0.5 s, a for EXPIRE - 1.5 s
+    assert [route["run"] for route in routes.listing()] == ["tiny-aaaaaa"]
+    with pytest.raises(ProtocolError, match="unknown run"):
+        routes.find("tiny-bbbbbb")

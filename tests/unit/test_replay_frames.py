@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from harness.games import dellacherie_game
 
 from tetriszmq.tetris import records
-from tetriszmq.tetris.dellacherie import Dellacherie
-from tetriszmq.tetris.placement_env import PlacementTetris
 from tetriszmq.tetris.records import EpisodeRecord
 from viewer import replays
 
 PIECES = 700  # past several keyframes (every 200 pieces)
 
 
-def long_game() -> EpisodeRecord:
-    """A game of Dellacherie's agent, which clears lines for ever, cut at `PIECES`."""
-    agent = Dellacherie()
-    env = PlacementTetris(features=agent.feature_names, max_pieces=PIECES)
-    obs, _ = env.reset(seed=11)
-    while True:
-        obs, _, terminated, truncated, info = env.step(agent(obs))
-        if terminated or truncated:
-            return info["episode_record"]
-
-
 def test_chunks_asked_in_any_order_are_the_frames_of_one_pass_through_the_game():
-    record = long_game()
+    record = dellacherie_game(PIECES, seed=11)
     assert record.pieces == PIECES and record.lines > 100
     whole = replays.Game(record).frames(0, PIECES + 1)
     assert [f["step"] for f in whole] == list(range(PIECES + 1)) and whole[-1]["lines"] == record.lines

@@ -30,7 +30,9 @@ MAX_REQUEST_BYTES = 4096
 MAX_QUOTED = 40  # characters of a bad value that an error message repeats
 BOARD_ROWS, BOARD_COLS = 20, 10
 PIECE_KINDS = range(2, 9)  # I, O, T, S, Z, J, L as tetris-gymnasium numbers them
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
+RUN_ID_CHARS = "[A-Za-z0-9._-]"  # a run id's characters: safe in a path, a URL and a JSON string unescaped
+RUN_ID_MAX = 80
+RUN_ID_PATTERN = re.compile(f"{RUN_ID_CHARS}{{1,{RUN_ID_MAX}}}")  # whole strings only: see `is_run_id`
 
 
 class Topic(StrEnum):
@@ -162,12 +164,20 @@ def encode_body(fields: dict[str, Any]) -> bytes:
     return orjson.dumps(fields, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def is_run_id(value: object) -> bool:
+    """True for a string that is a run id as a whole.
+
+    Every check goes through here: ``re.match`` with ``$`` would take a final newline too.
+    """
+    return isinstance(value, str) and RUN_ID_PATTERN.fullmatch(value) is not None
+
+
 def envelope_prefix(topic: Topic, run: str) -> bytes:
     """The constant head of every payload of ``topic`` in ``run``, ready for `seal`.
 
     Computed once per topic and run, so sealing a message is two byte joins.
     """
-    if not RUN_ID_PATTERN.match(run):
+    if not is_run_id(run):
         raise ProtocolError(f"run id {run!r} must match {RUN_ID_PATTERN.pattern}")
     return b'{"v":%d,"topic":"%s","run":"%s","seq":' % (VERSION, topic.encode(), run.encode())
 

@@ -26,6 +26,7 @@ import re
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,8 @@ EXPIRE = 5.0  # s without a hello before a run is forgotten (trainers say hello 
 STREAM_HWM = 10_000  # messages per viewer: 10 s of 32 trainers' default streams (~1 KB each)
 PING_MS, PING_TIMEOUT_MS = 1000, 3000  # ZMTP heartbeats: a peer gone without a FIN is noticed in 3 s
 MAX_LISTED = 20  # runs named in an "unknown run" error
-LINEAGE_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,120}")  # a run id's characters; "<run.name>-<8 hex>" may be longer
+# A run id's characters; longer, for the lineages of run names from before `RUN_NAME_MAX`
+LINEAGE_PATTERN = re.compile(f"{protocol.RUN_ID_CHARS}{{1,120}}")
 
 
 @dataclass(frozen=True)
@@ -103,13 +105,17 @@ class Routes:
     or a holder of a trainer key that wants the run's control) is ignored, and logged once. Identities
     are the relay's (ZeroMQ's per connection), so nobody can pose as another live connection.
 
+    Every hello and request prunes the table, so routes are kept in the order they were last heard
+    from: pruning pops silent ones from the old end and stops at the first live one, O(1) amortised
+    instead of a scan of every run on each of a thousand trainers' two hellos a second.
+
     :param clock: monotonic seconds; tests pass their own.
     """
 
     def __init__(self, expire: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.expire = expire
         self.clock = clock
-        self._by_run: dict[str, Route] = {}
+        self._by_run: OrderedDict[str, Route] = OrderedDict()  # least recently heard from first
 
     def hello(self, identity: bytes, raw: bytes) -> str | None:
         """Register (or refresh) the trainer behind ``identity``; a malformed hello is ignored.
@@ -121,9 +127,8 @@ class Routes:
             run, lineage, started = hello["run"], hello.get("lineage") or hello["run"], hello.get("started")
         except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
             return None
-        if not (isinstance(run, str) and isinstance(lineage, str) and protocol.RUN_ID_PATTERN.fullmatch(run)
-                and LINEAGE_PATTERN.fullmatch(lineage)):
-            return None  # fullmatch: the pattern's "$" also matches before a final newline
+        if not (protocol.is_run_id(run) and isinstance(lineage, str) and LINEAGE_PATTERN.fullmatch(lineage)):
+            return None
         self.prune()
         now = self.clock()
         route = self._by_run.get(run)
@@ -132,6 +137,7 @@ class Routes:
             self._by_run[run] = Route(run, lineage, identity, float(started), now)
         elif route.identity == identity:
             route.seen = now
+            self._by_run.move_to_end(run)
         elif not route.refused:
             route.refused = True
             return (f"ignoring hellos for run {protocol.quote(run)} from a second connection: the run is live on "
@@ -166,8 +172,8 @@ class Routes:
 
     def prune(self) -> None:
         cutoff = self.clock() - self.expire
-        for route in [r for r in self._by_run.values() if r.seen < cutoff]:
-            self.forget(route)
+        while self._by_run and next(iter(self._by_run.values())).seen < cutoff:
+            self._by_run.popitem(last=False)
 
 
 class Relay:

@@ -28,23 +28,42 @@ class SecurityError(ValueError):
 ALLOWED, ALLOWED_TRAINERS = "allowed", "allowed-trainers"  # the folders `make_keys` fills
 
 
-def make_keys(directory: Path, names: tuple[str, ...] = ("trainer", "client"), trainers: tuple[str, ...] = ()
-              ) -> list[Path]:
-    """Create key pairs ``<name>.key`` / ``<name>.key_secret``, the server's first.
+@dataclass(frozen=True)
+class MadeKeys:
+    """What `make_keys` did: the key files it wrote, and the names whose existing pair it kept."""
 
-    The clients' public keys go to ``allowed/``; those of ``trainers`` (trainers dialling out to a relay)
-    to ``allowed-trainers/``, the relay's separate folder for its trainers side.
+    written: list[Path]
+    kept: list[str]
+
+
+def make_keys(directory: Path, names: tuple[str, ...] = ("trainer", "client"), trainers: tuple[str, ...] = ()
+              ) -> MadeKeys:
+    """Create key pairs ``<name>.key`` / ``<name>.key_secret``, the server's first, for the names that have none.
+
+    A name whose pair is already in ``directory`` keeps it: a new pair would cut off every node and
+    client holding the old one, so running this again only adds the names that are missing. The
+    clients' public keys go to ``allowed/``; those of ``trainers`` (trainers dialling out to a relay)
+    to ``allowed-trainers/``, the relay's separate folder for its trainers side (a key already there
+    is left as it is). Half a pair is a `SecurityError`: this cannot tell which half is current.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    written = []
+    made = MadeKeys([], [])
     for name in (*names, *trainers):
-        public, secret = zmq.auth.create_certificates(directory, name)
-        written += [Path(public), Path(secret)]
+        public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
+        if public.exists() and secret.exists():
+            made.kept.append(name)
+        elif public.exists() or secret.exists():
+            half, other = (public, secret) if public.exists() else (secret, public)
+            raise SecurityError(f"{half} exists without {other.name}: move it away to make a new pair for {name}")
+        else:
+            zmq.auth.create_certificates(directory, name)
+            made.written.extend((public, secret))
         if name != names[0]:
-            allowed = directory / (ALLOWED_TRAINERS if name in trainers else ALLOWED)
-            allowed.mkdir(exist_ok=True)
-            shutil.copy(public, allowed / Path(public).name)
-    return written
+            allowed = directory / (ALLOWED_TRAINERS if name in trainers else ALLOWED) / public.name
+            allowed.parent.mkdir(exist_ok=True)
+            if not allowed.exists():
+                shutil.copy(public, allowed)
+    return made
 
 
 def is_loopback(endpoint: str) -> bool:

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import orjson
 
-from tetriszmq.stream.protocol import State
+from tetriszmq.stream.protocol import RUN_ID_MAX, State
+
+LINEAGE_HEX = 8  # a new lineage is "<name>-<8 hex>" (`lineage_of`); a process run id, "<name>-<6 hex>"
+RUN_NAME_MAX = RUN_ID_MAX - 1 - LINEAGE_HEX  # the longest run name whose run ids and lineage are run ids
 
 
 @dataclass
@@ -110,7 +113,7 @@ def lineage_of(run_dir: Path | None, name: str) -> str:
         for found in (_json_field(run_dir / "run.json", "lineage"), _first_line_field(run_dir / "metrics.jsonl")):
             if isinstance(found, str) and found:
                 return found
-    return f"{name}-{secrets.token_hex(4)}"
+    return f"{name}-{secrets.token_hex(LINEAGE_HEX // 2)}"
 
 
 def _json_field(path: Path, key: str) -> object:

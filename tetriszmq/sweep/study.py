@@ -37,7 +37,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tetriszmq import config as cfg
-from tetriszmq.stream.protocol import RUN_ID_PATTERN
+from tetriszmq.stream.protocol import RUN_ID_PATTERN, is_run_id
 from tetriszmq.sweep import space as space_file
 from tetriszmq.sweep.trial import Sweep, TrialError, objective
 
@@ -109,7 +109,7 @@ def _hide_password(url: str) -> str:
 def sweep(config: Path | None, space_path: Path, trials: int, jobs: int, study_name: str, storage_url: str | None,
           runs: Path) -> int:
     """Validate everything, join or create the study, run this sweep's trials, print the report."""
-    if not RUN_ID_PATTERN.fullmatch(study_name):  # not match: its "$" also matches before a final newline
+    if not is_run_id(study_name):
         raise StorageError(f"--study {study_name!r} must match {RUN_ID_PATTERN.pattern} (it names folders)")
     if trials < 1 or jobs < 1:
         raise StorageError("--trials and --jobs must be at least 1")

@@ -157,7 +157,8 @@ def read(path: Path) -> EpisodeRecord:
 # --- a folder of records: <run_dir>/episodes/, or an evaluation's --record DIR ---------------
 
 BEST = "best.rec"
-_NUMBERED = re.compile(r"episode-(\d+)\.rec")
+NUMBER = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() and "\d" take "²" or "٣", which int() refuses or reads
+_NUMBERED = re.compile(r"episode-([0-9]+)\.rec")
 
 
 def episode_path(directory: Path, number: int) -> Path:
@@ -188,7 +189,7 @@ def locate(path: Path, which: str = "best") -> Path:
         if not numbers:
             raise RecordError(f"{directory}: no episode records")
         return episode_path(directory, numbers[-1]) if which == "last" else _best_numbered(directory, numbers)
-    if not which.isdigit() or int(which) not in numbers:
+    if not NUMBER.fullmatch(which) or int(which) not in numbers:
         shown = f"{numbers[0]}..{numbers[-1]}" if numbers else "none"
         raise RecordError(f"{directory}: no episode {which!r} (best, last, or one of the kept numbers: {shown})")
     return episode_path(directory, int(which))

@@ -5,6 +5,10 @@
 // chunks it fetched, plays them at 1x-100x (1x: `BASE_PPS` pieces a second) on its own
 // animation loop, which runs only while playing, and scrubs to any piece. It draws only on its
 // own canvases: a replay never touches the live board.
+//
+// A game of hours is thousands of chunks, so the player keeps the `CACHED` it used last, fetches
+// a chunk the scrubber reaches only once the drag rests (`SCRUB_REST`), and cancels the fetches
+// of chunks it no longer needs: a drag across the game costs one request, not one per chunk.
 
 import { boardRows, drawBoard, drawPieces } from "./board.js";
 import { escape } from "./runlist.js";
@@ -13,6 +17,8 @@ const CHUNK = 200;     // frames per request: ~50 KB
 const AHEAD = 50;      // fetch the next chunk this many pieces before reaching it
 const BASE_PPS = 2;    // pieces per second at 1x
 const RELIST = 5000;   // ms between listings of the followed run's records (a live run writes new ones)
+const CACHED = 32;     // chunks kept (~1.6 MB of frames), the least recently shown dropped first
+const SCRUB_REST = 150;  // ms the scrubber must rest on a piece not cached before its chunk is fetched
 
 export class ReplayPlayer {
   // `el`: the panel's elements by role (see index.html, #replay).
@@ -20,7 +26,9 @@ export class ReplayPlayer {
     this.el = el;
     this.run = null;        // the run whose records are listed
     this.game = null;       // {run, name, record}: the episode loaded
-    this.chunks = new Map();  // chunk index -> frames (or a pending Promise)
+    this.chunks = new Map();  // chunk index -> frames, the least recently shown first
+    this.loading = new Map();  // chunk index -> {done: Promise, controller: AbortController}
+    this.resting = 0;       // the timer of a scrub waiting for the drag to rest
     this.piece = 0;
     this.total = 0;         // frames in the episode: pieces + 1
     this.playing = false;
@@ -32,7 +40,7 @@ export class ReplayPlayer {
     el.play.addEventListener("click", () => (this.playing ? this.pause() : this.play()));
     el.step.addEventListener("click", () => { this.pause(); this.show(this.piece + 1); });
     el.back.addEventListener("click", () => { this.pause(); this.show(this.piece - 1); });
-    el.scrub.addEventListener("input", () => this.show(Number(el.scrub.value)));
+    el.scrub.addEventListener("input", () => this.scrub(Number(el.scrub.value)));
     this.tick = this.tick.bind(this);
     this.listed = "";
     this.controls();
@@ -50,8 +58,12 @@ export class ReplayPlayer {
   async list() {
     const run = this.run;
     if (!run) return;
-    const body = await this.fetch(`/api/runs/${encodeURIComponent(run)}/episodes`);
-    if (run !== this.run || !body) return;
+    const body = await this.get(`/api/runs/${encodeURIComponent(run)}/episodes`);
+    if (run !== this.run) return;
+    if (body.error) {  // a periodic listing that failed leaves the replay playing, and its line, alone
+      if (!this.game) this.say(body.error);
+      return;
+    }
     const kept = body.records || [];
     const options = `<option value="">${kept.length ? "recorded episodes…" : "no records"}</option>` +
       kept.map((r) => `<option value="${escape(r.name)}"${r.error ? " disabled" : ""}>${label(r)}</option>`).join("");
@@ -67,8 +79,10 @@ export class ReplayPlayer {
   // Load episode `name` of the focused run and show its first board.
   async open(name) {
     this.pause();
+    clearTimeout(this.resting);
+    this.resting = 0;
     this.game = { run: this.run, name, record: null };
-    this.chunks.clear();
+    this.forget();
     this.total = 0;
     this.say(`loading ${name}…`);
     await this.show(0);
@@ -99,10 +113,22 @@ export class ReplayPlayer {
       this.show(Math.min(this.piece + steps, this.total - 1));
     } else if (steps > 0) {
       this.due = 0;
-      this.load(this.piece + 1);
+      if (!this.resting) this.load(this.piece + 1);  // a drag that has not rested fetches nothing
     }
     if (this.piece >= this.total - 1) this.pause();
     else requestAnimationFrame(this.tick);
+  }
+
+  // The scrubber moved to `piece`: shown at once if cached, else fetched when the drag rests there.
+  scrub(piece) {
+    clearTimeout(this.resting);
+    this.resting = 0;
+    if (this.frame(piece)) {
+      this.show(piece);
+      return;
+    }
+    this.piece = piece;  // a chunk arriving for an earlier position is not drawn
+    this.resting = setTimeout(() => { this.resting = 0; this.show(piece); }, SCRUB_REST);
   }
 
   // Show frame `piece` (clamped), fetching its chunk first if need be.
@@ -110,46 +136,81 @@ export class ReplayPlayer {
     if (!this.game) return;
     piece = Math.max(0, this.total ? Math.min(piece, this.total - 1) : piece);
     this.piece = piece;
+    this.cancel(piece);
     const frame = this.frame(piece) || await this.load(piece);
     if (!frame || this.piece !== piece) return;  // failed, or the user moved on meanwhile
     this.draw(frame);
     if (piece % CHUNK >= CHUNK - AHEAD) this.load(piece + AHEAD);
   }
 
+  // The frame if its chunk is cached, which makes that chunk the most recently used.
   frame(piece) {
-    const chunk = this.chunks.get(Math.floor(piece / CHUNK));
-    return Array.isArray(chunk) ? chunk[piece % CHUNK] : undefined;
+    const index = Math.floor(piece / CHUNK);
+    const chunk = this.chunks.get(index);
+    if (!chunk) return undefined;
+    this.chunks.delete(index);
+    this.chunks.set(index, chunk);
+    return chunk[piece % CHUNK];
   }
 
-  // Fetch the chunk holding `piece` (once); resolves to that frame.
+  // Fetch the chunk holding `piece` (once at a time); resolves to that frame.
   async load(piece) {
     const game = this.game;
     const index = Math.floor(piece / CHUNK);
     if (!game || (this.total && piece >= this.total)) return undefined;
-    if (!this.chunks.has(index)) {
+    if (!this.chunks.has(index) && !this.loading.has(index)) {
       const url = `/api/runs/${encodeURIComponent(game.run)}/episodes/${encodeURIComponent(game.name)}` +
         `?from=${index * CHUNK}&count=${CHUNK}`;
-      this.chunks.set(index, this.fetch(url).then((body) => this.take(game, index, body)));
+      const loading = { controller: new AbortController() };
+      loading.done = this.get(url, loading.controller.signal).then((body) => this.take(game, index, body, loading));
+      this.loading.set(index, loading);
     }
-    await this.chunks.get(index);
+    await this.loading.get(index)?.done;
     return this.frame(piece);
   }
 
-  take(game, index, body) {
-    if (game !== this.game) return;
-    if (!body) { this.chunks.delete(index); return; }
+  take(game, index, body, loading) {
+    if (this.loading.get(index) === loading) this.loading.delete(index);
+    if (game !== this.game || body.aborted) return;
+    if (body.error) {
+      this.say(body.error);
+      this.pause();
+      return;
+    }
     const r = body.record;
     if (game.record && (r.seed !== game.record.seed || r.episode !== game.record.episode)) {
       // best.rec was replaced by a better game while we played the old one: start over with the new one
-      this.chunks.clear();
+      this.forget();
       this.say(`${game.name} is now episode ${r.episode}: replaying that one`);
       queueMicrotask(() => this.show(0));
     }
     game.record = r;
     this.total = r.frames;
     this.chunks.set(index, body.frames);
+    for (const old of this.chunks.keys()) {
+      if (this.chunks.size <= CACHED) break;
+      this.chunks.delete(old);
+    }
     this.el.scrub.max = String(this.total - 1);
     this.controls();
+  }
+
+  // Cancel the fetches of chunks that showing `piece` does not need (its own and the one after).
+  cancel(piece) {
+    const needed = Math.floor(piece / CHUNK);
+    for (const [index, loading] of this.loading) {
+      if (index !== needed && index !== needed + 1) {
+        loading.controller.abort();
+        this.loading.delete(index);
+      }
+    }
+  }
+
+  // Drop every chunk, cached or on its way: another game, or another record under the same name.
+  forget() {
+    for (const loading of this.loading.values()) loading.controller.abort();
+    this.loading.clear();
+    this.chunks.clear();
   }
 
   draw(frame) {
@@ -174,17 +235,15 @@ export class ReplayPlayer {
     if (this.el.info.textContent !== text) this.el.info.textContent = text;
   }
 
-  async fetch(url) {
+  // GET `url`: its body if ok, else `{error}` to show, or `{aborted}` when it was cancelled.
+  async get(url, signal) {
     try {
-      const response = await fetch(url);
+      const response = await fetch(url, { signal });
       const body = await response.json();
-      if (body.ok) return body;
-      this.say(body.error);
+      return body.ok ? body : { error: body.error || `replay: HTTP ${response.status}` };
     } catch (err) {
-      this.say(`replay: ${err}`);
+      return err.name === "AbortError" ? { aborted: true } : { error: `replay: ${err}` };
     }
-    this.pause();
-    return null;
   }
 }
 

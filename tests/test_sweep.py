@@ -222,12 +222,12 @@ def test_an_unreachable_storage_exits_2_before_any_trial(tmp_path: Path, capsys:
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("study", ["with space", "line\n"])
+@pytest.mark.parametrize("study", ["with space", "line\n", "s" * 60])
 def test_a_study_name_that_cannot_name_a_folder_exits_2_before_anything_is_written(
         study: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["sweep", "--config", str(TINY_SWEEP), "--space", str(space_file(tmp_path)), "--study", study,
                      "--runs", str(tmp_path / "runs")])
-    assert code == 2 and "(it names folders)" in capsys.readouterr().err
+    assert code == 2 and "(it names folders, and its trials' runs)" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 

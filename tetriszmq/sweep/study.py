@@ -38,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tetriszmq import config as cfg
 from tetriszmq.stream.protocol import RUN_ID_PATTERN, is_run_id
+from tetriszmq.stream.state import RUN_NAME_MAX
 from tetriszmq.sweep import space as space_file
 from tetriszmq.sweep.trial import Sweep, TrialError, objective
 
@@ -45,6 +46,7 @@ HEARTBEAT, GRACE, RETRIES = 20, 90, 1
 SCHEMA_ATTEMPTS = 5
 FAILURES = 3  # trials in a row that fail stop the sweep: a broken config fails every trial alike
 CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+STUDY_NAME_MAX = RUN_NAME_MAX - len("-trial-99999")  # a trial's run.name is "<study>-trial-<n>"
 
 # Heartbeats, journals and the retry callback are marked experimental; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -109,8 +111,9 @@ def _hide_password(url: str) -> str:
 def sweep(config: Path | None, space_path: Path, trials: int, jobs: int, study_name: str, storage_url: str | None,
           runs: Path) -> int:
     """Validate everything, join or create the study, run this sweep's trials, print the report."""
-    if not is_run_id(study_name):
-        raise StorageError(f"--study {study_name!r} must match {RUN_ID_PATTERN.pattern} (it names folders)")
+    if not is_run_id(study_name) or len(study_name) > STUDY_NAME_MAX:
+        raise StorageError(f"--study {study_name[:100]!r} must be 1 to {STUDY_NAME_MAX} characters matching "
+                           f"{RUN_ID_PATTERN.pattern} (it names folders, and its trials' runs)")
     if trials < 1 or jobs < 1:
         raise StorageError("--trials and --jobs must be at least 1")
     base = cfg.load(config)

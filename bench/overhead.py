@@ -20,6 +20,8 @@ A last line isolates the callback's own per-step cost.
   c1 StreamCallback, 1 subscriber process
   c10 StreamCallback, 10 subscriber processes
   d  StreamCallback with board frames uncapped (every step)
+  t  what `tetriszmq train` runs on a placement env: StreamCallback plus the placement callbacks
+     (episode records, board stats, candidates in board frames), 1 subscriber
   e  the design this project replaces: a callback putting metrics and board dicts on a
      multiprocessing.Queue read by another process, at the same caps as ours (e) and on every step (e*)
 
@@ -32,6 +34,7 @@ import argparse
 import math
 import multiprocessing as mp
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +50,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from tetriszmq import agents
 from tetriszmq import config as cfg
+from tetriszmq.recorder import placement_callbacks
 from tetriszmq.stream.callback import StreamCallback
 from tetriszmq.tetris.envs import make_vec_env
 
@@ -174,7 +178,10 @@ def run_once(config: cfg.Config, steps: int, make_callback: Callable[[], tuple[o
                account.zmq_cpu / elapsed)
 
 
-def stream(board_fps: float, subscribers: int) -> Callable[[], tuple[object, Callable[[], None]]]:
+def stream(board_fps: float, subscribers: int,
+           placement: bool = False) -> Callable[[], tuple[object, Callable[[], None]]]:
+    """StreamCallback with ``subscribers`` reading it; with ``placement``, next to the trainer's placement
+    callbacks (records in a temporary folder, board stats, candidates)."""
     def make() -> tuple[object, Callable[[], None]]:
         pub = free_endpoint()
         stop = mp.Event()
@@ -186,12 +193,15 @@ def stream(board_fps: float, subscribers: int) -> Callable[[], tuple[object, Cal
             proc.start()
         for ready in readies:  # every subscriber connected and idle before the clock starts
             ready.wait(120)
+        records = tempfile.TemporaryDirectory(prefix="overhead-records-")
+        callbacks = CallbackList([callback, *placement_callbacks(Path(records.name), 0)]) if placement else callback
 
         def cleanup() -> None:
             stop.set()
             for proc in procs:
                 proc.join(5)
-        return callback, cleanup
+            records.cleanup()
+        return callbacks, cleanup
     return make
 
 
@@ -262,6 +272,7 @@ def main() -> None:
         "c1 stream, 1 subscriber": stream(fps, 1),
         "c10 stream, 10 subscribers": stream(fps, 10),
         "d  stream, boards uncapped, 1 sub": stream(math.inf, 1),
+        **({"t  trainer's callbacks, 1 sub": stream(fps, 1, placement=True)} if config.env.kind == "placement" else {}),
         f"e  mp.Queue, boards at {fps:g}/s": queue_design(fps),
         "e* mp.Queue, board every step": queue_design(math.inf),
     }

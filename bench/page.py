@@ -92,16 +92,25 @@ def main() -> int:
             finally:
                 browser.close()
     finally:
-        for proc in started:
-            proc.terminate()
-        for proc in started:
-            proc.wait(30)
+        stop(started)
         if args.dir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n{'figure':<52}{'value':>14}")
     for name, value in rows:
         print(f"{name:<52}{value:>14}")
     return 0
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate, and kill what has not exited 30 s later (a trainer still importing torch on a busy machine)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def measure(browser, port: int, args: argparse.Namespace) -> list[tuple[str, str]]:

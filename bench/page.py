@@ -84,7 +84,7 @@ def main() -> int:
         def live() -> int:
             return sum(r["link"] == "online" for r in get_json(port, "/api/runs")["runs"])
 
-        wait_for(lambda: live() == args.live, 180, 0.5, what="every live run followed", tolerate=(OSError,))
+        wait_for(lambda: live() == args.live, 900, 0.5, what="every live run followed", tolerate=(OSError,))
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
             try:

@@ -6,11 +6,14 @@ import asyncio
 import math
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from conftest import ROOT, wait_for
 
 from viewer.series import Limits, RunSeries, Table, load, load_journal, sidecar
 
@@ -277,3 +280,41 @@ def test_a_corrupt_or_unwritable_sidecar_only_costs_a_full_read(tmp_path: Path):
     sidecar(path).mkdir()  # as unwritable as it gets for root
     assert load_journal(path, SMALL).encode() == expected
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "no temporary file left behind"
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_the_loading_workers_end_when_the_viewer_is_killed(tmp_path: Path):
+    path = tmp_path / "metrics.jsonl"
+    write_journal(path, range(1, 100))
+    script = ("import asyncio, sys; from pathlib import Path; from viewer.series import load\n"
+              f"asyncio.run(load(Path({str(path)!r}))); print('loaded', flush=True); sys.stdin.read()")
+    viewer = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert viewer.stdout is not None and viewer.stdout.readline() == b"loaded\n"
+        workers = children_of(viewer.pid)
+        assert workers, "the journal was loaded in a worker process"
+    finally:
+        viewer.kill()
+        viewer.wait()
+        viewer.stdin.close()  # type: ignore[union-attr]
+        viewer.stdout.close()  # type: ignore[union-attr]
+    wait_for(lambda: not any(map(running, workers)), timeout=30, what="workers outlived the viewer")
+
+
+def running(pid: int) -> bool:
+    """Not gone, nor a zombie waiting for whoever inherited it to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

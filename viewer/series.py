@@ -30,6 +30,8 @@ import logging
 import math
 import os
 import tempfile
+import threading
+import time
 import zipfile
 from array import array
 from concurrent.futures import ProcessPoolExecutor
@@ -558,4 +560,15 @@ async def load(path: Path, limits: Limits | None = None) -> RunSeries:
 @functools.cache
 def _workers() -> ProcessPoolExecutor:
     """The journal loaders, started on first use (spawned: the viewer has threads and ZeroMQ contexts)."""
-    return ProcessPoolExecutor(max(1, min(LOADERS, os.cpu_count() or 1)), mp_context=get_context("spawn"))
+    return ProcessPoolExecutor(max(1, min(LOADERS, os.cpu_count() or 1)), mp_context=get_context("spawn"),
+                               initializer=_end_with, initargs=(os.getpid(),))
+
+
+def _end_with(viewer: int) -> None:
+    """In a worker: exit once the viewer is gone. A viewer killed with SIGKILL cannot tell its workers,
+    and they hold both ends of their task pipe, so they would wait on it for ever."""
+    def watch() -> None:
+        while os.getppid() == viewer:
+            time.sleep(1)
+        os._exit(0)
+    threading.Thread(target=watch, name="end-with-viewer", daemon=True).start()

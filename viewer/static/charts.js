@@ -55,16 +55,6 @@ function nearest(xs, x) {
   return lo > 0 && Math.abs(xs[lo - 1] - x) < Math.abs(xs[lo] - x) ? lo - 1 : lo;
 }
 
-// Where ``x`` would go in the sorted ``xs``: the first index whose value is not below it.
-function lowerBound(xs, x) {
-  let lo = 0, hi = xs.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (xs[mid] < x) lo = mid + 1; else hi = mid;
-  }
-  return lo;
-}
-
 // One run's line on the grid of ``buckets`` columns over [lo, hi]: its raw points as two values per
 // column (min and max, in the order they came) into ``raw``, its smoothed curve as the column's
 // last smoothed value into ``smoothed`` (when smoothing). Smoothing starts at the run's first
@@ -72,13 +62,13 @@ function lowerBound(xs, x) {
 function fold(line, weight, lo, hi, step, buckets, raw, smoothed) {
   const { xs, ys } = line, ema = new Ema(weight);
   let bucket = -1, low = 0, high = 0, lowAt = 0, highAt = 0, previous = -Infinity, latest = null, points = 0;
-  let positive = true;
+  let positive = true, shown = null;  // shown: the smoothed value of the bucket's last point
   const flush = () => {
     if (bucket < 0) return;
     const lowFirst = lowAt <= highAt;
     raw[2 * bucket] = lowFirst ? low : high;
     if (low !== high) raw[2 * bucket + 1] = lowFirst ? high : low;
-    if (smoothed) smoothed[2 * bucket + 1] = latest;
+    if (smoothed) smoothed[2 * bucket + 1] = shown;
   };
   for (let i = 0; i < xs.length; i++) {
     if (!usable(xs, ys, i, previous)) continue;
@@ -96,7 +86,7 @@ function fold(line, weight, lo, hi, step, buckets, raw, smoothed) {
     } else if (y > high) {
       high = y; highAt = i;
     }
-    latest = value;
+    latest = shown = value;
   }
   flush();
   return { positive, points, latest: smoothed ? latest : line.ys[line.lastAt] };

@@ -15,11 +15,16 @@ Rows share their x columns (episodes, timesteps, wall time ``t``) with every val
 uPlot wants (``[xs, ys...]``), so a table is one columnar structure. Memory is bounded by
 ``recent + buckets`` rows whatever the run's length: `Table.nbytes` measures it.
 
-Rows arrive one at a time (live messages, `RunSeries.add`) or in bulk (`load_journal`, meant
-for a thread: it reads ``metrics.jsonl`` in chunks and builds a series the event loop has not
-seen yet). A resumed run is one run: when a new trainer process (run id) continues the
-directory from a checkpoint, rows past the checkpoint's timesteps, written by the crashed
-process after its last save, are dropped, as TensorBoard drops orphaned steps.
+Rows arrive one at a time (live messages, `RunSeries.add`) or in bulk (`load_journal`: it reads
+``metrics.jsonl`` in chunks and builds a series the event loop has not seen yet). Opening a run
+must be quick for fifty runs at once, so the bulk path does no Python work per row that numpy
+can do (orjson per line, then whole columns; `RunSeries.extend` gives the table `add` would),
+runs in worker processes (`load`), and leaves its result in a sidecar file beside the journal
+that is used while the journal is unchanged (`sidecar`).
+
+A resumed run is one run: when a new trainer process (run id) continues the directory from a
+checkpoint, rows past the checkpoint's timesteps, written by the crashed process after its last
+save, are dropped, as TensorBoard drops orphaned steps.
 """
 
 from __future__ import annotations
@@ -250,7 +255,7 @@ class Table:
         return sum(a.nbytes for a in arrays) + sum(c.buffer_info()[1] * c.itemsize for c in (*self._x, *self._y))
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Everything this table holds, as a header and arrays (the sidecar cache, `save`)."""
+        """Everything this table holds, as a header and arrays (for the sidecar cache)."""
         old = self._old
         header = {"columns": self.columns, "bucket": self.bucket, "raw": self.raw, "n": old.n}
         arrays = {"x": np.array([np.frombuffer(c) for c in self._x]),

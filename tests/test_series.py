@@ -15,7 +15,7 @@ import orjson
 import pytest
 from conftest import ROOT, wait_for
 
-from viewer.series import Limits, RunSeries, Table, load, load_journal, sidecar
+from viewer.series import QUICK_BYTES, Limits, RunSeries, Table, load, load_journal, sidecar
 
 SMALL = Limits(recent=50, buckets=8, evict=7)
 
@@ -296,7 +296,7 @@ def children_of(pid: int) -> list[int]:
 
 def test_the_loading_workers_end_when_the_viewer_is_killed(tmp_path: Path):
     path = tmp_path / "metrics.jsonl"
-    write_journal(path, range(1, 100))
+    write_journal(path, range(1, QUICK_BYTES // 100))  # long enough not to be read in a thread
     script = ("import asyncio, sys; from pathlib import Path; from viewer.series import load\n"
               f"asyncio.run(load(Path({str(path)!r}))); print('loaded', flush=True); sys.stdin.read()")
     viewer = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)

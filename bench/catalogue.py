@@ -7,7 +7,10 @@ each generated run repeats them with counters that grow, noisy values and rare s
 10,000 timesteps and a final ``stopped``. Measured, in this process:
 
 - listing: `Catalogue.scan` of all the runs, cold (first) and warm (nothing changed);
-- loading one run's whole decimated history from its ``metrics.jsonl`` (`load_journal`);
+- loading one run's whole decimated history from its ``metrics.jsonl`` (`load_journal`), parsed and
+  then from the sidecar cache that parse leaves beside it;
+- loading every run at once as the viewer does when a page selects them all (`viewer.series.load`:
+  worker processes), first with no sidecar (the first time the runs are opened), then with them;
 - memory: RSS before and after holding every run's history, and the tables' own bytes;
 - what a browser receives per run: rows per table and the encoded size.
 
@@ -17,6 +20,7 @@ Usage: python bench/catalogue.py [--runs 50] [--episodes 100000] [--dir DIR] [--
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import random
 import shutil
@@ -34,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from viewer.catalogue import Catalogue  # noqa: E402  (after the path insert)
-from viewer.series import RunSeries, load_journal  # noqa: E402
+from viewer.series import RunSeries, load, load_journal, sidecar  # noqa: E402
 
 METRICS_EVERY = 20  # episodes per metrics message: a real raw-env run's rate at 1 message/s
 SAVE_EVERY = 10_000  # timesteps between "saving" statuses (train.checkpoint_every's default)
@@ -133,13 +137,21 @@ def measure(root: Path, runs: int) -> None:
     warm = time.perf_counter() - started
     assert len(entries) == runs and all(e.state == "stopped" for e in entries.values()), "every run listed, stopped"
 
+    journals = [entry.dir / "metrics.jsonl" for entry in entries.values()]
+    for journal in journals:
+        sidecar(journal).unlink(missing_ok=True)
+    pooled_cold = load_all(journals)
+    pooled_warm = load_all(journals)
     baseline = rss()
     held: list[RunSeries] = []
-    loads = []
-    for entry in entries.values():
+    loads, cached = [], []
+    for journal in journals:
         started = time.perf_counter()
-        held.append(load_journal(entry.dir / "metrics.jsonl"))
+        held.append(load_journal(journal, cache=False))
         loads.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        load_journal(journal)
+        cached.append(time.perf_counter() - started)
     loaded = rss()
     one = held[0]
     started = time.perf_counter()
@@ -153,6 +165,10 @@ def measure(root: Path, runs: int) -> None:
         ("listing, warm rescan (ms)", f"{warm * 1000:.1f}"),
         ("load one run's whole history, median (ms)", f"{statistics.median(loads) * 1000:.0f}"),
         ("load one run's whole history, max (ms)", f"{max(loads) * 1000:.0f}"),
+        ("load one run from its sidecar, median (ms)", f"{statistics.median(cached) * 1000:.1f}"),
+        (f"load all {runs} in the viewer's workers, no sidecar (s)", f"{pooled_cold:.2f}"),
+        (f"load all {runs} in the viewer's workers, sidecars (s)", f"{pooled_warm:.2f}"),
+        ("sidecar per run (KB)", f"{sidecar(journals[0]).stat().st_size / 1e3:.0f}"),
         ("RSS before loading (MB)", f"{baseline / 1e6:.0f}"),
         (f"RSS holding all {runs} histories (MB)", f"{loaded / 1e6:.0f}"),
         ("RSS per run held (MB)", f"{(loaded - baseline) / runs / 1e6:.2f}"),
@@ -167,6 +183,15 @@ def measure(root: Path, runs: int) -> None:
     ]
     for name, value in rows:
         print(f"{name:<44}{value:>16}")
+
+
+def load_all(journals: list[Path]) -> float:
+    """Seconds to load every journal at once through `viewer.series.load`, worker start-up included."""
+    async def go() -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(load(journal) for journal in journals))
+        return time.perf_counter() - started
+    return asyncio.run(go())
 
 
 if __name__ == "__main__":

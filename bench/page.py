@@ -84,7 +84,7 @@ def main() -> int:
         def live() -> int:
             return sum(r["link"] == "online" for r in get_json(port, "/api/runs")["runs"])
 
-        wait_for(lambda: live() == args.live, 180, 0.5, what="every live run followed", tolerate=(OSError,))
+        wait_for(lambda: live() == args.live, 900, 0.5, what="every live run followed", tolerate=(OSError,))
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
             try:
@@ -92,16 +92,25 @@ def main() -> int:
             finally:
                 browser.close()
     finally:
-        for proc in started:
-            proc.terminate()
-        for proc in started:
-            proc.wait(30)
+        stop(started)
         if args.dir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n{'figure':<52}{'value':>14}")
     for name, value in rows:
         print(f"{name:<52}{value:>14}")
     return 0
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate, and kill what has not exited 30 s later (a trainer still importing torch on a busy machine)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def measure(browser, port: int, args: argparse.Namespace) -> list[tuple[str, str]]:

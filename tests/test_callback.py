@@ -132,6 +132,7 @@ def bindable(endpoint: str) -> bool:
     return True
 
 
+@pytest.mark.slow  # SubprocVecEnv: two more interpreters importing SB3
 def test_subprocess_envs_stream_episodes_and_no_board_when_envs_have_none(script):
     run = script("""
         if __name__ == "__main__":
@@ -379,13 +380,13 @@ def test_run_dir_holds_a_run_like_the_trainers_and_save_works(script, tmp_path):
 
 def test_metrics_keep_their_cadence_through_a_long_update_and_while_paused(script):
     run = script("""
-        # one rollout, then an update of many minibatches: seconds without an env step
-        model = PPO("MlpPolicy", "CartPole-v1", n_steps=1024, batch_size=8, n_epochs=40, device="cpu")
-        model.learn(2048, callback=StreamCallback(pub=PUB, ctl=CTL, metrics_every=0.05))
+        # one rollout, then an update of many minibatches: a second or so without an env step
+        model = PPO("MlpPolicy", "CartPole-v1", n_steps=256, batch_size=8, n_epochs=16, device="cpu")
+        model.learn(512, callback=StreamCallback(pub=PUB, ctl=CTL, metrics_every=0.05))
     """)
-    run.until(lambda t, m: t is Topic.METRICS and m["timesteps"] == 1024)
-    seen = run.until(lambda t, m: t is Topic.METRICS and m["timesteps"] > 1024, timeout=300)
-    in_update = [m for t, m in seen if t is Topic.METRICS and m["timesteps"] == 1024]
+    run.until(lambda t, m: t is Topic.METRICS and m["timesteps"] == 256)
+    seen = run.until(lambda t, m: t is Topic.METRICS and m["timesteps"] > 256, timeout=300)
+    in_update = [m for t, m in seen if t is Topic.METRICS and m["timesteps"] == 256]
     assert len(in_update) >= 3, "metrics go on while the training thread is busy in the update"
     assert request(run.ctl, "pause")["state"] == "paused"
     run.until(lambda t, m: t is Topic.STATUS and m["state"] == "paused")

@@ -14,9 +14,12 @@ import textwrap
 from pathlib import Path
 
 import orjson
+import pytest
 from conftest import ROOT, Subscriber, free_port
 
 from tetriszmq.stream.protocol import Topic
+
+pytestmark = pytest.mark.slow  # every recipe trains SB3 models in a fresh interpreter
 
 SECTION = "## Streaming into your own SB3 code"
 

@@ -102,6 +102,7 @@ def test_a_corrupt_or_truncated_record_is_a_clear_error(placement_run, tmp_path)
         assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # trains on, then replays: two CLI processes
 def test_a_resumed_run_replaces_a_damaged_best_record_instead_of_crashing(placement_run, tmp_path):
     run = Path(shutil.copytree(placement_run, tmp_path / "run"))
     (run / "episodes" / "best.rec").write_bytes(b"TZEP\x01garbage")
@@ -117,6 +118,7 @@ def test_a_raw_board_run_is_refused_with_a_clear_message(finished_run):
     assert not (finished_run / "episodes").exists()
 
 
+@pytest.mark.slow  # several CLI processes, each importing torch
 def test_eval_records_every_game_and_each_replays_to_its_reported_lines(tmp_path):
     folder = tmp_path / "eval"
     result = tetriszmq("eval", "--agent", "dellacherie", "--games", "3", "--max-pieces", "80", "--seed", "4",
@@ -154,6 +156,7 @@ def test_play_frames_show_the_agents_candidates_and_its_choice(subscribe):
         assert len(orjson.dumps(frame)) < 2048
 
 
+@pytest.mark.slow  # several CLI processes, each importing torch
 def test_the_readmes_replay_commands_work_as_written(placement_run, tmp_path):
     text = (ROOT / "README.md").read_text()
     section = text[text.index("#### Replay"):]

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from conftest import ROOT, wait_for
 
-from viewer.series import Limits, RunSeries, Table, load, load_journal
+from viewer.series import QUICK_BYTES, Limits, RunSeries, Table, load, load_journal, sidecar
 
 SMALL = Limits(recent=50, buckets=8, evict=7)
 
@@ -181,3 +186,135 @@ def test_nan_values_are_sent_as_null():
     table = Table(SMALL)
     table.append((1, 1, 1.0), {"v": math.nan})
     assert decoded(table)["v"] == [None]
+
+
+def journal_of_every_kind() -> list[bytes]:
+    """Lines as real journals hold them, and worse: two processes (a resume), duplicates, blanks, junk, ties."""
+    rng = random.Random(7)
+    lines = []
+    seq = 0
+
+    def emit(message: dict[str, Any]) -> None:
+        lines.append(orjson.dumps(message))
+
+    for n in range(1, 1500):
+        seq += 1
+        value = rng.choice([None, "x", 0, 0, 1, 2.5, 1e30, [1]])
+        emit({**episode(n, run="a-1", seq=seq, lines=rng.choice([0, 0, 1, 2]), reward=rng.choice([1.0, 2.0])),
+              "length": value})
+        if n % 7 == 0:
+            seq += 1
+            scalars = {"train/loss": rng.random(), **({"train/late": rng.random()} if n > 700 else {})}
+            emit({"v": 1, "topic": "metrics", "run": "a-1", "seq": seq, "episodes": n, "timesteps": n * 10,
+                  "t": 1000.0 + n, "sps": rng.choice([None, 900.0, 901]), "scalars": scalars})
+        if n % 500 == 0:
+            lines += [lines[-3], b"{torn", b"", b"[1, 2]"]  # a repeat, junk, a blank line, not an object
+    for seq, (state, timesteps) in enumerate([("starting", 0), ("running", 9000)], 1):
+        emit({"v": 1, "topic": "status", "run": "b-2", "seq": seq, "state": state, "reason": "",
+              "timesteps": timesteps, "episodes": 900, "t": 5000.0})
+    for n in range(901, 1300):
+        emit(episode(n, run="b-2", seq=n, reward=-n))
+    return lines
+
+
+@pytest.mark.parametrize("chunk", [64, 4096, 1 << 20])
+def test_a_bulk_load_of_any_journal_equals_taking_its_messages_one_by_one(tmp_path: Path, chunk: int):
+    lines = journal_of_every_kind()
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    one_by_one = RunSeries(SMALL)
+    for line in filter(None, lines):
+        try:
+            message = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            message = None
+        if isinstance(message, dict):
+            one_by_one.add(message)
+        else:
+            one_by_one.corrupt += 1
+    bulk = load_journal(path, SMALL, chunk=chunk, cache=False)
+    assert bulk.encode() == one_by_one.encode()
+    assert bulk.episodes.to_json()["decimated"] > 0 and bulk.metrics.to_json()["decimated"] > 0
+    assert bulk.seen == one_by_one.seen and bulk.corrupt == 4
+
+
+def write_journal(path: Path, episodes: range) -> None:
+    with open(path, "ab") as journal:
+        journal.write(b"".join(orjson.dumps(episode(n)) + b"\n" for n in episodes))
+
+
+def test_a_journal_is_read_once_then_its_series_comes_from_the_sidecar_beside_it(tmp_path: Path):
+    path = tmp_path / "metrics.jsonl"
+    write_journal(path, range(1, 3000))
+    first = load_journal(path, SMALL)
+    assert sidecar(path).is_file() and sidecar(path).parent == tmp_path
+    # Same size, same mtime, other bytes: only a load from the sidecar still gives the first series.
+    info = path.stat()
+    path.write_bytes(path.read_bytes().replace(b'"reward":2.5', b'"reward":9.5'))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    cached = load_journal(path, SMALL)
+    assert cached.encode() == first.encode() == load_journal(path, SMALL, cache=False).encode().replace(b"9.5", b"2.5")
+    assert cached.seen == first.seen and cached.process == first.process
+
+
+def test_the_sidecar_is_replaced_when_the_journal_grows_and_ignored_for_other_limits(tmp_path: Path):
+    path = tmp_path / "metrics.jsonl"
+    write_journal(path, range(1, 3000))
+    load_journal(path, SMALL)
+    write_journal(path, range(3000, 3100))
+    grown = load_journal(path, SMALL)
+    assert grown.episodes.raw == 3099 and decoded(grown.episodes)["episodes"][-1] == 3099
+    assert load_journal(path, SMALL).encode() == grown.encode() == load_journal(path, SMALL, cache=False).encode()
+    other = Limits(recent=100, buckets=8, evict=7)
+    assert load_journal(path, other).encode() == load_journal(path, other, cache=False).encode() != grown.encode()
+
+
+def test_a_corrupt_or_unwritable_sidecar_only_costs_a_full_read(tmp_path: Path):
+    path = tmp_path / "metrics.jsonl"
+    write_journal(path, range(1, 500))
+    expected = load_journal(path, SMALL, cache=False).encode()
+    sidecar(path).write_bytes(b"PK\x03\x04 not a zip")
+    assert load_journal(path, SMALL).encode() == expected
+    assert load_journal(path, SMALL).encode() == expected, "rewritten, and read back"
+    sidecar(path).unlink()
+    sidecar(path).mkdir()  # as unwritable as it gets for root
+    assert load_journal(path, SMALL).encode() == expected
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "no temporary file left behind"
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_the_loading_workers_end_when_the_viewer_is_killed(tmp_path: Path):
+    path = tmp_path / "metrics.jsonl"
+    write_journal(path, range(1, QUICK_BYTES // 100))  # long enough not to be read in a thread
+    script = ("import asyncio, sys; from pathlib import Path; from viewer.series import load\n"
+              f"asyncio.run(load(Path({str(path)!r}))); print('loaded', flush=True); sys.stdin.read()")
+    viewer = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert viewer.stdout is not None and viewer.stdout.readline() == b"loaded\n"
+        workers = children_of(viewer.pid)
+        assert workers, "the journal was loaded in a worker process"
+    finally:
+        viewer.kill()
+        viewer.wait()
+        viewer.stdin.close()  # type: ignore[union-attr]
+        viewer.stdout.close()  # type: ignore[union-attr]
+    wait_for(lambda: not any(map(running, workers)), timeout=30, what="workers outlived the viewer")
+
+
+def running(pid: int) -> bool:
+    """Not gone, nor a zombie waiting for whoever inherited it to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

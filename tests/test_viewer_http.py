@@ -85,8 +85,8 @@ def test_control_authorization_follows_rfc_6750(viewer, authorization, status):
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
 def test_the_bearer_scheme_is_case_insensitive(viewer, scheme):
-    got, _, reply = post_control(viewer, b'{"cmd": "pause"}', f"{scheme}  {TOKEN}")
-    assert got == 504, reply  # past authorization: no trainer answers
+    got, _, reply = post_control(viewer, b'{"cmd": "pause", "run": "no-such-run"}', f"{scheme}  {TOKEN}")
+    assert (got, reply["error"]) == (404, "no run no-such-run"), reply  # past authorization, to the run lookup
 
 
 @pytest.mark.parametrize(("body", "error"), [

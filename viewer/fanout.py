@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import socket
 import struct
 import time
@@ -51,6 +52,7 @@ from aiohttp.abc import AbstractStreamWriter
 TEXT, CONTINUATION = 0x1, 0x0
 FIN = 0x80
 LATEST_WINS = frozenset({"board", "heartbeat"})  # state, not history: only the newest matters
+INTERNED = 4096  # distinct watches kept for sharing: more browsers than that share less, correctly
 LISTING = ""  # the run id of the viewer's own ``runs`` messages: due first for a client in runs mode
 _LEN1, _LEN2, _LEN3 = struct.Struct("!BB"), struct.Struct("!BBH"), struct.Struct("!BBQ")
 
@@ -95,6 +97,7 @@ class Limits:
     send_timeout: float = 10.0  # seconds one write may wait for the client to read
     chunk: int = 32 * 1024  # snapshot fragment size: a slow client buffers one at a time
     snapshot_rate: float = 8e6  # snapshot bytes per second, all clients together (bench/resync.py)
+    flush_period: float = 0.02  # seconds from one broadcast to the next at least: messages meanwhile go together
 
 
 class SnapshotBudget:
@@ -216,13 +219,18 @@ class Client:
             return True
         return self.watch.draws(run) if message.topic == "board" else self.watch.wants(run)
 
-    def key(self) -> object:
-        """Clients with equal keys take the same messages: one joined write serves them all."""
-        return self if self.due else self.watch
+    def key(self) -> int:
+        """Clients with the same key take the same messages: one joined write serves them all.
+
+        Equal watches are one object (`Fanout.interned`), so the key is an identity: no hashing
+        of run sets per client per broadcast.
+        """
+        return id(self if self.due else self.watch)
 
     def set_watch(self, watch: Watch) -> None:
         """Take a ``watch`` message: runs newly watched get a snapshot; the first one switches to runs mode."""
         known = self.fanout.source.known()
+        watch = self.fanout.interned(watch)
         if self.watch is None:
             self.due = {LISTING}
             self.queue.clear()
@@ -358,6 +366,8 @@ class Fanout:
         self._all: tuple[Client, ...] = ()  # iteration order, rebuilt on attach/detach (rare)
         self._next_id = 0
         self._batch: list[Message] = []
+        self._watches: dict[Watch, Watch] = {}
+        self._flushed = -math.inf  # loop time of the last broadcast
         self.published = 0
         self.departed = {"sent": 0, "dropped": 0}  # counters of clients gone: /api/status totals are cumulative
         self.disconnected: dict[str, int] = {}
@@ -386,23 +396,37 @@ class Fanout:
             kind = "left" if client.failure is None else client.failure.split(":", 1)[0]
             self.disconnected[kind] = self.disconnected.get(kind, 0) + 1
 
-    def publish(self, run: str, topic: str, raw: bytes, spliced: bytes | None) -> None:
-        """Queue one message of ``run`` for every client that takes it; it goes out when the current burst ends.
+    def interned(self, watch: Watch) -> Watch:
+        """The one object of every watch equal to ``watch`` (the table is forgotten when it grows past `INTERNED`)."""
+        if len(self._watches) >= INTERNED:
+            self._watches.clear()  # only sharing is lost until clients send their next watch
+        return self._watches.setdefault(watch, watch)
 
-        Messages that arrive together (a hub drains its socket without yielding)
-        are written with one ``transport.write`` per client: under load the cost
-        is per burst, not per message, so the viewer keeps up instead of lagging.
+    def publish(self, run: str, topic: str, raw: bytes, spliced: bytes | None) -> None:
+        """Queue one message of ``run`` for every client that takes it; it goes out with the next broadcast.
+
+        Messages of one burst (a hub drains its socket without yielding), and every
+        message within `Limits.flush_period` of the last broadcast, are written with
+        one ``transport.write`` per client: the cost of a broadcast is a write per
+        client, whatever it carries, so eight trainers' streams cost about what
+        one does. A message that finds the fan-out idle goes out at once.
         """
         self._batch.append(Message(run, topic, raw, spliced))
         if len(self._batch) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            due = self._flushed + self.limits.flush_period
+            if due > loop.time():
+                loop.call_at(due, self._flush)
+            else:
+                loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Write the burst straight to every fast client; never awaits, never encodes per client."""
+        self._flushed = asyncio.get_running_loop().time()
         batch, self._batch = self._batch, []
         limit = self.limits.slow_bytes
         self.published += len(batch)
-        joined: dict[object, tuple[bytes, int]] = {}
+        joined: dict[int, tuple[bytes, int]] = {}
         for client in self._all:
             transport = client.transport
             if client.fast and transport.get_write_buffer_size() <= limit and not (

@@ -18,7 +18,8 @@ listed, ended: ``crashed`` unless its last state was ``stopped`` or ``error``.
 
 History (`viewer.series.RunSeries`, bounded, about 1 MB a run) is loaded only when a browser
 watches the run or asks for it: the listing reads only the ends of each ``metrics.jsonl``,
-and a load reads the whole file in a thread. Then what the run's hub holds past the file's
+and a load reads the whole file off the event loop (`viewer.series.load`: a worker process for a
+long file, unless its cache file beside it is current). Then what the run's hub holds past the file's
 end is added (the same message from the file and the stream counts once), so messages that
 arrived during the load, or that the trainer had published but not yet written, are not lost.
 A remote trainer's run has no file: its history is kept from the moment it is heard.

@@ -15,30 +15,51 @@ Rows share their x columns (episodes, timesteps, wall time ``t``) with every val
 uPlot wants (``[xs, ys...]``), so a table is one columnar structure. Memory is bounded by
 ``recent + buckets`` rows whatever the run's length: `Table.nbytes` measures it.
 
-Rows arrive one at a time (live messages, `RunSeries.add`) or in bulk (`load_journal`, meant
-for a thread: it reads ``metrics.jsonl`` in chunks and builds a series the event loop has not
-seen yet). A resumed run is one run: when a new trainer process (run id) continues the
-directory from a checkpoint, rows past the checkpoint's timesteps, written by the crashed
-process after its last save, are dropped, as TensorBoard drops orphaned steps.
+Rows arrive one at a time (live messages, `RunSeries.add`) or in bulk (`load_journal`: it reads
+``metrics.jsonl`` in chunks and builds a series the event loop has not seen yet). Opening a run
+must be quick for fifty runs at once, so the bulk path does no Python work per row that numpy
+can do (orjson per line, then whole columns; `RunSeries.extend` gives the table `add` would),
+runs in worker processes (`load`), and leaves its result in a sidecar file beside the journal
+that is used while the journal is unchanged (`sidecar`).
+
+A resumed run is one run: when a new trainer process (run id) continues the directory from a
+checkpoint, rows past the checkpoint's timesteps, written by the crashed process after its last
+save, are dropped, as TensorBoard drops orphaned steps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import math
+import os
+import threading
+import time
+import zipfile
 from array import array
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import astuple, dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
+from tetriszmq.stream.atomic import atomic_writer
+
 X_COLUMNS = ("episodes", "timesteps", "t")
 _NX = len(X_COLUMNS)
 EPISODE_COLUMNS = ("lines", "reward", "length")
 METRIC_COLUMNS = ("sps",)  # besides every SB3 scalar, under its own name (``rollout/ep_rew_mean``, ...)
 CHUNK = 1 << 20  # bytes of metrics.jsonl parsed per step of a bulk load
+LOADERS = 4  # worker processes that load journals at most (no more than the CPUs)
+QUICK_BYTES = 2 << 20  # a journal shorter than this (about 10,000 episodes, 40 ms) loads in a thread
+SIDECAR_FORMAT = 1  # of the sidecar cache: a sidecar of another format is ignored and rewritten
+
+log = logging.getLogger("viewer.series")
 
 
 @dataclass(frozen=True)
@@ -154,6 +175,23 @@ class Table:
         if len(self._x[0]) >= self.limits.recent + self.limits.evict:
             self._evict(len(self._x[0]) - self.limits.recent)
 
+    def extend(self, xs: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        """Add rows in bulk (a journal load): the table `append` would build, without Python work per row.
+
+        :param xs: ``(n, 3)`` x values; ``values``: a column of ``n`` floats per name (NaN: blank).
+        """
+        for name in values:
+            if name not in self._index:
+                self._add_column(name)
+        blank = np.full(len(xs), math.nan)
+        for column, new in zip((*self._x, *self._y), (*xs.T, *(values.get(n, blank) for n in self.columns)),
+                               strict=True):
+            column.frombytes(np.ascontiguousarray(new, dtype=np.float64).tobytes())
+        self.raw += len(xs)
+        excess = len(self._x[0]) - self.limits.recent
+        if excess >= self.limits.evict:  # where one-by-one appends would have left it, so both give one table
+            self._evict(excess - excess % self.limits.evict)
+
     def _add_column(self, name: str) -> None:
         self._index[name] = len(self.columns)
         self.columns.append(name)
@@ -218,6 +256,37 @@ class Table:
         arrays = (old.first, old.last, old.low, old.high, old.low_first, old.count)
         return sum(a.nbytes for a in arrays) + sum(c.buffer_info()[1] * c.itemsize for c in (*self._x, *self._y))
 
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Everything this table holds, as a header and arrays (for the sidecar cache)."""
+        old = self._old
+        header = {"columns": self.columns, "bucket": self.bucket, "raw": self.raw, "n": old.n}
+        arrays = {"x": np.array([np.frombuffer(c) for c in self._x]),
+                  "y": np.array([np.frombuffer(c) for c in self._y]).reshape(len(self._y), len(self._x[0])),
+                  "first": old.first, "last": old.last, "low": old.low, "high": old.high, "low_first": old.low_first,
+                  "count": old.count}
+        return header, arrays
+
+    @classmethod
+    def restore(cls, limits: Limits, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Table:
+        """The table `state` described; ValueError if it does not fit ``limits`` (another viewer's file)."""
+        table = cls(limits)
+        columns, n = list(header["columns"]), int(header["n"])
+        x, y, old = arrays["x"], arrays["y"], table._old
+        rows, width = x.shape[1], len(columns)
+        expected = {"x": (_NX, rows), "y": (width, rows), "first": old.first.shape, "last": old.last.shape,
+                    "low": (limits.buckets, width), "high": (limits.buckets, width),
+                    "low_first": (limits.buckets, width), "count": old.count.shape}
+        if any(arrays[k].shape != shape for k, shape in expected.items()) or not 0 <= n <= limits.buckets or \
+                rows >= limits.recent + limits.evict or len(set(columns)) != width:
+            raise ValueError("a sidecar for other limits")
+        for name in columns:
+            table._add_column(name)
+        table._x = [array("d", row.astype(np.float64).tobytes()) for row in x]
+        table._y = [array("d", row.astype(np.float64).tobytes()) for row in y]
+        old.put(0, *(arrays[k] for k in ("first", "last", "low", "high", "low_first", "count")))
+        old.n, table.bucket, table.raw = n, int(header["bucket"]), int(header["raw"])
+        return table
+
     def to_json(self) -> dict[str, Any]:
         """Columnar, uPlot-ready: ``data[i]`` is the column ``columns[i]``; rows before ``decimated`` are buckets.
 
@@ -259,26 +328,81 @@ class RunSeries:
 
     def add(self, message: dict[str, Any]) -> bool:
         """Take one decoded status, episode or metrics message; False if it was already taken or is not one."""
+        if not self._admit(message):
+            return False
+        topic = message.get("topic")
+        if topic == "episode":
+            self.episodes.append(_x(message, "episode"), {k: message.get(k) for k in EPISODE_COLUMNS})
+        elif topic == "metrics":
+            self.metrics.append(_x(message, "episodes"), _metric_values(message))
+        return True
+
+    def extend(self, messages: list[Any]) -> None:
+        """Take decoded messages in bulk, as `add` would one by one, with each table's rows added at once.
+
+        Anything that is not a JSON object counts as ``corrupt``.
+        """
+        if self._admit_all(messages):
+            return
+        episodes: list[dict[str, Any]] = []
+        metrics: list[dict[str, Any]] = []
+        for message in messages:
+            if not isinstance(message, dict):
+                self.corrupt += 1
+                continue
+            if self._continues or message.get("run") != self.process:
+                self._add_rows(episodes, metrics)  # a new process may cut rows before its checkpoint: add them first
+                episodes, metrics = [], []
+            if self._admit(message):
+                topic = message.get("topic")
+                if topic == "episode":
+                    episodes.append(message)
+                elif topic == "metrics":
+                    metrics.append(message)
+        self._add_rows(episodes, metrics)
+
+    def _add_rows(self, episodes: list[dict[str, Any]], metrics: list[dict[str, Any]]) -> None:
+        if episodes:
+            self.episodes.extend(_xs(episodes, "episode"),
+                                 {k: _numbers([m.get(k) for m in episodes]) for k in EPISODE_COLUMNS})
+        if metrics:
+            rows = [_metric_values(m) for m in metrics]
+            names = dict.fromkeys(name for row in rows for name in row)  # in order of first appearance, as `append`
+            self.metrics.extend(_xs(metrics, "episodes"),
+                                {name: _numbers([row.get(name, math.nan) for row in rows]) for name in names})
+
+    def _admit_all(self, messages: list[Any]) -> bool:
+        """Take every message at once if they are the next ones of the latest process, in order: a journal's
+        usual chunk, checked without a Python step per message; False (nothing taken) otherwise."""
+        if not messages or self._continues or set(map(type, messages)) != {dict}:
+            return False
+        runs = {m.get("run") for m in messages}
+        seqs = [m.get("seq") for m in messages]
+        run = runs.pop()
+        if runs or not isinstance(run, str) or self.process not in (None, run) or set(map(type, seqs)) != {int}:
+            return False
+        if seqs[0] <= self.seen.get(run, -1) or (len(seqs) > 1 and np.diff(seqs).min() <= 0):
+            return False
+        self.process, self.seen[run] = run, seqs[-1]
+        topics = [m.get("topic") for m in messages]
+        self._add_rows([m for m, topic in zip(messages, topics, strict=True) if topic == "episode"],
+                       [m for m, topic in zip(messages, topics, strict=True) if topic == "metrics"])
+        return True
+
+    def _admit(self, message: dict[str, Any]) -> bool:
+        """Whether the message is next of its process (and not taken before); a resumed process cuts the tables."""
         run, seq = message.get("run"), message.get("seq")
         if not isinstance(run, str) or type(seq) is not int or seq <= self.seen.get(run, -1):
             return False
         self.seen[run] = seq
-        topic = message.get("topic")
         if run != self.process:
             self.process, self._continues = run, self.process is not None
-        if self._continues and not (topic == "status" and message.get("state") == "starting"):
+        if self._continues and not (message.get("topic") == "status" and message.get("state") == "starting"):
             # A resumed trainer announces "starting" before it loads the checkpoint: its counters
             # are only right from its next message on ("running", at the checkpoint's timesteps).
             self._continues = False
             if isinstance(message.get("timesteps"), int):
                 self._resumed_at(message["timesteps"])
-        if topic == "episode":
-            self.episodes.append(_x(message, "episode"), {k: message.get(k) for k in EPISODE_COLUMNS})
-        elif topic == "metrics":
-            scalars = message.get("scalars")
-            values = dict(scalars) if isinstance(scalars, dict) else {}
-            values["sps"] = message.get("sps")
-            self.metrics.append(_x(message, "episodes"), values)
         return True
 
     def _resumed_at(self, timesteps: int) -> None:
@@ -288,18 +412,7 @@ class RunSeries:
 
     def add_lines(self, chunk: bytes) -> None:
         """Take complete JSON lines (bulk load); lines that are not JSON objects are counted in ``corrupt``."""
-        for line in chunk.split(b"\n"):
-            if not line:
-                continue
-            try:
-                message = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                self.corrupt += 1
-                continue
-            if isinstance(message, dict):
-                self.add(message)
-            else:
-                self.corrupt += 1
+        self.extend([_decode(line) for line in chunk.split(b"\n") if line])
 
     def nbytes(self) -> int:
         return self.episodes.nbytes() + self.metrics.nbytes()
@@ -311,6 +424,20 @@ class RunSeries:
         return orjson.dumps(self.to_json(), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def _decode(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None  # counted as corrupt
+
+
+def _metric_values(message: dict[str, Any]) -> dict[str, Any]:
+    scalars = message.get("scalars")
+    values = dict(scalars) if isinstance(scalars, dict) else {}
+    values["sps"] = message.get("sps")
+    return values
+
+
 def _x(message: dict[str, Any], episodes_key: str) -> tuple[float, float, float]:
     def number(key: str) -> float:
         value = message.get(key)
@@ -318,22 +445,150 @@ def _x(message: dict[str, Any], episodes_key: str) -> tuple[float, float, float]
     return number(episodes_key), number("timesteps"), number("t")
 
 
-def load_journal(path: Path, limits: Limits | None = None, chunk: int = CHUNK) -> RunSeries:
+def _xs(messages: list[dict[str, Any]], episodes_key: str) -> np.ndarray:
+    """`_x` of many messages, as an ``(n, 3)`` array."""
+    return np.column_stack([_numbers([m.get(k) for m in messages]) for k in (episodes_key, "timesteps", "t")])
+
+
+def _numbers(values: list[Any]) -> np.ndarray:
+    """JSON values as floats: numbers as they are, anything else (None, a string, 10**400) NaN.
+
+    numpy converts a list of numbers at C speed; only a list holding something else is
+    converted value by value.
+    """
+    try:
+        array = np.array(values)
+        if array.ndim == 1 and array.dtype.kind in "biuf":
+            return array.astype(np.float64)
+    except (ValueError, OverflowError):  # lists of unequal lengths among the values
+        pass
+    return np.array([_number(v) for v in values], dtype=np.float64)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, (int, float)):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.nan
+    return math.nan
+
+
+def load_journal(path: Path, limits: Limits | None = None, chunk: int = CHUNK, cache: bool = True) -> RunSeries:
     """Build a run's series from its ``metrics.jsonl``, a chunk at a time (call it in a thread).
 
-    A torn last line (a kill mid-write) is not counted as corrupt; an unreadable file raises OSError.
+    With ``cache``, the series is kept in a sidecar file beside the journal (`sidecar`) and read
+    from there while the journal is unchanged; only the bytes the journal had when it was opened
+    are read, so the sidecar describes exactly them. A torn last line (a kill mid-write) is not
+    counted as corrupt; an unreadable journal raises OSError.
     """
-    series = RunSeries(limits)
-    rest = b""
+    limits = limits or Limits()
     with open(path, "rb") as journal:
-        while block := journal.read(chunk):
+        info = os.fstat(journal.fileno())
+        key = [SIDECAR_FORMAT, info.st_size, info.st_mtime_ns, info.st_ino, *astuple(limits)]
+        cached = _read_sidecar(sidecar(path), key, limits) if cache else None
+        if cached is not None:
+            return cached
+        series = RunSeries(limits)
+        rest, left = b"", info.st_size
+        while left and (block := journal.read(min(chunk, left))):
+            left -= len(block)
             block = rest + block
             end = block.rfind(b"\n") + 1
             series.add_lines(block[:end])
             rest = block[end:]
+    if cache:
+        _write_sidecar(sidecar(path), key, series)
     return series
 
 
+def sidecar(journal: Path) -> Path:
+    """Where a journal's decimated series is cached: beside it, hidden; safe to delete at any time."""
+    return journal.with_name(f".{journal.name}.viewer.npz")
+
+
+def _read_sidecar(path: Path, key: list[int], limits: Limits) -> RunSeries | None:
+    """The cached series if the sidecar is for this very journal (size, mtime, inode) and these limits."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = {name: saved[name] for name in saved.files}
+        header = orjson.loads(arrays.pop("header").tobytes())
+        if header["key"] != key:
+            return None
+        series = RunSeries(limits)
+        for name in ("episodes", "metrics"):
+            part = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(name + ".")}
+            setattr(series, name, Table.restore(limits, header[name], part))
+        series.seen, series.process, series.corrupt = dict(header["seen"]), header["process"], int(header["corrupt"])
+        series._continues = bool(header["continues"])
+        return series
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        log.info("ignoring the sidecar %s: %s", path, exc)  # rewritten after the journal is read
+        return None
+
+
+def _write_sidecar(path: Path, key: list[int], series: RunSeries) -> None:
+    """Write atomically (a reader sees the old file or the new one); a read-only run folder just goes uncached."""
+    header: dict[str, Any] = {"key": key, "seen": series.seen, "process": series.process, "corrupt": series.corrupt,
+                              "continues": series._continues}
+    arrays: dict[str, np.ndarray] = {}
+    for name in ("episodes", "metrics"):
+        header[name], part = getattr(series, name).state()
+        arrays.update({f"{name}.{k}": v for k, v in part.items()})
+    arrays["header"] = np.frombuffer(orjson.dumps(header), dtype=np.uint8)
+    try:
+        with atomic_writer(path, sync_dir=False) as out:  # a cache: a lost rename costs a re-read
+            np.savez(out, **arrays)
+    except OSError as exc:
+        log.info("cannot cache the series in %s: %s", path, exc)
+
+
 async def load(path: Path, limits: Limits | None = None) -> RunSeries:
-    """`load_journal` off the event loop."""
-    return await asyncio.to_thread(load_journal, path, limits)
+    """`load_journal` in a worker process: off the event loop, off its GIL, and several runs at once.
+
+    Parsing a journal is Python work; in a thread of the viewer it would hold the GIL the
+    event loop needs to serve browsers. A quick load (a short journal, or one whose sidecar is
+    newer) runs in a thread: starting the workers takes longer than it does, and the first chart
+    of a page that opens on live runs should not wait for them. If the workers cannot run, it
+    loads in a thread.
+    """
+    if _quick(path):
+        return await asyncio.to_thread(load_journal, path, limits)
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_workers(), load_journal, path, limits)
+    except BrokenProcessPool:
+        _workers.cache_clear()  # started afresh on the next load
+        return await asyncio.to_thread(load_journal, path, limits)
+
+
+def _quick(journal: Path) -> bool:
+    """Whether a load is quick enough for a thread: a short journal, or one its sidecar is newer than."""
+    try:
+        info = os.stat(journal)
+    except OSError:
+        return True  # load_journal raises the error at once
+    if info.st_size < QUICK_BYTES:
+        return True
+    try:
+        return os.stat(sidecar(journal)).st_mtime_ns >= info.st_mtime_ns
+    except OSError:
+        return False
+
+
+@functools.cache
+def _workers() -> ProcessPoolExecutor:
+    """The journal loaders, started on first use (spawned: the viewer has threads and ZeroMQ contexts)."""
+    return ProcessPoolExecutor(max(1, min(LOADERS, os.cpu_count() or 1)), mp_context=get_context("spawn"),
+                               initializer=_end_with, initargs=(os.getpid(),))
+
+
+def _end_with(viewer: int) -> None:
+    """In a worker: exit once the viewer is gone. A viewer killed with SIGKILL cannot tell its workers,
+    and they hold both ends of their task pipe, so they would wait on it for ever."""
+    def watch() -> None:
+        while os.getppid() == viewer:
+            time.sleep(1)
+        os._exit(0)
+    threading.Thread(target=watch, name="end-with-viewer", daemon=True).start()

@@ -151,6 +151,47 @@ def test_one_burst_is_one_write_to_a_fast_client_and_queued_for_a_slow_one():
     asyncio.run(scenario())
 
 
+def test_messages_soon_after_a_broadcast_wait_and_go_out_together_in_the_next():
+    async def scenario() -> None:
+        hub = fanout(flush_period=0.05)
+        client, transport = attach(hub)
+        await settle(client)
+        transport.writes.clear()
+        hub.publish(RUN, "board", b'{"seq":1}', None)
+        await asyncio.sleep(0)
+        assert transport.writes == [ws_frame(b'{"seq":1}')], "an idle fan-out writes at once"
+        for seq in (2, 3):  # two trainers' messages within the period: one write, once it is over
+            hub.publish(RUN, "board", b'{"seq":%d}' % seq, None)
+            await asyncio.sleep(0)
+        assert len(transport.writes) == 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while len(transport.writes) == 1 and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        assert transport.writes[1:] == [ws_frame(b'{"seq":2}') + ws_frame(b'{"seq":3}')]
+        client.task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_clients_with_equal_watches_share_one_joined_write():
+    async def scenario() -> None:
+        hub = fanout()
+        clients = [attach(hub) for _ in range(3)]
+        for client, _ in clients:
+            client.set_watch(Watch(frozenset({RUN}), frozenset({RUN})))  # equal, not the same object
+            await settle(client)
+        assert len({id(client.watch) for client, _ in clients}) == 1
+        hub.publish(RUN, "board", b'{"seq":1}', b'{"id":"exp1","seq":1}')
+        await asyncio.sleep(0)
+        writes = [transport.writes[-1] for _, transport in clients]
+        assert writes[0] == ws_frame(b'{"id":"exp1","seq":1}') and all(w is writes[0] for w in writes)
+        for client, _ in clients:
+            client.task.cancel()
+
+    asyncio.run(scenario())
+
+
 def test_a_slow_client_keeps_only_the_newest_board_and_counts_the_ones_it_missed():
     client, _ = attach(fanout())
     client.due.clear()

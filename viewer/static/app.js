@@ -109,7 +109,7 @@ const handlers = {
     if (m.link) run.entry.link = m.link.state;
     charts.touchTable(run, "episodes");
     charts.touchTable(run, "metrics");
-    charts.touchAll(true);
+    charts.touchAll();  // not urgent: fifty snapshots landing together redraw a chart 4 times a second, not 50
     view.boardDirty = true;
     showFocus();
   },

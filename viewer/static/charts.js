@@ -4,30 +4,34 @@
 // selected run in the run's colour: the raw values faint, the debiased EMA (as TensorBoard's
 // smoothing) on top. Runs have their own x values, so each run is folded onto one shared grid
 // of two columns per pixel over the x range shown (min and max of the points in each, in the
-// order they came, so spikes stay): uPlot then draws at most two points per pixel per line,
-// however many runs and points there are, and a zoom refolds the range zoomed into. Hover reads
-// each run's own nearest point, at full resolution. Redraws are
-// scheduled (`Charts.frame`): a chart is redrawn at most every MIN_INTERVAL ms, visible ones
-// only, and a frame stops redrawing once FRAME_BUDGET ms are spent, so many live runs never
-// make a frame long.
+// order they came, so spikes stay; the smoothed curve one point per column): uPlot then draws
+// at most two points per pixel per line, however many runs and points there are, and a zoom
+// refolds the range zoomed into. The fold reads the run's table in place, in one pass that
+// also smooths, so a redraw allocates only the grid. Hover reads each run's own nearest point,
+// at full resolution. Redraws are scheduled (`Charts.frame`): a chart is redrawn at most every
+// MIN_INTERVAL ms, visible ones only, in turn; a frame starts no redraw that its chart's last
+// cost says would take it past FRAME_BUDGET ms, so many live runs never make a frame long.
 
 const MIN_INTERVAL = 250;
-const FRAME_BUDGET = 4;
+const FRAME_BUDGET = 3;
 const COSTS_KEPT = 600;
 
 // TensorBoard's smoothing: an exponential moving average divided by its weights' sum so far,
 // so that the first points are not pulled towards zero.
-export function smooth(ys, weight) {
-  const out = new Array(ys.length);
-  let last = 0, count = 0;
-  for (let i = 0; i < ys.length; i++) {
-    const y = ys[i];
-    if (y === null || !Number.isFinite(y)) { out[i] = null; continue; }
-    last = last * weight + (1 - weight) * y;
-    count++;
-    out[i] = weight === 0 ? y : last / (1 - Math.pow(weight, count));
+class Ema {
+  constructor(weight) { this.weight = weight; this.last = 0; this.decay = 1; }
+
+  add(y) {
+    this.last = this.last * this.weight + (1 - this.weight) * y;
+    this.decay *= this.weight;
+    return this.weight === 0 ? y : this.last / (1 - this.decay);
   }
-  return out;
+}
+
+// Whether row ``i`` is a point of the line: a value at an x, not before the point kept before it.
+function usable(xs, ys, i, previous) {
+  const x = xs[i];
+  return Number.isFinite(x) && Number.isFinite(ys[i]) && !(x < previous);
 }
 
 export function format(v) {
@@ -51,39 +55,53 @@ function nearest(xs, x) {
   return lo > 0 && Math.abs(xs[lo - 1] - x) < Math.abs(xs[lo] - x) ? lo - 1 : lo;
 }
 
-// Where ``x`` would go in the sorted ``xs``: the first index whose value is not below it.
-function lowerBound(xs, x) {
-  let lo = 0, hi = xs.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (xs[mid] < x) lo = mid + 1; else hi = mid;
-  }
-  return lo;
-}
-
-// One line's points in [lo, hi] as two values per bucket of the grid (see the top of this file).
-function fold(xs, ys, lo, hi, step, buckets) {
-  const out = new Array(2 * buckets).fill(null);
-  let bucket = -1, low = 0, high = 0, lowAt = 0, highAt = 0, n = 0;
+// One run's line on the grid of ``buckets`` columns over [lo, hi]: its raw points as two values per
+// column (min and max, in the order they came) into ``raw``, its smoothed curve as the column's
+// last smoothed value into ``smoothed`` (when smoothing). Smoothing starts at the run's first
+// point, whatever the range. Returns what the chart's value box and log scale need.
+function fold(line, weight, lo, hi, step, buckets, raw, smoothed) {
+  const { xs, ys } = line, ema = new Ema(weight);
+  let bucket = -1, low = 0, high = 0, lowAt = 0, highAt = 0, previous = -Infinity, latest = null, points = 0;
+  let positive = true, shown = null;  // shown: the smoothed value of the bucket's last point
   const flush = () => {
     if (bucket < 0) return;
     const lowFirst = lowAt <= highAt;
-    out[2 * bucket] = lowFirst ? low : high;
-    if (low !== high) out[2 * bucket + 1] = lowFirst ? high : low;
+    raw[2 * bucket] = lowFirst ? low : high;
+    if (low !== high) raw[2 * bucket + 1] = lowFirst ? high : low;
+    if (smoothed) smoothed[2 * bucket + 1] = shown;
   };
-  for (let i = lowerBound(xs, lo); i < xs.length && xs[i] <= hi; i++, n++) {
-    const b = Math.min(buckets - 1, Math.floor((xs[i] - lo) / step)), y = ys[i];
+  for (let i = 0; i < xs.length; i++) {
+    if (!usable(xs, ys, i, previous)) continue;
+    const x = previous = xs[i], y = ys[i];
+    const value = ema.add(y);
+    points++;
+    if (!(y > 0)) positive = false;
+    if (x < lo || x > hi) { latest = value; continue; }
+    const b = Math.min(buckets - 1, Math.floor((x - lo) / step));
     if (b !== bucket) {
       flush();
-      bucket = b; low = high = y; lowAt = highAt = n;
+      bucket = b; low = high = y; lowAt = highAt = i;
     } else if (y < low) {
-      low = y; lowAt = n;
+      low = y; lowAt = i;
     } else if (y > high) {
-      high = y; highAt = n;
+      high = y; highAt = i;
     }
+    latest = shown = value;
   }
   flush();
-  return out;
+  return { positive, points, latest: smoothed ? latest : line.ys[line.lastAt] };
+}
+
+// The smoothed value at row ``at`` (hover over a smoothed chart): the same pass as `fold`, up to it.
+function smoothedAt(line, weight, at) {
+  const { xs, ys } = line, ema = new Ema(weight);
+  let value = null, previous = -Infinity;
+  for (let i = 0; i <= at; i++) {
+    if (!usable(xs, ys, i, previous)) continue;
+    previous = xs[i];
+    value = ema.add(ys[i]);
+  }
+  return value;
 }
 
 function rgba(hex, alpha) {
@@ -119,72 +137,78 @@ class Chart {
     this.drawn = 0;
     this.zoomed = false;
     this.visible = true;
+    this.cost = 0;       // ms the last redraw took: the scheduler's guess of the next one
     charts.observer?.observe(this.el);
   }
 
   touch(urgent = false) { this.dirty = true; this.urgent ||= urgent; }
 
-  // What to draw: each selected run that has this column, as its own xs and ys.
+  // What to draw: each selected run with a point in this column, as views of its table's columns
+  // (no copy) and where its first and last points are.
   collect() {
-    const axis = this.charts.axis, weight = this.charts.weight;
+    const axis = this.charts.axis;
     const lines = [];
     for (const run of this.charts.selectedRuns()) {
       const table = run[this.source];
       const ys = table.column(this.column), xs = table.column(axis);
       if (!ys || !xs || !table.length) continue;
-      const keptX = [], keptY = [];
-      for (let i = 0; i < xs.length; i++) {
-        const x = xs[i], y = ys[i];
-        if (!Number.isFinite(x) || !Number.isFinite(y) || (keptX.length && x < keptX[keptX.length - 1])) continue;
-        keptX.push(x); keptY.push(y);
-      }
-      if (!keptX.length) continue;
-      lines.push({ run, xs: keptX, ys: keptY, smoothed: weight > 0 ? smooth(keptY, weight) : null });
+      let firstAt = 0, lastAt = xs.length - 1;
+      while (firstAt < xs.length && !usable(xs, ys, firstAt, -Infinity)) firstAt++;
+      while (lastAt > firstAt && !usable(xs, ys, lastAt, -Infinity)) lastAt--;
+      if (firstAt === xs.length) continue;
+      lines.push({ run, xs, ys, firstAt, lastAt, latest: null });
     }
     return lines;
   }
 
   draw() {
+    const started = performance.now();
     this.dirty = this.urgent = false;
-    this.drawn = performance.now();
+    this.drawn = started;
     const lines = this.lines = this.collect();
     this.el.dataset.runs = String(lines.length);
-    this.el.dataset.points = String(lines.reduce((n, l) => n + l.xs.length, 0));
     this.el.hidden = !lines.length;
-    if (!lines.length) { this.destroy(); this.showLatest(); return; }
+    if (!lines.length) { this.el.dataset.points = "0"; this.destroy(); this.showLatest(); return; }
     if (!performance.getEntriesByName("first chart paint").length) performance.mark("first chart paint");
-    const smoothing = lines[0].smoothed !== null;
-    const positive = lines.every((l) => l.ys.every((y) => y > 0));
+    const smoothing = this.charts.weight > 0;
+    const width = this.plotEl.clientWidth || 300;
+    const { data, positive, points } = this.grid(lines, smoothing, width);
+    this.el.dataset.points = String(points);
     this.logScale = this.log ?? (/loss/.test(this.column) && positive);
     this.logButton.classList.toggle("on", this.logScale);
     const shape = [this.charts.axis, smoothing, this.logScale, positive, ...lines.map((l) => l.run.id)].join("|");
-    const width = this.plotEl.clientWidth || 300;
     if (shape !== this.shape) {
       this.destroy();
       this.shape = shape;
       this.zoomed = false;
-      this.plot = new uPlot(this.options(lines, smoothing, positive, width), this.grid(lines, smoothing, width),
-        this.plotEl);
+      this.plot = new uPlot(this.options(lines, smoothing, positive, width), data, this.plotEl);
     } else {
-      this.plot.setData(this.grid(lines, smoothing, width), !this.zoomed);
+      this.plot.setData(data, !this.zoomed);
     }
     this.showLatest();
+    this.cost = performance.now() - started;
   }
 
   // uPlot's data: the shared grid's x values, then each line folded onto it (raw, then smoothed).
   grid(lines, smoothing, width) {
-    let lo = Math.min(...lines.map((l) => l.xs[0])), hi = Math.max(...lines.map((l) => l.xs[l.xs.length - 1]));
+    let lo = Math.min(...lines.map((l) => l.xs[l.firstAt])), hi = Math.max(...lines.map((l) => l.xs[l.lastAt]));
     if (this.zoomed && this.plot) ({ min: lo, max: hi } = this.plot.scales.x);
     if (!(hi > lo)) hi = lo + 1;
     const buckets = Math.max(50, Math.round(width)), step = (hi - lo) / buckets;
     const xs = new Array(2 * buckets);
     for (let b = 0; b < buckets; b++) { xs[2 * b] = lo + b * step; xs[2 * b + 1] = lo + (b + 0.5) * step; }
     const data = [xs];
+    let positive = true, points = 0;
     for (const l of lines) {
-      data.push(fold(l.xs, l.ys, lo, hi, step, buckets));
-      if (smoothing) data.push(fold(l.xs, l.smoothed, lo, hi, step, buckets));
+      const raw = new Array(2 * buckets).fill(null), smoothed = smoothing ? new Array(2 * buckets).fill(null) : null;
+      const folded = fold(l, this.charts.weight, lo, hi, step, buckets, raw, smoothed);
+      l.latest = folded.latest;
+      positive &&= folded.positive;
+      points += folded.points;
+      data.push(raw);
+      if (smoothing) data.push(smoothed);
     }
-    return data;
+    return { data, positive, points };
   }
 
   options(lines, smoothing, positive, width) {
@@ -216,15 +240,15 @@ class Chart {
   showHover(u) {
     const idx = u.cursor.idx;
     if (idx === null || idx === undefined || u.cursor.left < 0) { this.showLatest(); return; }
-    const x = u.data[0][idx];
+    const x = u.data[0][idx], weight = this.charts.weight;
     this.showValues(this.lines.map((l) => {
-      const i = nearest(l.xs, x);
-      return [l.run.colour, i < 0 ? null : (l.smoothed || l.ys)[i]];
+      const i = nearest(l.xs.subarray(l.firstAt, l.lastAt + 1), x) + l.firstAt;
+      return [l.run.colour, weight > 0 ? smoothedAt(l, weight, i) : l.ys[i]];
     }));
   }
 
   showLatest() {
-    this.showValues(this.lines.map((l) => [l.run.colour, (l.smoothed || l.ys)[l.ys.length - 1]]));
+    this.showValues(this.lines.map((l) => [l.run.colour, l.latest]));
   }
 
   showValues(values) {
@@ -256,6 +280,7 @@ export class Charts {
     this.sections = new Map();
     this.costs = [];  // ms of script spent here per animation frame that redrew (bench/page.py reads it)
     this.frames = 0;
+    this.turn = 0;    // the chart the next frame looks at first
     this.observer = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
       for (const e of entries) {
         const chart = this.byElement.get(e.target);
@@ -322,17 +347,22 @@ export class Charts {
 
   touchAll(urgent = false) { this.charts.forEach((c) => c.touch(urgent)); }
 
-  // One animation frame's share of redraws.
+  // One animation frame's share of redraws: charts take turns, from where the last frame stopped.
   frame() {
     const start = performance.now();
+    const charts = [...this.charts.values()];
     let worked = false;
-    for (const chart of this.charts.values()) {
+    for (let n = 0; n < charts.length; n++) {
+      const chart = charts[(this.turn + n) % charts.length];
       // A hidden chart (no run has its column yet) is drawn anyway: drawing is what shows it.
       if (!chart.dirty || !(chart.visible || chart.el.hidden) || chart.el.closest("details:not([open])")) continue;
       if (!chart.urgent && start - chart.drawn < MIN_INTERVAL) continue;
+      if (worked && performance.now() - start + chart.cost > FRAME_BUDGET) {
+        this.turn = (this.turn + n) % charts.length;  // first in the next frame
+        break;
+      }
       chart.draw();
       worked = true;
-      if (performance.now() - start > FRAME_BUDGET) break;
     }
     this.frames++;
     if (worked) {

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 from conftest import ROOT, TINY_PLACEMENT, free_port, reap, train_to_end
 
 from tetriszmq.stream.protocol import Topic

@@ -31,10 +31,9 @@ Definitions (the classic four, plus the Dellacherie / Thiery-Scherrer "BCTS" set
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
 import numpy as np
 
@@ -84,10 +83,25 @@ def typical_scales(names: Sequence[str]) -> np.ndarray:
     return np.array([_SPEC[n][1] for n in names], dtype=np.float32)
 
 
+WALLS = np.array([PLAYFIELD] + [0] * COLS + [PLAYFIELD], dtype=np.int64)  # the wall columns either side
+
+
 def column_masks(filled: np.ndarray) -> np.ndarray:
-    """``(..., 20, 10)`` bool boards -> ``(..., 10)`` int64 column bitmasks, floor bit set."""
+    """``(..., 20, 10)`` bool boards -> ``(..., 12)`` int64 column bitmasks, a full wall column each side.
+
+    Bit ``r`` is row ``r`` from the top. The walls make the neighbours of the edge columns
+    (row transitions, wells) and full rows (a row is full when the AND of all 12 has its bit)
+    need no special case.
+    """
     weights = np.left_shift(1, np.arange(ROWS, dtype=np.int64))[:, None]
-    return (filled * weights).sum(axis=-2) | FLOOR
+    inner = (filled * weights).sum(axis=-2)
+    return np.concatenate([np.broadcast_to(WALLS[:1], (*inner.shape[:-1], 1)), inner,
+                           np.broadcast_to(WALLS[-1:], (*inner.shape[:-1], 1))], axis=-1)
+
+
+def column_heights(cols: np.ndarray) -> np.ndarray:
+    """``(..., 12)`` walled column masks -> ``(..., 10)`` heights of the playfield's columns."""
+    return _fields(_column_table().take(cols[..., 1:-1]))[..., HEIGHT].astype(np.int64)
 
 
 def board_features(filled: np.ndarray, names: Sequence[str]) -> np.ndarray:
@@ -96,83 +110,62 @@ def board_features(filled: np.ndarray, names: Sequence[str]) -> np.ndarray:
     return Afterstates(column_masks(filled)[None], zero, zero, zero).compute(names)[0]
 
 
-class _lazy:  # noqa: N801  (a decorator, named like the one it stands in for)
-    """Like `functools.cached_property`, without its per-access lock: the value is stored on first use."""
-
-    def __init__(self, compute: Callable[[Any], np.ndarray]) -> None:
-        self.compute = compute
-        self.name = compute.__name__
-
-    def __get__(self, instance: Any, owner: type) -> np.ndarray:
-        value = instance.__dict__[self.name] = self.compute(instance)
-        return value
-
-
 @dataclass
 class Afterstates:
     """A stack of boards left by N placements, with what the placements themselves did.
 
-    What a feature needs is computed once, on first use, and shared: most of it comes from
-    one lookup of every column in `_column_table` (heights, holes, transitions, hole depth).
-    (`_lazy`, not `functools.cached_property`: on Python 3.11 that takes a lock per access.)
+    `values` computes all 12 features of all N boards at once, each written by a numpy call's
+    ``out=`` straight into its column of one float32 array: what costs is the number of numpy
+    calls (~0.5 us each), not the size of the arrays, so the set is computed whole (about 25
+    calls) and a feature list is a column selection of it. Sums over columns (heights, holes,
+    column transitions, hole depth) come from one gather in `_column_table` and one sum.
 
-    :param cols: ``(N, 10)`` int64 column bitmasks after full rows were cleared.
+    :param cols: ``(N, 12)`` int64 walled column masks after full rows were cleared.
     :param lines: ``(N,)`` rows cleared by each placement.
     :param landing_height: ``(N,)`` see the module docstring.
     :param eroded_cells: ``(N,)`` see the module docstring.
     """
 
     cols: np.ndarray
-    lines: np.ndarray
+    lines: np.ndarray | int
     landing_height: np.ndarray
-    eroded_cells: np.ndarray
+    eroded_cells: np.ndarray | int
 
-    @_lazy
-    def per_column(self) -> np.ndarray:
-        """``(N, 10)``: each column's `_column_table` entry (height, holes, transitions, hole depth)."""
-        return _column_table().take(self.cols & PLAYFIELD)
-
-    @_lazy
-    def column_sums(self) -> np.ndarray:
-        """``(N, 4)`` the counts summed over the columns, indexed by `HEIGHT`, `HOLES`, ...
-
-        One sum of the packed entries: 16 bits per count hold the sum of 10 columns, and
-        a view of the sums as int16 unpacks them with no further work.
-        """
-        return _fields(self.per_column.sum(axis=1))
-
-    @_lazy
-    def heights(self) -> np.ndarray:
-        return _fields(self.per_column)[..., HEIGHT]
-
-    @_lazy
-    def max_height(self) -> np.ndarray:
-        return self.heights.max(axis=1)
-
-    @_lazy
-    def bumpiness(self) -> np.ndarray:
-        heights = self.heights
-        return np.abs(heights[:, 1:] - heights[:, :-1]).sum(axis=1)
-
-    @_lazy
-    def walled(self) -> np.ndarray:
-        """Columns with a full wall column on each side: ``(N, 12)``."""
-        walled = np.empty((len(self.cols), COLS + 2), dtype=np.int64)
-        walled[:, 0] = walled[:, -1] = PLAYFIELD | FLOOR
-        walled[:, 1:-1] = self.cols
-        return walled
+    def __post_init__(self) -> None:
+        self.values, self.heights = _all_features(self)
 
     def compute(self, names: Sequence[str]) -> np.ndarray:
         """``(N, len(names))`` float32 feature matrix."""
-        out = np.empty((len(self.cols), len(names)), dtype=np.float32)
-        for j, name in enumerate(names):
-            out[:, j] = _COMPUTE[name](self)
-        return out
+        return self.values[:, [_INDEX[name] for name in names]]
 
 
-def _count(bits: np.ndarray) -> np.ndarray:
-    """Set bits summed over the columns of each board."""
-    return np.bitwise_count(bits).sum(axis=1, dtype=np.int64)
+_INDEX = {name: i for i, name in enumerate(_SPEC)}  # a feature's column in `Afterstates.values`
+_SUMS_AT = [_INDEX[name] for name in ("aggregate_height", "holes", "column_transitions", "hole_depth")]  # field order
+
+
+def _all_features(a: Afterstates) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, 12)`` float32 features in `FEATURES` order, and the ``(N, 10)`` int16 column heights."""
+    cols = a.cols
+    inner = cols[:, 1:-1]
+    out = np.empty((len(cols), len(_SPEC)), dtype=np.float32)
+    per_column = _column_table().take(inner)
+    out[:, _SUMS_AT] = _fields(np.add.reduce(per_column, axis=1))  # 16 bits a count hold its sum over 10 columns
+    heights = _fields(per_column)[..., HEIGHT]
+    max_height = out[:, _INDEX["max_height"]]
+    np.maximum.reduce(heights, axis=1, out=max_height)
+    steps = heights[:, 1:] - heights[:, :-1]
+    np.add.reduce(np.abs(steps, out=steps), axis=1, out=out[:, _INDEX["bumpiness"]])
+    row_transitions = out[:, _INDEX["row_transitions"]]
+    np.add.reduce(np.bitwise_count(cols[:, 1:] ^ cols[:, :-1]), axis=1, out=row_transitions)
+    row_transitions += 2 * max_height - 2 * ROWS  # the walls' 2 for each empty row above the stack do not count
+    wells = cols[:, :-2] & cols[:, 2:]
+    wells &= np.invert(inner)
+    np.add.reduce(_well_table().take(wells), axis=1, out=out[:, _INDEX["cumulative_wells"]])
+    out[:, _INDEX["rows_with_holes"]] = np.bitwise_count(np.bitwise_or.reduce(_hole_table().take(inner), axis=1))
+    out[:, _INDEX["lines"]] = a.lines
+    out[:, _INDEX["landing_height"]] = a.landing_height
+    out[:, _INDEX["eroded_cells"]] = a.eroded_cells
+    return out, heights
 
 
 def _fields(packed: np.ndarray) -> np.ndarray:
@@ -181,23 +174,6 @@ def _fields(packed: np.ndarray) -> np.ndarray:
     Little-endian explicitly: on a big-endian machine ``astype`` makes the one copy that keeps it right.
     """
     return packed.astype("<i8", copy=False).view("<i2").reshape(*packed.shape, 4)
-
-
-def _row_transitions(a: Afterstates) -> np.ndarray:
-    changes = _count(a.walled[:, 1:] ^ a.walled[:, :-1])  # the floor bit, set everywhere, cancels
-    empty_rows_above_stack = ROWS - a.max_height
-    return changes - 2 * empty_rows_above_stack
-
-
-def _cumulative_wells(a: Afterstates) -> np.ndarray:
-    wells = a.walled[:, :-2] & a.walled[:, 2:] & ~a.cols  # ~cols clears the floor bit, the walls the rest
-    return _well_table()[wells].sum(axis=1, dtype=np.int64)
-
-
-def _rows_with_holes(a: Afterstates) -> np.ndarray:
-    cols = a.cols
-    holes = ~(cols | ((cols & -cols) - 1)) & PLAYFIELD  # neither filled nor above the column's top
-    return np.bitwise_count(np.bitwise_or.reduce(holes, axis=1))
 
 
 # Per-column counts, some over pairs of cells in a column, which a few bit operations cannot do
@@ -216,7 +192,7 @@ def _column_table() -> np.ndarray:
     depth: 10 holes under 10 cells), its sum over 10 columns at most 1,000 < 2^16.
     """
     cols = np.arange(1 << ROWS, dtype=np.int64) | FLOOR
-    holes = ~cols & ~((cols & -cols) - 1) & PLAYFIELD
+    holes = _holes(cols)
     depth = np.zeros(1 << ROWS, dtype=np.int64)
     for d in range(1, ROWS):
         depth += np.bitwise_count(holes & (cols << d))  # holes with a filled cell d rows above
@@ -232,6 +208,17 @@ def _column_table() -> np.ndarray:
     return table
 
 
+def _holes(cols: np.ndarray) -> np.ndarray:
+    """Hole cells of columns (floor bit set): empty, and below the column's top filled cell."""
+    return ~cols & ~((cols & -cols) - 1) & PLAYFIELD
+
+
+@cache
+def _hole_table() -> np.ndarray:
+    """Indexed by a column's 20 row bits: its holes as row bits (4 MB), OR-ed over columns for rows with holes."""
+    return _holes(np.arange(1 << ROWS, dtype=np.int64) | FLOOR).astype(np.int32)
+
+
 @cache
 def _well_table() -> np.ndarray:
     """Indexed by a column's well cells: each counts 1 + the unbroken well cells above it."""
@@ -242,19 +229,3 @@ def _well_table() -> np.ndarray:
         total += np.bitwise_count(run)
         run = run & (wells << k)
     return total.astype(np.uint8)
-
-
-_COMPUTE: dict[str, Callable[[Afterstates], np.ndarray]] = {
-    "lines": lambda a: a.lines,
-    "holes": lambda a: a.column_sums[:, HOLES],
-    "bumpiness": lambda a: a.bumpiness,
-    "aggregate_height": lambda a: a.column_sums[:, HEIGHT],
-    "max_height": lambda a: a.max_height,
-    "landing_height": lambda a: a.landing_height,
-    "eroded_cells": lambda a: a.eroded_cells,
-    "row_transitions": _row_transitions,
-    "column_transitions": lambda a: a.column_sums[:, COLUMN_TRANSITIONS],
-    "cumulative_wells": _cumulative_wells,
-    "hole_depth": lambda a: a.column_sums[:, HOLE_DEPTH],
-    "rows_with_holes": _rows_with_holes,
-}

@@ -36,12 +36,10 @@ from tetriszmq.tetris.features import (
     COLS,
     DEFAULT_FEATURES,
     FEATURES,
-    HOLES,
-    PLAYFIELD,
     ROWS,
+    WALLS,
     Afterstates,
     check_names,
-    column_masks,
     upper_bounds,
 )
 from tetriszmq.tetris.records import MAX_ACTIONS, EpisodeRecord
@@ -54,6 +52,8 @@ KIND_OFFSET = 2  # tetris-gymnasium numbers pieces after 0 (empty) and 1 (wall):
 REWARDS = RewardsMapping()
 SEED_LIMIT = 2**31  # drawn episode seeds are 1 .. 2^31 - 1: tetris-gymnasium ignores seed 0
 BOARD_STATS = ("holes", "max_height", "bumpiness")  # per episode, means over the boards the agent left
+_STATS_AT = [FEATURES.index(name) for name in BOARD_STATS]  # their columns in `Afterstates.values`
+_LOCK_AT = [FEATURES.index("lines"), FEATURES.index("max_height")]
 Scorer = Callable[[dict[str, np.ndarray]], np.ndarray]  # observation -> (40,) the agent's value of each placement
 
 
@@ -70,9 +70,9 @@ class PieceTable:
     slot: np.ndarray  # (40,) action id -> index into `actions`, -1 when illegal
     rows: np.ndarray  # (K, 4) row of each cell inside the rotated matrix
     cols: np.ndarray  # (K, 4) playfield column of each cell
-    col_bits: np.ndarray  # (K, 10) int64 the cells as column bitmasks, the matrix's top row at bit 0
-    below: np.ndarray  # (K, 4) one row under each cell inside the rotated matrix
-    middle: np.ndarray  # (K,) middle row of the piece inside its matrix, for landing height
+    col_bits: np.ndarray  # (K, 12) int64 the cells as walled column bitmasks, the matrix's top row at bit 0
+    limit: np.ndarray  # (K, 4) the matrix's lowest row at which each cell rests on the floor: 19 - its row
+    top: np.ndarray  # (K,) 20 - the piece's middle row in its matrix: landing height = top - landing row
     unblocked: np.ndarray  # (K,) all False, read-only: what most steps' `landing_rows` returns as blocked
     mask: np.ndarray  # (40,) int8
     spawn_rows: np.ndarray  # (4,) cells of the unrotated piece where it spawns
@@ -92,8 +92,8 @@ def _piece_table(index: int) -> PieceTable:
             rows.append(r)
             cols.append(c)
     actions_arr, rows_arr, cols_arr = np.array(actions), np.array(rows), np.array(cols)
-    col_bits = np.zeros((len(actions), COLS), dtype=np.int64)
-    np.bitwise_or.at(col_bits, (np.arange(len(actions))[:, None], cols_arr), np.left_shift(1, rows_arr))
+    col_bits = np.zeros((len(actions), COLS + 2), dtype=np.int64)
+    np.bitwise_or.at(col_bits, (np.arange(len(actions))[:, None], cols_arr + 1), np.left_shift(1, rows_arr))
     slot = np.full(N_ACTIONS, -1)
     slot[actions_arr] = np.arange(len(actions))
     mask = np.zeros(N_ACTIONS, dtype=np.int8)
@@ -106,9 +106,9 @@ def _piece_table(index: int) -> PieceTable:
         rows=rows_arr,
         cols=cols_arr,
         col_bits=col_bits,
-        below=rows_arr + 1,
+        limit=ROWS - 1 - rows_arr,
         unblocked=_read_only(np.zeros(len(actions), dtype=bool)),
-        middle=(rows_arr.min(axis=1) + rows_arr.max(axis=1)) / 2,
+        top=ROWS - (rows_arr.min(axis=1) + rows_arr.max(axis=1)) / 2,
         mask=mask,
         spawn_rows=spawn_rows,
         spawn_cols=spawn_cols + (COLS + 2 * PAD) // 2 - base.shape[0] // 2 - PAD,
@@ -121,6 +121,8 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 
 PIECES: tuple[PieceTable, ...] = tuple(_piece_table(i) for i in range(len(Tetris.TETROMINOES)))
+# A board no taller than this cannot overlap a piece at its spawn: the spawn check then needs no board lookup.
+SPAWN_CLEAR_HEIGHT = ROWS - 1 - max(int(p.spawn_rows.max()) for p in PIECES)
 
 
 class PlacementTetris(gym.Env):
@@ -144,6 +146,8 @@ class PlacementTetris(gym.Env):
         render_mode: str | None = None,
     ) -> None:
         self.feature_names = check_names(features or DEFAULT_FEATURES)
+        self._columns = [FEATURES.index(name) for name in self.feature_names]  # of `Afterstates.values`
+        self._all = self.feature_names == FEATURES
         self.max_pieces = max_pieces or 0
         self.render_mode = render_mode
         n = len(self.feature_names)
@@ -155,7 +159,9 @@ class PlacementTetris(gym.Env):
         self.action_space = spaces.Discrete(N_ACTIONS)
         self._queue = TetrominoQueue(BagRandomizer(len(PIECES)))
         self.board = np.zeros((ROWS, COLS), dtype=np.uint8)  # piece kinds, like tetris-gymnasium's playfield
-        self._cols = column_masks(self.board > 0)  # the same board as column bitmasks, what the features read
+        self._cols = WALLS  # the same board as column bitmasks, what the features read
+        self._heights = np.zeros(COLS, dtype=np.int64)  # its column heights, for the landing rows
+        self._max_height = 0.0
         self._piece = PIECES[0]
         self._landing_row = np.zeros(0, dtype=int)
         self._blocked = np.zeros(0, dtype=bool)
@@ -175,7 +181,7 @@ class PlacementTetris(gym.Env):
         self.episode_seed = seed or int(self.np_random.integers(1, SEED_LIMIT))
         self._queue.reset(seed=self.episode_seed)  # tetris-gymnasium's own 7-bag: same seed, same pieces
         self.board[:] = 0
-        self._cols = column_masks(self.board > 0)
+        self._cols, self._heights, self._max_height = WALLS, np.zeros(COLS, dtype=np.int64), 0.0
         self._piece = PIECES[self._queue.get_next_tetromino()]
         self._pieces = self._lines = 0
         self._score = 0.0
@@ -260,11 +266,10 @@ class PlacementTetris(gym.Env):
 
     def _add_board_stats(self, slot: int) -> None:
         """Add the holes, max height and bumpiness of the board just left (already computed as its afterstate)."""
-        after, sums = self._after, self._board_sums
+        sums = self._board_sums
         sums[0] += 1
-        sums[1] += int(after.column_sums[slot, HOLES])
-        sums[2] += int(after.max_height[slot])
-        sums[3] += int(after.bumpiness[slot])
+        for i, value in enumerate(self._after.values[slot, _STATS_AT].tolist(), start=1):
+            sums[i] += int(value)
 
     def _episode_stats(self) -> dict[str, float]:
         """The game's own counters, and the mean holes, max height and bumpiness of the boards left."""
@@ -293,6 +298,8 @@ class PlacementTetris(gym.Env):
         return board
 
     def _spawn_collides(self) -> bool:
+        if self._max_height <= SPAWN_CLEAR_HEIGHT:
+            return False
         return bool(self.board[self._piece.spawn_rows, self._piece.spawn_cols].any())
 
     def _lock(self, slot: int) -> int:
@@ -300,10 +307,11 @@ class PlacementTetris(gym.Env):
 
         The column masks of the result were already computed, as this placement's afterstate.
         """
-        piece = self._piece
+        piece, after = self._piece, self._after
         self.board[self._landing_row[slot] + piece.rows[slot], piece.cols[slot]] = piece.kind
-        self._cols = self._after.cols[slot]
-        n = int(self._after.lines[slot])
+        self._cols, self._heights = after.cols[slot], after.heights[slot]
+        n, self._max_height = after.values[slot, _LOCK_AT].tolist()
+        n = int(n)
         if n:
             full = self.board.all(axis=1)
             self.board = np.concatenate([np.zeros((n, COLS), dtype=np.uint8), self.board[~full]])
@@ -311,28 +319,27 @@ class PlacementTetris(gym.Env):
 
     def _observe(self) -> dict[str, np.ndarray]:
         piece = self._piece
-        self._landing_row, self._blocked = landing_rows(piece, self.board, self._cols)
+        self._landing_row, self._blocked = landing_rows(piece, self.board, self._heights)
         afterstates = place_all(piece, self._cols, self._landing_row)
         features = np.zeros((N_ACTIONS, len(self.feature_names)), dtype=np.float32)
-        features[piece.actions] = afterstates.compute(self.feature_names)
+        features[piece.actions] = afterstates.values if self._all else afterstates.values[:, self._columns]
         self._after = afterstates
         self._obs = {"features": features, "mask": piece.mask.copy()}
         return self._obs
 
 
-def landing_rows(piece: PieceTable, filled: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def landing_rows(piece: PieceTable, filled: np.ndarray, heights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row of each legal placement after a hard drop, and whether it is blocked (game over).
 
-    ``filled``: the board, non-zero where filled; ``cols``: the same as column masks.
+    ``filled``: the board, non-zero where filled; ``heights``: its column heights.
 
     A piece that starts above the surface of its columns lands one row above the
     first surface cell it meets. Otherwise (a stack reaching the top rows) we
     replay tetris-gymnasium exactly: game over if the piece overlaps the stack at
     row 0, else a row-by-row drop, which may slide it into a cave under an overhang.
     """
-    surface = np.bitwise_count((cols & -cols) - 1).astype(np.int64)  # top filled row, 20 when empty
-    rows = (surface[piece.cols] - piece.below).min(axis=1)
-    if rows.min() >= 0:
+    rows = np.minimum.reduce(piece.limit - heights[piece.cols], axis=1)
+    if np.minimum.reduce(rows) >= 0:
         return rows, piece.unblocked
     blocked = np.zeros(len(rows), dtype=bool)
     for slot in np.flatnonzero(rows < 0):
@@ -358,31 +365,27 @@ def place_all(piece: PieceTable, cols: np.ndarray, landing_row: np.ndarray) -> A
     off, so that its features look like the near-full board that ends the game.
     """
     shift = landing_row[:, None]
-    if shift.min() >= 0:
+    if np.minimum.reduce(landing_row) >= 0:
         placed = piece.col_bits << shift
     else:
         placed = np.where(shift >= 0, piece.col_bits << np.maximum(shift, 0), piece.col_bits >> np.maximum(-shift, 0))
     after = cols | placed
-    full = np.bitwise_and.reduce(after, axis=1) & PLAYFIELD
-    if full.any():
+    full = np.bitwise_and.reduce(after, axis=1)  # the walls are full, so a full row has its bit in all 12
+    if np.bitwise_or.reduce(full):
         lines = np.bitwise_count(full).astype(np.int64)
         eroded_cells = lines * np.bitwise_count(placed & full[:, None]).sum(axis=1)
-        after = _clear_rows(after, full)
+        after = _clear_rows(after, full) | WALLS
     else:  # most placements clear nothing
-        lines = eroded_cells = np.zeros(len(after), dtype=np.int64)
-    return Afterstates(
-        cols=after,
-        lines=lines,
-        landing_height=ROWS - landing_row - piece.middle,
-        eroded_cells=eroded_cells,
-    )
+        lines = eroded_cells = 0
+    return Afterstates(cols=after, lines=lines, landing_height=piece.top - landing_row, eroded_cells=eroded_cells)
 
 
 def _clear_rows(cols: np.ndarray, full: np.ndarray) -> np.ndarray:
     """Remove the full rows of every board of the stack, top-most first.
 
     Removing row r shifts the rows above it down one bit and leaves the rows
-    below (and so the next full row) where they are.
+    below (and so the next full row) where they are; the walls lose their top rows too,
+    which the caller puts back.
     """
     while full.any():
         top = full & -full  # the highest remaining full row, 0 where none is left

@@ -87,84 +87,93 @@ WALLS = np.array([PLAYFIELD] + [0] * COLS + [PLAYFIELD], dtype=np.int64)  # the 
 
 
 def column_masks(filled: np.ndarray) -> np.ndarray:
-    """``(..., 20, 10)`` bool boards -> ``(..., 12)`` int64 column bitmasks, a full wall column each side.
+    """A ``(20, 10)`` bool board -> ``(12,)`` int64 column bitmasks, a full wall column each side.
 
     Bit ``r`` is row ``r`` from the top. The walls make the neighbours of the edge columns
     (row transitions, wells) and full rows (a row is full when the AND of all 12 has its bit)
     need no special case.
     """
     weights = np.left_shift(1, np.arange(ROWS, dtype=np.int64))[:, None]
-    inner = (filled * weights).sum(axis=-2)
-    return np.concatenate([np.broadcast_to(WALLS[:1], (*inner.shape[:-1], 1)), inner,
-                           np.broadcast_to(WALLS[-1:], (*inner.shape[:-1], 1))], axis=-1)
+    return WALLS | np.pad((filled * weights).sum(axis=0), 1)
 
 
 def column_heights(cols: np.ndarray) -> np.ndarray:
-    """``(..., 12)`` walled column masks -> ``(..., 10)`` heights of the playfield's columns."""
-    return _fields(_column_table().take(cols[..., 1:-1]))[..., HEIGHT].astype(np.int64)
+    """``(12, ...)`` walled column masks -> ``(10, ...)`` heights of the playfield's columns."""
+    return _column_table().take(cols[1:-1]) & FIELD_MASK
 
 
 def board_features(filled: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """Features of one ``(20, 10)`` board as it stands (no placement: lines, landing, eroded are 0)."""
-    zero = np.zeros(1)
-    return Afterstates(column_masks(filled)[None], zero, zero, zero).compute(names)[0]
+    return Afterstates(column_masks(filled)[:, None], 0, 0, 0).compute(names)[0]
 
 
 @dataclass
 class Afterstates:
     """A stack of boards left by N placements, with what the placements themselves did.
 
-    `values` computes all 12 features of all N boards at once, each written by a numpy call's
-    ``out=`` straight into its column of one float32 array: what costs is the number of numpy
-    calls (~0.5 us each), not the size of the arrays, so the set is computed whole (about 25
-    calls) and a feature list is a column selection of it. Sums over columns (heights, holes,
-    column transitions, hole depth) come from one gather in `_column_table` and one sum.
+    All 12 features of all N boards are computed at once, on creation, into one ``(12, N)``
+    array (`by_feature`, a row per feature): what costs is the number of numpy calls (~0.5-1
+    us each), not the size of the arrays, so the whole set (about 30 calls) is cheaper than
+    choosing among them, and a feature list is a selection of rows. The boards are stored
+    column-major, ``(12, N)``, so that every sum, maximum or OR over a board's columns is an
+    element-wise operation over rows of N candidates (numpy's fast inner loop), not N short
+    reductions. Sums over columns (heights, holes, column transitions, hole depth) come from
+    one gather in `_column_table` and one sum.
 
-    :param cols: ``(N, 12)`` int64 walled column masks after full rows were cleared.
-    :param lines: ``(N,)`` rows cleared by each placement.
+    :param cols: ``(12, N)`` int64 walled column masks after full rows were cleared.
+    :param lines: ``(N,)`` rows cleared by each placement (or one number for all).
     :param landing_height: ``(N,)`` see the module docstring.
     :param eroded_cells: ``(N,)`` see the module docstring.
     """
 
     cols: np.ndarray
     lines: np.ndarray | int
-    landing_height: np.ndarray
+    landing_height: np.ndarray | float
     eroded_cells: np.ndarray | int
 
     def __post_init__(self) -> None:
-        self.values, self.heights = _all_features(self)
+        self.by_feature, self.heights = _all_features(self)
 
     def compute(self, names: Sequence[str]) -> np.ndarray:
         """``(N, len(names))`` float32 feature matrix."""
-        return self.values[:, [_INDEX[name] for name in names]]
+        return self.by_feature[rows_of(names)].T
 
 
-_INDEX = {name: i for i, name in enumerate(_SPEC)}  # a feature's column in `Afterstates.values`
-_SUMS_AT = [_INDEX[name] for name in ("aggregate_height", "holes", "column_transitions", "hole_depth")]  # field order
+_ROWS_OF = {name: i for i, name in enumerate((  # `Afterstates.by_feature`'s rows: the packed sums first
+    "aggregate_height", "holes", "column_transitions", "hole_depth",  # `_column_table`'s field order
+    "max_height", "bumpiness", "row_transitions", "cumulative_wells", "rows_with_holes",
+    "lines", "landing_height", "eroded_cells",
+))}
+assert set(_ROWS_OF) == set(_SPEC)
+
+
+def rows_of(names: Sequence[str]) -> list[int]:
+    """The rows of `Afterstates.by_feature` that hold these features, in this order."""
+    return [_ROWS_OF[name] for name in names]
 
 
 def _all_features(a: Afterstates) -> tuple[np.ndarray, np.ndarray]:
-    """``(N, 12)`` float32 features in `FEATURES` order, and the ``(N, 10)`` int16 column heights."""
-    cols = a.cols
-    inner = cols[:, 1:-1]
-    out = np.empty((len(cols), len(_SPEC)), dtype=np.float32)
+    """``(12, N)`` float32 features (rows: `_ROWS_OF`), and the ``(10, N)`` int16 column heights."""
+    cols, row = a.cols, _ROWS_OF
+    inner = cols[1:-1]
+    out = np.empty((len(row), cols.shape[1]), dtype=np.float32)
     per_column = _column_table().take(inner)
-    out[:, _SUMS_AT] = _fields(np.add.reduce(per_column, axis=1))  # 16 bits a count hold its sum over 10 columns
+    out[:4] = _fields(np.add.reduce(per_column, axis=0)).T  # 16 bits a count hold its sum over 10 columns
     heights = _fields(per_column)[..., HEIGHT]
-    max_height = out[:, _INDEX["max_height"]]
-    np.maximum.reduce(heights, axis=1, out=max_height)
-    steps = heights[:, 1:] - heights[:, :-1]
-    np.add.reduce(np.abs(steps, out=steps), axis=1, out=out[:, _INDEX["bumpiness"]])
-    row_transitions = out[:, _INDEX["row_transitions"]]
-    np.add.reduce(np.bitwise_count(cols[:, 1:] ^ cols[:, :-1]), axis=1, out=row_transitions)
+    max_height = out[row["max_height"]]
+    max_height[:] = np.maximum.reduce(heights, axis=0)
+    steps = heights[1:] - heights[:-1]
+    np.add.reduce(np.abs(steps, out=steps), axis=0, out=out[row["bumpiness"]])
+    row_transitions = out[row["row_transitions"]]
+    np.add.reduce(np.bitwise_count(cols[1:] ^ cols[:-1]), axis=0, out=row_transitions)
     row_transitions += 2 * max_height - 2 * ROWS  # the walls' 2 for each empty row above the stack do not count
-    wells = cols[:, :-2] & cols[:, 2:]
+    wells = cols[:-2] & cols[2:]
     wells &= np.invert(inner)
-    np.add.reduce(_well_table().take(wells), axis=1, out=out[:, _INDEX["cumulative_wells"]])
-    out[:, _INDEX["rows_with_holes"]] = np.bitwise_count(np.bitwise_or.reduce(_hole_table().take(inner), axis=1))
-    out[:, _INDEX["lines"]] = a.lines
-    out[:, _INDEX["landing_height"]] = a.landing_height
-    out[:, _INDEX["eroded_cells"]] = a.eroded_cells
+    np.add.reduce(_well_table().take(wells), axis=0, out=out[row["cumulative_wells"]])
+    out[row["rows_with_holes"]] = np.bitwise_count(np.bitwise_or.reduce(_hole_table().take(inner), axis=0))
+    out[row["lines"]] = a.lines
+    out[row["landing_height"]] = a.landing_height
+    out[row["eroded_cells"]] = a.eroded_cells
     return out, heights
 
 
@@ -181,6 +190,7 @@ def _fields(packed: np.ndarray) -> np.ndarray:
 
 HEIGHT, HOLES, COLUMN_TRANSITIONS, HOLE_DEPTH = range(4)  # the counts of `_column_table`, low bits first
 FIELD_BITS = 16
+FIELD_MASK = (1 << FIELD_BITS) - 1
 
 
 @cache

@@ -40,6 +40,7 @@ from tetriszmq.tetris.features import (
     WALLS,
     Afterstates,
     check_names,
+    rows_of,
     upper_bounds,
 )
 from tetriszmq.tetris.records import MAX_ACTIONS, EpisodeRecord
@@ -52,8 +53,8 @@ KIND_OFFSET = 2  # tetris-gymnasium numbers pieces after 0 (empty) and 1 (wall):
 REWARDS = RewardsMapping()
 SEED_LIMIT = 2**31  # drawn episode seeds are 1 .. 2^31 - 1: tetris-gymnasium ignores seed 0
 BOARD_STATS = ("holes", "max_height", "bumpiness")  # per episode, means over the boards the agent left
-_STATS_AT = [FEATURES.index(name) for name in BOARD_STATS]  # their columns in `Afterstates.values`
-_LOCK_AT = [FEATURES.index("lines"), FEATURES.index("max_height")]
+_STATS_AT = rows_of(BOARD_STATS)  # their rows in `Afterstates.by_feature`
+_LOCK_AT = rows_of(("lines", "max_height"))
 Scorer = Callable[[dict[str, np.ndarray]], np.ndarray]  # observation -> (40,) the agent's value of each placement
 
 
@@ -70,8 +71,9 @@ class PieceTable:
     slot: np.ndarray  # (40,) action id -> index into `actions`, -1 when illegal
     rows: np.ndarray  # (K, 4) row of each cell inside the rotated matrix
     cols: np.ndarray  # (K, 4) playfield column of each cell
-    col_bits: np.ndarray  # (K, 12) int64 the cells as walled column bitmasks, the matrix's top row at bit 0
-    limit: np.ndarray  # (K, 4) the matrix's lowest row at which each cell rests on the floor: 19 - its row
+    col_bits: np.ndarray  # (12, K) int64 the cells as walled column bitmasks, the matrix's top row at bit 0
+    cells_cols: np.ndarray  # (4, K) `cols` transposed, for the landing rows' reduction over cells
+    limit: np.ndarray  # (4, K) the matrix's lowest row at which each cell rests on the floor: 19 - its row
     top: np.ndarray  # (K,) 20 - the piece's middle row in its matrix: landing height = top - landing row
     unblocked: np.ndarray  # (K,) all False, read-only: what most steps' `landing_rows` returns as blocked
     mask: np.ndarray  # (40,) int8
@@ -105,8 +107,9 @@ def _piece_table(index: int) -> PieceTable:
         slot=slot,
         rows=rows_arr,
         cols=cols_arr,
-        col_bits=col_bits,
-        limit=ROWS - 1 - rows_arr,
+        col_bits=np.ascontiguousarray(col_bits.T),
+        cells_cols=np.ascontiguousarray(cols_arr.T),
+        limit=np.ascontiguousarray(ROWS - 1 - rows_arr.T),
         unblocked=_read_only(np.zeros(len(actions), dtype=bool)),
         top=ROWS - (rows_arr.min(axis=1) + rows_arr.max(axis=1)) / 2,
         mask=mask,
@@ -146,8 +149,7 @@ class PlacementTetris(gym.Env):
         render_mode: str | None = None,
     ) -> None:
         self.feature_names = check_names(features or DEFAULT_FEATURES)
-        self._columns = [FEATURES.index(name) for name in self.feature_names]  # of `Afterstates.values`
-        self._all = self.feature_names == FEATURES
+        self._rows = rows_of(self.feature_names)  # of `Afterstates.by_feature`
         self.max_pieces = max_pieces or 0
         self.render_mode = render_mode
         n = len(self.feature_names)
@@ -268,7 +270,7 @@ class PlacementTetris(gym.Env):
         """Add the holes, max height and bumpiness of the board just left (already computed as its afterstate)."""
         sums = self._board_sums
         sums[0] += 1
-        for i, value in enumerate(self._after.values[slot, _STATS_AT].tolist(), start=1):
+        for i, value in enumerate(self._after.by_feature[_STATS_AT, slot].tolist(), start=1):
             sums[i] += int(value)
 
     def _episode_stats(self) -> dict[str, float]:
@@ -309,8 +311,8 @@ class PlacementTetris(gym.Env):
         """
         piece, after = self._piece, self._after
         self.board[self._landing_row[slot] + piece.rows[slot], piece.cols[slot]] = piece.kind
-        self._cols, self._heights = after.cols[slot], after.heights[slot]
-        n, self._max_height = after.values[slot, _LOCK_AT].tolist()
+        self._cols, self._heights = after.cols[:, slot], after.heights[:, slot]
+        n, self._max_height = after.by_feature[_LOCK_AT, slot].tolist()
         n = int(n)
         if n:
             full = self.board.all(axis=1)
@@ -322,7 +324,7 @@ class PlacementTetris(gym.Env):
         self._landing_row, self._blocked = landing_rows(piece, self.board, self._heights)
         afterstates = place_all(piece, self._cols, self._landing_row)
         features = np.zeros((N_ACTIONS, len(self.feature_names)), dtype=np.float32)
-        features[piece.actions] = afterstates.values if self._all else afterstates.values[:, self._columns]
+        features[piece.actions] = afterstates.by_feature[self._rows].T
         self._after = afterstates
         self._obs = {"features": features, "mask": piece.mask.copy()}
         return self._obs
@@ -338,7 +340,7 @@ def landing_rows(piece: PieceTable, filled: np.ndarray, heights: np.ndarray) -> 
     replay tetris-gymnasium exactly: game over if the piece overlaps the stack at
     row 0, else a row-by-row drop, which may slide it into a cave under an overhang.
     """
-    rows = np.minimum.reduce(piece.limit - heights[piece.cols], axis=1)
+    rows = np.minimum.reduce(piece.limit - heights[piece.cells_cols], axis=0)
     if np.minimum.reduce(rows) >= 0:
         return rows, piece.unblocked
     blocked = np.zeros(len(rows), dtype=bool)
@@ -364,17 +366,17 @@ def place_all(piece: PieceTable, cols: np.ndarray, landing_row: np.ndarray) -> A
     A blocked placement is drawn where it would rest, its cells above the top cut
     off, so that its features look like the near-full board that ends the game.
     """
-    shift = landing_row[:, None]
-    if np.minimum.reduce(landing_row) >= 0:
+    shift = landing_row
+    if np.minimum.reduce(shift) >= 0:
         placed = piece.col_bits << shift
     else:
         placed = np.where(shift >= 0, piece.col_bits << np.maximum(shift, 0), piece.col_bits >> np.maximum(-shift, 0))
-    after = cols | placed
-    full = np.bitwise_and.reduce(after, axis=1)  # the walls are full, so a full row has its bit in all 12
+    after = cols[:, None] | placed
+    full = np.bitwise_and.reduce(after, axis=0)  # the walls are full, so a full row has its bit in all 12
     if np.bitwise_or.reduce(full):
         lines = np.bitwise_count(full).astype(np.int64)
-        eroded_cells = lines * np.bitwise_count(placed & full[:, None]).sum(axis=1)
-        after = _clear_rows(after, full) | WALLS
+        eroded_cells = lines * np.bitwise_count(placed & full).sum(axis=0)
+        after = _clear_rows(after, full) | WALLS[:, None]
     else:  # most placements clear nothing
         lines = eroded_cells = 0
     return Afterstates(cols=after, lines=lines, landing_height=piece.top - landing_row, eroded_cells=eroded_cells)
@@ -389,7 +391,7 @@ def _clear_rows(cols: np.ndarray, full: np.ndarray) -> np.ndarray:
     """
     while full.any():
         top = full & -full  # the highest remaining full row, 0 where none is left
-        above = np.where(top, top - 1, 0)[:, None]
-        cols = ((cols & above) << 1) | (cols & ~(above | top[:, None]))
+        above = np.where(top, top - 1, 0)
+        cols = ((cols & above) << 1) | (cols & ~(above | top))
         full = full ^ top
     return cols

@@ -142,7 +142,7 @@ class Afterstates:
 _ROWS_OF = {name: i for i, name in enumerate((  # `Afterstates.by_feature`'s rows: the packed sums first
     "aggregate_height", "holes", "column_transitions", "hole_depth",  # `_column_table`'s field order
     "max_height", "bumpiness", "row_transitions", "cumulative_wells", "rows_with_holes",
-    "lines", "landing_height", "eroded_cells",
+    "landing_height", "lines", "eroded_cells",  # the last two: one zero-fill when nothing clears
 ))}
 assert set(_ROWS_OF) == set(_SPEC)
 
@@ -153,13 +153,13 @@ def rows_of(names: Sequence[str]) -> list[int]:
 
 
 def _all_features(a: Afterstates) -> tuple[np.ndarray, np.ndarray]:
-    """``(12, N)`` float32 features (rows: `_ROWS_OF`), and the ``(10, N)`` int16 column heights."""
+    """``(12, N)`` float32 features (rows: `_ROWS_OF`), and the ``(10, N)`` int64 column heights."""
     cols, row = a.cols, _ROWS_OF
     inner = cols[1:-1]
     out = np.empty((len(row), cols.shape[1]), dtype=np.float32)
     per_column = _column_table().take(inner)
     out[:4] = _fields(np.add.reduce(per_column, axis=0)).T  # 16 bits a count hold its sum over 10 columns
-    heights = _fields(per_column)[..., HEIGHT]
+    heights = per_column & FIELD_MASK  # HEIGHT, the lowest field
     max_height = out[row["max_height"]]
     max_height[:] = np.maximum.reduce(heights, axis=0)
     steps = heights[1:] - heights[:-1]
@@ -171,9 +171,12 @@ def _all_features(a: Afterstates) -> tuple[np.ndarray, np.ndarray]:
     wells &= np.invert(inner)
     np.add.reduce(_well_table().take(wells), axis=0, out=out[row["cumulative_wells"]])
     out[row["rows_with_holes"]] = np.bitwise_count(np.bitwise_or.reduce(_hole_table().take(inner), axis=0))
-    out[row["lines"]] = a.lines
     out[row["landing_height"]] = a.landing_height
-    out[row["eroded_cells"]] = a.eroded_cells
+    if isinstance(a.lines, int):
+        out[row["lines"]:] = a.lines  # no placement cleared a row, so none eroded a cell
+    else:
+        out[row["lines"]] = a.lines
+        out[row["eroded_cells"]] = a.eroded_cells
     return out, heights
 
 

@@ -53,8 +53,7 @@ KIND_OFFSET = 2  # tetris-gymnasium numbers pieces after 0 (empty) and 1 (wall):
 REWARDS = RewardsMapping()
 SEED_LIMIT = 2**31  # drawn episode seeds are 1 .. 2^31 - 1: tetris-gymnasium ignores seed 0
 BOARD_STATS = ("holes", "max_height", "bumpiness")  # per episode, means over the boards the agent left
-_STATS_AT = rows_of(BOARD_STATS)  # their rows in `Afterstates.by_feature`
-_LOCK_AT = rows_of(("lines", "max_height"))
+_LOCKED_AT = rows_of(("lines", "max_height", *BOARD_STATS))  # what a lock reads of its afterstate's features
 Scorer = Callable[[dict[str, np.ndarray]], np.ndarray]  # observation -> (40,) the agent's value of each placement
 
 
@@ -126,6 +125,8 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 PIECES: tuple[PieceTable, ...] = tuple(_piece_table(i) for i in range(len(Tetris.TETROMINOES)))
 # A board no taller than this cannot overlap a piece at its spawn: the spawn check then needs no board lookup.
 SPAWN_CLEAR_HEIGHT = ROWS - 1 - max(int(p.spawn_rows.max()) for p in PIECES)
+# ... and no piece dropped on a board no taller than this ends above the top: its landing rows need no replay.
+LOW_BOARD = ROWS - 1 - max(int(p.rows.max()) for p in PIECES)
 
 
 class PlacementTetris(gym.Env):
@@ -160,7 +161,8 @@ class PlacementTetris(gym.Env):
         })
         self.action_space = spaces.Discrete(N_ACTIONS)
         self._queue = TetrominoQueue(BagRandomizer(len(PIECES)))
-        self.board = np.zeros((ROWS, COLS), dtype=np.uint8)  # piece kinds, like tetris-gymnasium's playfield
+        self._board = np.zeros((ROWS, COLS), dtype=np.uint8)  # piece kinds, like tetris-gymnasium's playfield
+        self._unwritten: list[tuple[PieceTable, int, int, int]] = []  # locks not yet drawn on it: see `board`
         self._cols = WALLS  # the same board as column bitmasks, what the features read
         self._heights = np.zeros(COLS, dtype=np.int64)  # its column heights, for the landing rows
         self._max_height = 0.0
@@ -182,7 +184,8 @@ class PlacementTetris(gym.Env):
         # no seed (an auto-reset): draw one, so that this episode too is replayable from its seed alone
         self.episode_seed = seed or int(self.np_random.integers(1, SEED_LIMIT))
         self._queue.reset(seed=self.episode_seed)  # tetris-gymnasium's own 7-bag: same seed, same pieces
-        self.board[:] = 0
+        self._board[:] = 0
+        self._unwritten.clear()
         self._cols, self._heights, self._max_height = WALLS, np.zeros(COLS, dtype=np.int64), 0.0
         self._piece = PIECES[self._queue.get_next_tetromino()]
         self._pieces = self._lines = 0
@@ -204,7 +207,6 @@ class PlacementTetris(gym.Env):
             reward, terminated = float(REWARDS.game_over), True
         else:
             lines = self._lock(slot)
-            self._add_board_stats(slot)
             self._piece = PIECES[self._queue.get_next_tetromino()]
             terminated = self._spawn_collides()
             reward = float(REWARDS.game_over if terminated else REWARDS.alife + lines**2 * COLS)
@@ -266,13 +268,6 @@ class PlacementTetris(gym.Env):
         rows = self._landing_row[slot] + self._piece.rows[slot]
         return [[int(r), int(c)] for r, c in zip(rows, self._piece.cols[slot], strict=True) if r >= 0]
 
-    def _add_board_stats(self, slot: int) -> None:
-        """Add the holes, max height and bumpiness of the board just left (already computed as its afterstate)."""
-        sums = self._board_sums
-        sums[0] += 1
-        for i, value in enumerate(self._after.by_feature[_STATS_AT, slot].tolist(), start=1):
-            sums[i] += int(value)
-
     def _episode_stats(self) -> dict[str, float]:
         """The game's own counters, and the mean holes, max height and bumpiness of the boards left."""
         return {"reward": self._score, "lines": self._lines, "pieces": self._pieces, **self._board_means()}
@@ -305,24 +300,44 @@ class PlacementTetris(gym.Env):
         return bool(self.board[self._piece.spawn_rows, self._piece.spawn_cols].any())
 
     def _lock(self, slot: int) -> int:
-        """Write the current piece where it lands and clear full rows; return their number.
+        """Lock the current piece where it lands; return the rows it cleared.
 
-        The column masks of the result were already computed, as this placement's afterstate.
+        The result was already computed, as this placement's afterstate: its column masks
+        become the board, and its holes, max height and bumpiness are added to the episode's
+        board stats. The board of piece kinds is drawn later (`board`).
         """
-        piece, after = self._piece, self._after
-        self.board[self._landing_row[slot] + piece.rows[slot], piece.cols[slot]] = piece.kind
+        after = self._after
         self._cols, self._heights = after.cols[:, slot], after.heights[:, slot]
-        n, self._max_height = after.by_feature[_LOCK_AT, slot].tolist()
-        n = int(n)
-        if n:
-            full = self.board.all(axis=1)
-            self.board = np.concatenate([np.zeros((n, COLS), dtype=np.uint8), self.board[~full]])
-        return n
+        lines, self._max_height, *stats = after.by_feature[_LOCKED_AT, slot].tolist()
+        sums = self._board_sums
+        sums[0] += 1
+        for i, value in enumerate(stats, start=1):
+            sums[i] += int(value)
+        self._unwritten.append((self._piece, slot, int(self._landing_row[slot]), int(lines)))
+        return int(lines)
+
+    @property
+    def board(self) -> np.ndarray:
+        """``(20, 10)`` piece kinds, like tetris-gymnasium's playfield: 0 empty, 2-8 the pieces.
+
+        Drawn when read (frames at 30/s, tall boards, tests), not at every lock: the features
+        read the column masks, and writing cells and clearing rows here cost a tenth of a step.
+        """
+        for piece, slot, row, lines in self._unwritten:
+            self._board[row + piece.rows[slot], piece.cols[slot]] = piece.kind
+            if lines:
+                full = self._board.all(axis=1)
+                self._board = np.concatenate([np.zeros((lines, COLS), dtype=np.uint8), self._board[~full]])
+        self._unwritten.clear()
+        return self._board
 
     def _observe(self) -> dict[str, np.ndarray]:
         piece = self._piece
-        self._landing_row, self._blocked = landing_rows(piece, self.board, self._heights)
-        afterstates = place_all(piece, self._cols, self._landing_row)
+        if self._max_height <= LOW_BOARD:
+            self._landing_row, self._blocked = drop_rows(piece, self._heights), piece.unblocked
+        else:
+            self._landing_row, self._blocked = landing_rows(piece, self.board, self._heights)
+        afterstates = place_all(piece, self._cols, self._landing_row, on_board=self._blocked is piece.unblocked)
         features = np.zeros((N_ACTIONS, len(self.feature_names)), dtype=np.float32)
         features[piece.actions] = afterstates.by_feature[self._rows].T
         self._after = afterstates
@@ -340,7 +355,7 @@ def landing_rows(piece: PieceTable, filled: np.ndarray, heights: np.ndarray) -> 
     replay tetris-gymnasium exactly: game over if the piece overlaps the stack at
     row 0, else a row-by-row drop, which may slide it into a cave under an overhang.
     """
-    rows = np.minimum.reduce(piece.limit - heights[piece.cells_cols], axis=0)
+    rows = drop_rows(piece, heights)
     if np.minimum.reduce(rows) >= 0:
         return rows, piece.unblocked
     blocked = np.zeros(len(rows), dtype=bool)
@@ -356,18 +371,24 @@ def landing_rows(piece: PieceTable, filled: np.ndarray, heights: np.ndarray) -> 
     return rows, blocked
 
 
+def drop_rows(piece: PieceTable, heights: np.ndarray) -> np.ndarray:
+    """Row of each legal placement dropped onto the surface of its columns: one row above the highest cell met."""
+    return np.minimum.reduce(piece.limit - heights[piece.cells_cols], axis=0)
+
+
 def _fits(filled: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> bool:
     return rows.max() < ROWS and not filled[rows, cols].any()
 
 
-def place_all(piece: PieceTable, cols: np.ndarray, landing_row: np.ndarray) -> Afterstates:
+def place_all(piece: PieceTable, cols: np.ndarray, landing_row: np.ndarray, on_board: bool = False) -> Afterstates:
     """Boards after every legal placement (full rows cleared), as one stack of column masks.
 
     A blocked placement is drawn where it would rest, its cells above the top cut
     off, so that its features look like the near-full board that ends the game.
+    ``on_board``: the caller knows that no landing row is negative (no cells to cut off).
     """
     shift = landing_row
-    if np.minimum.reduce(shift) >= 0:
+    if on_board or np.minimum.reduce(shift) >= 0:
         placed = piece.col_bits << shift
     else:
         placed = np.where(shift >= 0, piece.col_bits << np.maximum(shift, 0), piece.col_bits >> np.maximum(-shift, 0))

@@ -92,7 +92,7 @@ def test_landing_rows_match_tetris_gymnasiums_drop_on_ragged_tall_boards():
         filled = rng.random((20, 10)) < np.linspace(0.15, 0.6, 20)[:, None]
         base.board[:20, PAD:-PAD] = filled
         for index, piece in enumerate(PIECES):
-            rows, blocked = landing_rows(piece, filled, column_heights(column_masks(filled)))
+            rows, blocked = landing_rows(piece, column_heights(column_masks(filled)), lambda board=filled: board)
             for slot, action in enumerate(piece.actions):
                 expected_row, expected_blocked = _tetris_gymnasium_drop(base, index, action)
                 assert blocked[slot] == expected_blocked
@@ -209,7 +209,7 @@ def test_every_board_feature_matches_its_cell_by_cell_definition_on_random_ragge
 def test_a_flat_i_piece_completing_a_row_reports_lines_erosion_and_landing():
     filled = parse(["XXX....XXX", "XXX....XXX"])
     piece = PIECES[0]  # I
-    rows, blocked = landing_rows(piece, filled, column_heights(column_masks(filled)))
+    rows, blocked = landing_rows(piece, column_heights(column_masks(filled)), lambda board=filled: board)
     after = place_all(piece, column_masks(filled), rows)
     slot = piece.slot[5 * 4 + 0]  # flat, centred on column 5: cells in columns 3..6
     assert not blocked[slot]

@@ -99,7 +99,7 @@ def column_masks(filled: np.ndarray) -> np.ndarray:
 
 def column_heights(cols: np.ndarray) -> np.ndarray:
     """``(12, ...)`` walled column masks -> ``(10, ...)`` heights of the playfield's columns."""
-    return _column_table().take(cols[1:-1]) & FIELD_MASK
+    return _column_table().take(cols[1:-1]) & _SUM_MASKS[HEIGHT, 0]
 
 
 def board_features(filled: np.ndarray, names: Sequence[str]) -> np.ndarray:
@@ -158,19 +158,22 @@ def _all_features(a: Afterstates) -> tuple[np.ndarray, np.ndarray]:
     inner = cols[1:-1]
     out = np.empty((len(row), cols.shape[1]), dtype=np.float32)
     per_column = _column_table().take(inner)
-    out[:4] = _fields(np.add.reduce(per_column, axis=0)).T  # 16 bits a count hold its sum over 10 columns
-    heights = per_column & FIELD_MASK  # HEIGHT, the lowest field
+    out[:4] = (np.add.reduce(per_column, axis=0) >> _SUM_SHIFTS) & _SUM_MASKS  # carries only go up: sums intact
+    holes = np.bitwise_or.reduce(per_column, axis=0) >> HOLE_ROWS_SHIFT  # the fields below are OR-ed garbage
+    out[row["rows_with_holes"]] = np.bitwise_count(holes)
+    heights = per_column & _SUM_MASKS[0]  # HEIGHT, the lowest field
     max_height = out[row["max_height"]]
     max_height[:] = np.maximum.reduce(heights, axis=0)
     steps = heights[1:] - heights[:-1]
     np.add.reduce(np.abs(steps, out=steps), axis=0, out=out[row["bumpiness"]])
     row_transitions = out[row["row_transitions"]]
-    np.add.reduce(np.bitwise_count(cols[1:] ^ cols[:-1]), axis=0, out=row_transitions)
-    row_transitions += 2 * max_height - 2 * ROWS  # the walls' 2 for each empty row above the stack do not count
+    # the walls' 2 for each empty row above the stack do not count
+    np.add.reduce(np.bitwise_count(cols[1:] ^ cols[:-1]), axis=0, out=row_transitions, initial=-2 * ROWS)
+    row_transitions += max_height
+    row_transitions += max_height
     wells = cols[:-2] & cols[2:]
-    wells &= np.invert(inner)
+    wells &= ~inner
     np.add.reduce(_well_table().take(wells), axis=0, out=out[row["cumulative_wells"]])
-    out[row["rows_with_holes"]] = np.bitwise_count(np.bitwise_or.reduce(_hole_table().take(inner), axis=0))
     out[row["landing_height"]] = a.landing_height
     if isinstance(a.lines, int):
         out[row["lines"]:] = a.lines  # no placement cleared a row, so none eroded a cell
@@ -180,32 +183,26 @@ def _all_features(a: Afterstates) -> tuple[np.ndarray, np.ndarray]:
     return out, heights
 
 
-def _fields(packed: np.ndarray) -> np.ndarray:
-    """``(...)`` packed int64 counts -> ``(..., 4)`` int16 view (the counts are 16-bit, low first).
-
-    Little-endian explicitly: on a big-endian machine ``astype`` makes the one copy that keeps it right.
-    """
-    return packed.astype("<i8", copy=False).view("<i2").reshape(*packed.shape, 4)
-
-
 # Per-column counts, some over pairs of cells in a column, which a few bit operations cannot do
 # but a lookup table over all 2^20 columns can; each is built on first use (~0.1-0.3 s).
 
 HEIGHT, HOLES, COLUMN_TRANSITIONS, HOLE_DEPTH = range(4)  # the counts of `_column_table`, low bits first
-FIELD_BITS = 16
-FIELD_MASK = (1 << FIELD_BITS) - 1
+_SUM_BITS = (8, 8, 8, 10)  # wide enough for each count's sum over 10 columns: 200, 190, 200 and 1,000 at most
+_SUM_SHIFTS = np.cumsum((0, *_SUM_BITS[:-1]), dtype=np.int64)[:, None]
+_SUM_MASKS = (1 << np.array(_SUM_BITS, dtype=np.int64))[:, None] - 1
+HOLE_ROWS_SHIFT = sum(_SUM_BITS)  # then the column's holes as 20 row bits
 
 
 @cache
 def _column_table() -> np.ndarray:
-    """Indexed by a column's 20 row bits: its height, holes, transitions (floor filled) and hole depth.
+    """Indexed by a column's 20 row bits: its height, holes, transitions (floor filled), hole depth, hole rows.
 
-    The four counts are packed 16 bits apart in one int64 (8 MB in all), so that one gather
-    fetches them and one sum adds them up over the columns: a count is at most 100 (hole
-    depth: 10 holes under 10 cells), its sum over 10 columns at most 1,000 < 2^16.
+    All packed in one int64 (8 MB in all), so that one gather fetches them, one sum adds the
+    counts up over the columns (each field wide enough for its sum; the hole rows above them
+    sum to garbage) and one OR gives the rows with holes (the counts below OR to garbage).
     """
     cols = np.arange(1 << ROWS, dtype=np.int64) | FLOOR
-    holes = _holes(cols)
+    holes = ~cols & ~((cols & -cols) - 1) & PLAYFIELD  # empty, and below the column's top filled cell
     depth = np.zeros(1 << ROWS, dtype=np.int64)
     for d in range(1, ROWS):
         depth += np.bitwise_count(holes & (cols << d))  # holes with a filled cell d rows above
@@ -215,21 +212,11 @@ def _column_table() -> np.ndarray:
         COLUMN_TRANSITIONS: np.bitwise_count((cols ^ (cols >> 1)) & PLAYFIELD),
         HOLE_DEPTH: depth,
     }
-    table = np.zeros(1 << ROWS, dtype=np.int64)
+    table = holes << HOLE_ROWS_SHIFT
     for field, count in counts.items():
-        table |= count.astype(np.int64) << (FIELD_BITS * field)
+        assert COLS * int(count.max()) < 1 << _SUM_BITS[field]
+        table |= count.astype(np.int64) << int(_SUM_SHIFTS[field, 0])
     return table
-
-
-def _holes(cols: np.ndarray) -> np.ndarray:
-    """Hole cells of columns (floor bit set): empty, and below the column's top filled cell."""
-    return ~cols & ~((cols & -cols) - 1) & PLAYFIELD
-
-
-@cache
-def _hole_table() -> np.ndarray:
-    """Indexed by a column's 20 row bits: its holes as row bits (4 MB), OR-ed over columns for rows with holes."""
-    return _holes(np.arange(1 << ROWS, dtype=np.int64) | FLOOR).astype(np.int32)
 
 
 @cache

@@ -333,10 +333,8 @@ class PlacementTetris(gym.Env):
 
     def _observe(self) -> dict[str, np.ndarray]:
         piece = self._piece
-        if self._max_height <= LOW_BOARD:
-            self._landing_row, self._blocked = drop_rows(piece, self._heights), piece.unblocked
-        else:
-            self._landing_row, self._blocked = landing_rows(piece, self.board, self._heights)
+        self._landing_row, self._blocked = landing_rows(piece, self._heights, lambda: self.board,
+                                                        low=self._max_height <= LOW_BOARD)
         afterstates = place_all(piece, self._cols, self._landing_row, on_board=self._blocked is piece.unblocked)
         features = np.zeros((N_ACTIONS, len(self.feature_names)), dtype=np.float32)
         features[piece.actions] = afterstates.by_feature[self._rows].T
@@ -345,10 +343,13 @@ class PlacementTetris(gym.Env):
         return self._obs
 
 
-def landing_rows(piece: PieceTable, filled: np.ndarray, heights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def landing_rows(piece: PieceTable, heights: np.ndarray, filled: Callable[[], np.ndarray],
+                 low: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Row of each legal placement after a hard drop, and whether it is blocked (game over).
 
-    ``filled``: the board, non-zero where filled; ``heights``: its column heights.
+    ``heights``: the board's column heights; ``filled``: returns the board, non-zero where
+    filled, read only when a piece would end above the top; ``low``: the caller knows that
+    none can (the board is no taller than `LOW_BOARD`).
 
     A piece that starts above the surface of its columns lands one row above the
     first surface cell it meets. Otherwise (a stack reaching the top rows) we
@@ -356,16 +357,17 @@ def landing_rows(piece: PieceTable, filled: np.ndarray, heights: np.ndarray) -> 
     row 0, else a row-by-row drop, which may slide it into a cave under an overhang.
     """
     rows = drop_rows(piece, heights)
-    if np.minimum.reduce(rows) >= 0:
+    if low or np.minimum.reduce(rows) >= 0:
         return rows, piece.unblocked
+    board = filled()
     blocked = np.zeros(len(rows), dtype=bool)
     for slot in np.flatnonzero(rows < 0):
         cells_rows, cells_cols = piece.rows[slot], piece.cols[slot]
-        if filled[cells_rows, cells_cols].any():
+        if board[cells_rows, cells_cols].any():
             blocked[slot] = True
             continue
         row = 0
-        while _fits(filled, cells_rows + row + 1, cells_cols):
+        while _fits(board, cells_rows + row + 1, cells_cols):
             row += 1
         rows[slot] = row
     return rows, blocked

@@ -32,7 +32,6 @@ Definitions (the classic four, plus the Dellacherie / Thiery-Scherrer "BCTS" set
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -107,7 +106,6 @@ def board_features(filled: np.ndarray, names: Sequence[str]) -> np.ndarray:
     return Afterstates(column_masks(filled)[:, None], 0, 0, 0).compute(names)[0]
 
 
-@dataclass
 class Afterstates:
     """A stack of boards left by N placements, with what the placements themselves did.
 
@@ -121,18 +119,17 @@ class Afterstates:
     one gather in `_column_table` and one sum.
 
     :param cols: ``(12, N)`` int64 walled column masks after full rows were cleared.
-    :param lines: ``(N,)`` rows cleared by each placement (or one number for all).
+    :param lines: ``(N,)`` rows cleared by each placement (or 0: none cleared any).
     :param landing_height: ``(N,)`` see the module docstring.
-    :param eroded_cells: ``(N,)`` see the module docstring.
+    :param eroded_cells: ``(N,)`` see the module docstring (or 0 with ``lines``).
     """
 
-    cols: np.ndarray
-    lines: np.ndarray | int
-    landing_height: np.ndarray | float
-    eroded_cells: np.ndarray | int
+    __slots__ = ("by_feature", "cols", "heights")
 
-    def __post_init__(self) -> None:
-        self.by_feature, self.heights = _all_features(self)
+    def __init__(self, cols: np.ndarray, lines: np.ndarray | int, landing_height: np.ndarray | float,
+                 eroded_cells: np.ndarray | int) -> None:
+        self.cols = cols
+        self.by_feature, self.heights = _all_features(cols, lines, landing_height, eroded_cells)
 
     def compute(self, names: Sequence[str]) -> np.ndarray:
         """``(N, len(names))`` float32 feature matrix."""
@@ -152,9 +149,10 @@ def rows_of(names: Sequence[str]) -> list[int]:
     return [_ROWS_OF[name] for name in names]
 
 
-def _all_features(a: Afterstates) -> tuple[np.ndarray, np.ndarray]:
+def _all_features(cols: np.ndarray, lines: np.ndarray | int, landing_height: np.ndarray | float,
+                  eroded_cells: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
     """``(12, N)`` float32 features (rows: `_ROWS_OF`), and the ``(10, N)`` int64 column heights."""
-    cols, row = a.cols, _ROWS_OF
+    row = _ROWS_OF
     inner = cols[1:-1]
     out = np.empty((len(row), cols.shape[1]), dtype=np.float32)
     per_column = _column_table().take(inner)
@@ -174,12 +172,12 @@ def _all_features(a: Afterstates) -> tuple[np.ndarray, np.ndarray]:
     wells = cols[:-2] & cols[2:]
     wells &= ~inner
     np.add.reduce(_well_table().take(wells), axis=0, out=out[row["cumulative_wells"]])
-    out[row["landing_height"]] = a.landing_height
-    if isinstance(a.lines, int):
-        out[row["lines"]:] = a.lines  # no placement cleared a row, so none eroded a cell
+    out[row["landing_height"]] = landing_height
+    if isinstance(lines, int):
+        out[row["lines"]:] = lines  # no placement cleared a row, so none eroded a cell
     else:
-        out[row["lines"]] = a.lines
-        out[row["eroded_cells"]] = a.eroded_cells
+        out[row["lines"]] = lines
+        out[row["eroded_cells"]] = eroded_cells
     return out, heights
 
 

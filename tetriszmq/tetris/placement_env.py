@@ -151,6 +151,7 @@ class PlacementTetris(gym.Env):
     ) -> None:
         self.feature_names = check_names(features or DEFAULT_FEATURES)
         self._rows = rows_of(self.feature_names)  # of `Afterstates.by_feature`
+        self._obs_shape = (N_ACTIONS, len(self.feature_names))
         self.max_pieces = max_pieces or 0
         self.render_mode = render_mode
         n = len(self.feature_names)
@@ -336,7 +337,7 @@ class PlacementTetris(gym.Env):
         self._landing_row, self._blocked = landing_rows(piece, self._heights, lambda: self.board,
                                                         low=self._max_height <= LOW_BOARD)
         afterstates = place_all(piece, self._cols, self._landing_row, on_board=self._blocked is piece.unblocked)
-        features = np.zeros((N_ACTIONS, len(self.feature_names)), dtype=np.float32)
+        features = np.zeros(self._obs_shape, dtype=np.float32)
         features[piece.actions] = afterstates.by_feature[self._rows].T
         self._after = afterstates
         self._obs = {"features": features, "mask": piece.mask.copy()}
@@ -402,7 +403,7 @@ def place_all(piece: PieceTable, cols: np.ndarray, landing_row: np.ndarray, on_b
         after = _clear_rows(after, full) | WALLS[:, None]
     else:  # most placements clear nothing
         lines = eroded_cells = 0
-    return Afterstates(cols=after, lines=lines, landing_height=piece.top - landing_row, eroded_cells=eroded_cells)
+    return Afterstates(after, lines, piece.top - landing_row, eroded_cells)
 
 
 def _clear_rows(cols: np.ndarray, full: np.ndarray) -> np.ndarray:

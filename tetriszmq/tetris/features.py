@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache
 
+import numba
 import numpy as np
 
 ROWS, COLS = 20, 10
@@ -83,6 +84,7 @@ def typical_scales(names: Sequence[str]) -> np.ndarray:
 
 
 WALLS = np.array([PLAYFIELD] + [0] * COLS + [PLAYFIELD], dtype=np.int64)  # the wall columns either side
+WALLED = COLS + 2
 
 
 def column_masks(filled: np.ndarray) -> np.ndarray:
@@ -97,123 +99,173 @@ def column_masks(filled: np.ndarray) -> np.ndarray:
 
 
 def column_heights(cols: np.ndarray) -> np.ndarray:
-    """``(12, ...)`` walled column masks -> ``(10, ...)`` heights of the playfield's columns."""
-    return _column_table().take(cols[1:-1]) & _SUM_MASKS[HEIGHT, 0]
+    """``(12,)`` walled column masks -> ``(10,)`` heights of the playfield's columns."""
+    return _column_table()[cols[1:-1]] & _MASK_HEIGHT
+
+
+def columns_of(names: Sequence[str]) -> np.ndarray:
+    """The columns of `Afterstates.values` that hold these features, in this order."""
+    return np.array([FEATURES.index(name) for name in names], dtype=np.int64)
+
+
+class Afterstates:
+    """A stack of N boards (the afterstates of N placements) with all 12 features of each.
+
+    :param cols: ``(N, 12)`` int64 walled column masks, full rows cleared.
+    :param values: ``(N, 12)`` float32, the features in `FEATURES` order.
+    :param heights: ``(N, 10)`` int64 column heights.
+    """
+
+    __slots__ = ("cols", "heights", "values")
+
+    def __init__(self, cols: np.ndarray, values: np.ndarray, heights: np.ndarray) -> None:
+        self.cols, self.values, self.heights = cols, values, heights
+
+    @classmethod
+    def of_boards(cls, cols: np.ndarray) -> Afterstates:
+        """Boards as they stand, no placement: lines, landing height and eroded cells are 0."""
+        values = np.zeros((len(cols), len(FEATURES)), dtype=np.float32)
+        heights = np.empty((len(cols), COLS), dtype=np.int64)
+        for j in range(len(cols)):
+            _board_features(cols[j], *lookup_tables(), values[j], heights[j])
+        return cls(cols, values, heights)
+
+    def compute(self, names: Sequence[str]) -> np.ndarray:
+        """``(N, len(names))`` float32 feature matrix."""
+        return self.values[:, columns_of(names)]
 
 
 def board_features(filled: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """Features of one ``(20, 10)`` board as it stands (no placement: lines, landing, eroded are 0)."""
-    return Afterstates(column_masks(filled)[:, None], 0, 0, 0).compute(names)[0]
+    return Afterstates.of_boards(column_masks(filled)[None]).compute(names)[0]
 
 
-class Afterstates:
-    """A stack of boards left by N placements, with what the placements themselves did.
+# --- the compiled kernels ----------------------------------------------------------------------
+# A step scores ~34 candidate boards; done as numpy calls over all of them at once, the ~40 calls
+# (~0.5-1 us each, whatever the arrays' size) were most of the step. Compiled, a candidate's
+# placement, line clears and 12 features are one pass over its 12 columns (docs/PERFORMANCE.md).
 
-    All 12 features of all N boards are computed at once, on creation, into one ``(12, N)``
-    array (`by_feature`, a row per feature): what costs is the number of numpy calls (~0.5-1
-    us each), not the size of the arrays, so the whole set (about 30 calls) is cheaper than
-    choosing among them, and a feature list is a selection of rows. The boards are stored
-    column-major, ``(12, N)``, so that every sum, maximum or OR over a board's columns is an
-    element-wise operation over rows of N candidates (numpy's fast inner loop), not N short
-    reductions. Sums over columns (heights, holes, column transitions, hole depth) come from
-    one gather in `_column_table` and one sum.
+(LINES, HOLES_AT, BUMPINESS, AGGREGATE_HEIGHT, MAX_HEIGHT, LANDING_HEIGHT, ERODED_CELLS, ROW_TRANSITIONS,
+ COLUMN_TRANSITIONS, CUMULATIVE_WELLS, HOLE_DEPTH_AT, ROWS_WITH_HOLES) = (FEATURES.index(name) for name in (
+    "lines", "holes", "bumpiness", "aggregate_height", "max_height", "landing_height", "eroded_cells",
+    "row_transitions", "column_transitions", "cumulative_wells", "hole_depth", "rows_with_holes"))
 
-    :param cols: ``(12, N)`` int64 walled column masks after full rows were cleared.
-    :param lines: ``(N,)`` rows cleared by each placement (or 0: none cleared any).
-    :param landing_height: ``(N,)`` see the module docstring.
-    :param eroded_cells: ``(N,)`` see the module docstring (or 0 with ``lines``).
+
+@numba.njit(cache=True, inline="always")
+def _popcount(x: int) -> int:
+    """Set bits of a non-negative int64 (SWAR: no loop, no table)."""
+    x = x - ((x >> 1) & 0x5555555555555555)
+    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
+    return (x * 0x0101010101010101) >> 56  # at most 64, so the wrapped product's top byte is the count
+
+
+@numba.njit(cache=True)
+def _board_features(cols: np.ndarray, table: np.ndarray, wells_table: np.ndarray, out: np.ndarray,
+                    heights: np.ndarray) -> None:
+    """The 9 features of one walled board that need no placement into ``out``, its heights into ``heights``."""
+    height_sum = holes = transitions = hole_depth = hole_rows = max_height = bumpiness = wells = 0
+    for c in range(1, COLS + 1):
+        col = cols[c]
+        packed = table[col]
+        height = packed & _MASK_HEIGHT
+        heights[c - 1] = height
+        height_sum += height
+        holes += (packed >> _SHIFT_HOLES) & _MASK_HOLES
+        transitions += (packed >> _SHIFT_COLUMN_TRANSITIONS) & _MASK_COLUMN_TRANSITIONS
+        hole_depth += (packed >> _SHIFT_HOLE_DEPTH) & _MASK_HOLE_DEPTH
+        hole_rows |= packed >> HOLE_ROWS_SHIFT
+        max_height = max(max_height, height)
+        if c > 1:
+            bumpiness += abs(height - heights[c - 2])
+        wells += wells_table[cols[c - 1] & cols[c + 1] & ~col]
+    row_transitions = 0
+    for c in range(WALLED - 1):
+        row_transitions += _popcount(cols[c] ^ cols[c + 1])
+    out[AGGREGATE_HEIGHT] = height_sum
+    out[HOLES_AT] = holes
+    out[COLUMN_TRANSITIONS] = transitions
+    out[HOLE_DEPTH_AT] = hole_depth
+    out[ROWS_WITH_HOLES] = _popcount(hole_rows)
+    out[MAX_HEIGHT] = max_height
+    out[BUMPINESS] = bumpiness
+    out[ROW_TRANSITIONS] = row_transitions - 2 * (ROWS - max_height)  # the walls' 2 per empty row above the stack
+    out[CUMULATIVE_WELLS] = wells
+
+
+@numba.njit(cache=True)
+def place_and_measure(board: np.ndarray, col_bits: np.ndarray, landing_rows: np.ndarray, tops: np.ndarray,
+                      table: np.ndarray, wells_table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Place each of K candidates on ``board``, clear full rows, and measure the boards left.
+
+    :param board: ``(12,)`` walled column masks.
+    :param col_bits: ``(K, 12)`` each candidate's cells as column masks, its matrix's top row at bit 0.
+    :param landing_rows: ``(K,)`` the row each lands at; negative: its cells above the top are cut off.
+    :param tops: ``(K,)`` landing height + landing row (the piece's middle, from the floor, at row 0).
+    :return: `Afterstates`' ``cols``, ``values`` and ``heights``.
     """
-
-    __slots__ = ("by_feature", "cols", "heights")
-
-    def __init__(self, cols: np.ndarray, lines: np.ndarray | int, landing_height: np.ndarray | float,
-                 eroded_cells: np.ndarray | int) -> None:
-        self.cols = cols
-        self.by_feature, self.heights = _all_features(cols, lines, landing_height, eroded_cells)
-
-    def compute(self, names: Sequence[str]) -> np.ndarray:
-        """``(N, len(names))`` float32 feature matrix."""
-        return self.by_feature[rows_of(names)].T
-
-
-_ROWS_OF = {name: i for i, name in enumerate((  # `Afterstates.by_feature`'s rows: the packed sums first
-    "aggregate_height", "holes", "column_transitions", "hole_depth",  # `_column_table`'s field order
-    "max_height", "bumpiness", "row_transitions", "cumulative_wells", "rows_with_holes",
-    "landing_height", "lines", "eroded_cells",  # the last two: one zero-fill when nothing clears
-))}
-assert set(_ROWS_OF) == set(_SPEC)
-
-
-def rows_of(names: Sequence[str]) -> list[int]:
-    """The rows of `Afterstates.by_feature` that hold these features, in this order."""
-    return [_ROWS_OF[name] for name in names]
-
-
-def _all_features(cols: np.ndarray, lines: np.ndarray | int, landing_height: np.ndarray | float,
-                  eroded_cells: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
-    """``(12, N)`` float32 features (rows: `_ROWS_OF`), and the ``(10, N)`` int64 column heights."""
-    row = _ROWS_OF
-    inner = cols[1:-1]
-    out = np.empty((len(row), cols.shape[1]), dtype=np.float32)
-    per_column = _column_table().take(inner)
-    out[:4] = (np.add.reduce(per_column, axis=0) >> _SUM_SHIFTS) & _SUM_MASKS  # carries only go up: sums intact
-    holes = np.bitwise_or.reduce(per_column, axis=0) >> HOLE_ROWS_SHIFT  # the fields below are OR-ed garbage
-    out[row["rows_with_holes"]] = np.bitwise_count(holes)
-    heights = per_column & _SUM_MASKS[0]  # HEIGHT, the lowest field
-    max_height = out[row["max_height"]]
-    max_height[:] = np.maximum.reduce(heights, axis=0)
-    steps = heights[1:] - heights[:-1]
-    np.add.reduce(np.abs(steps, out=steps), axis=0, out=out[row["bumpiness"]])
-    row_transitions = out[row["row_transitions"]]
-    # the walls' 2 for each empty row above the stack do not count
-    np.add.reduce(np.bitwise_count(cols[1:] ^ cols[:-1]), axis=0, out=row_transitions, initial=-2 * ROWS)
-    row_transitions += max_height
-    row_transitions += max_height
-    wells = cols[:-2] & cols[2:]
-    wells &= ~inner
-    np.add.reduce(_well_table().take(wells), axis=0, out=out[row["cumulative_wells"]])
-    out[row["landing_height"]] = landing_height
-    if isinstance(lines, int):
-        out[row["lines"]:] = lines  # no placement cleared a row, so none eroded a cell
-    else:
-        out[row["lines"]] = lines
-        out[row["eroded_cells"]] = eroded_cells
-    return out, heights
+    k = len(landing_rows)
+    after = np.empty((k, WALLED), dtype=np.int64)
+    values = np.empty((k, len(FEATURES)), dtype=np.float32)
+    heights = np.empty((k, COLS), dtype=np.int64)
+    for j in range(k):
+        row = landing_rows[j]
+        cols = after[j]
+        full = PLAYFIELD
+        for c in range(WALLED):
+            cols[c] = board[c] | (col_bits[j, c] << row if row >= 0 else col_bits[j, c] >> -row)
+            full &= cols[c]
+        lines = eroded = 0
+        if full:
+            lines = _popcount(full)
+            for c in range(WALLED):
+                eroded += _popcount((col_bits[j, c] << row if row >= 0 else col_bits[j, c] >> -row) & full)
+        while full:  # the highest full row first: removing it leaves the rows below where they are
+            top = full & -full
+            above = top - 1
+            for c in range(1, COLS + 1):
+                cols[c] = ((cols[c] & above) << 1) | (cols[c] & ~(above | top))
+            full ^= top
+        _board_features(cols, table, wells_table, values[j], heights[j])
+        values[j, LINES] = lines
+        values[j, ERODED_CELLS] = lines * eroded
+        values[j, LANDING_HEIGHT] = tops[j] - row
+    return after, values, heights
 
 
 # Per-column counts, some over pairs of cells in a column, which a few bit operations cannot do
 # but a lookup table over all 2^20 columns can; each is built on first use (~0.1-0.3 s).
 
-HEIGHT, HOLES, COLUMN_TRANSITIONS, HOLE_DEPTH = range(4)  # the counts of `_column_table`, low bits first
-_SUM_BITS = (8, 8, 8, 10)  # wide enough for each count's sum over 10 columns: 200, 190, 200 and 1,000 at most
-_SUM_SHIFTS = np.cumsum((0, *_SUM_BITS[:-1]), dtype=np.int64)[:, None]
-_SUM_MASKS = (1 << np.array(_SUM_BITS, dtype=np.int64))[:, None] - 1
-HOLE_ROWS_SHIFT = sum(_SUM_BITS)  # then the column's holes as 20 row bits
+# A column's counts packed in one int64, each field wide enough for its sum over 10 columns
+# (200, 190, 200, 1,000 at most), then the column's holes as 20 row bits.
+_SHIFT_HOLES, _SHIFT_COLUMN_TRANSITIONS, _SHIFT_HOLE_DEPTH, HOLE_ROWS_SHIFT = 8, 16, 24, 34
+_MASK_HEIGHT = _MASK_HOLES = _MASK_COLUMN_TRANSITIONS = 0xFF
+_MASK_HOLE_DEPTH = 0x3FF
+
+
+def lookup_tables() -> tuple[np.ndarray, np.ndarray]:
+    """The kernels' tables: `_column_table` and `_well_table`."""
+    return _column_table(), _well_table()
 
 
 @cache
 def _column_table() -> np.ndarray:
-    """Indexed by a column's 20 row bits: its height, holes, transitions (floor filled), hole depth, hole rows.
-
-    All packed in one int64 (8 MB in all), so that one gather fetches them, one sum adds the
-    counts up over the columns (each field wide enough for its sum; the hole rows above them
-    sum to garbage) and one OR gives the rows with holes (the counts below OR to garbage).
-    """
+    """Indexed by a column's 20 row bits: its height, holes, transitions (floor filled), hole depth, hole rows."""
     cols = np.arange(1 << ROWS, dtype=np.int64) | FLOOR
     holes = ~cols & ~((cols & -cols) - 1) & PLAYFIELD  # empty, and below the column's top filled cell
     depth = np.zeros(1 << ROWS, dtype=np.int64)
     for d in range(1, ROWS):
         depth += np.bitwise_count(holes & (cols << d))  # holes with a filled cell d rows above
-    counts = {
-        HEIGHT: ROWS - np.bitwise_count((cols & -cols) - 1).astype(np.int64),
-        HOLES: np.bitwise_count(holes),
-        COLUMN_TRANSITIONS: np.bitwise_count((cols ^ (cols >> 1)) & PLAYFIELD),
-        HOLE_DEPTH: depth,
-    }
+    fields = (  # (count, shift, mask)
+        (ROWS - np.bitwise_count((cols & -cols) - 1).astype(np.int64), 0, _MASK_HEIGHT),
+        (np.bitwise_count(holes), _SHIFT_HOLES, _MASK_HOLES),
+        (np.bitwise_count((cols ^ (cols >> 1)) & PLAYFIELD), _SHIFT_COLUMN_TRANSITIONS, _MASK_COLUMN_TRANSITIONS),
+        (depth, _SHIFT_HOLE_DEPTH, _MASK_HOLE_DEPTH),
+    )
     table = holes << HOLE_ROWS_SHIFT
-    for field, count in counts.items():
-        assert COLS * int(count.max()) < 1 << _SUM_BITS[field]
-        table |= count.astype(np.int64) << int(_SUM_SHIFTS[field, 0])
+    for count, shift, mask in fields:
+        assert COLS * int(count.max()) <= mask
+        table |= count.astype(np.int64) << shift
     return table
 
 

@@ -40,7 +40,9 @@ from tetriszmq.tetris.features import (
     WALLS,
     Afterstates,
     check_names,
-    rows_of,
+    columns_of,
+    lookup_tables,
+    place_and_measure,
     upper_bounds,
 )
 from tetriszmq.tetris.records import MAX_ACTIONS, EpisodeRecord
@@ -53,7 +55,7 @@ KIND_OFFSET = 2  # tetris-gymnasium numbers pieces after 0 (empty) and 1 (wall):
 REWARDS = RewardsMapping()
 SEED_LIMIT = 2**31  # drawn episode seeds are 1 .. 2^31 - 1: tetris-gymnasium ignores seed 0
 BOARD_STATS = ("holes", "max_height", "bumpiness")  # per episode, means over the boards the agent left
-_LOCKED_AT = rows_of(("lines", "max_height", *BOARD_STATS))  # what a lock reads of its afterstate's features
+_LOCKED_AT = columns_of(("lines", "max_height", *BOARD_STATS))  # what a lock reads of its afterstate's features
 Scorer = Callable[[dict[str, np.ndarray]], np.ndarray]  # observation -> (40,) the agent's value of each placement
 
 
@@ -70,7 +72,7 @@ class PieceTable:
     slot: np.ndarray  # (40,) action id -> index into `actions`, -1 when illegal
     rows: np.ndarray  # (K, 4) row of each cell inside the rotated matrix
     cols: np.ndarray  # (K, 4) playfield column of each cell
-    col_bits: np.ndarray  # (12, K) int64 the cells as walled column bitmasks, the matrix's top row at bit 0
+    col_bits: np.ndarray  # (K, 12) int64 the cells as walled column bitmasks, the matrix's top row at bit 0
     cells_cols: np.ndarray  # (4, K) `cols` transposed, for the landing rows' reduction over cells
     limit: np.ndarray  # (4, K) the matrix's lowest row at which each cell rests on the floor: 19 - its row
     top: np.ndarray  # (K,) 20 - the piece's middle row in its matrix: landing height = top - landing row
@@ -106,7 +108,7 @@ def _piece_table(index: int) -> PieceTable:
         slot=slot,
         rows=rows_arr,
         cols=cols_arr,
-        col_bits=np.ascontiguousarray(col_bits.T),
+        col_bits=col_bits,
         cells_cols=np.ascontiguousarray(cols_arr.T),
         limit=np.ascontiguousarray(ROWS - 1 - rows_arr.T),
         unblocked=_read_only(np.zeros(len(actions), dtype=bool)),
@@ -150,7 +152,7 @@ class PlacementTetris(gym.Env):
         render_mode: str | None = None,
     ) -> None:
         self.feature_names = check_names(features or DEFAULT_FEATURES)
-        self._rows = rows_of(self.feature_names)  # of `Afterstates.by_feature`
+        self._columns = columns_of(self.feature_names)  # of `Afterstates.values`
         self._obs_shape = (N_ACTIONS, len(self.feature_names))
         self.max_pieces = max_pieces or 0
         self.render_mode = render_mode
@@ -308,8 +310,8 @@ class PlacementTetris(gym.Env):
         board stats. The board of piece kinds is drawn later (`board`).
         """
         after = self._after
-        self._cols, self._heights = after.cols[:, slot], after.heights[:, slot]
-        lines, self._max_height, *stats = after.by_feature[_LOCKED_AT, slot].tolist()
+        self._cols, self._heights = after.cols[slot], after.heights[slot]
+        lines, self._max_height, *stats = after.values[slot, _LOCKED_AT].tolist()
         sums = self._board_sums
         sums[0] += 1
         for i, value in enumerate(stats, start=1):
@@ -336,9 +338,9 @@ class PlacementTetris(gym.Env):
         piece = self._piece
         self._landing_row, self._blocked = landing_rows(piece, self._heights, lambda: self.board,
                                                         low=self._max_height <= LOW_BOARD)
-        afterstates = place_all(piece, self._cols, self._landing_row, on_board=self._blocked is piece.unblocked)
+        afterstates = place_all(piece, self._cols, self._landing_row)
         features = np.zeros(self._obs_shape, dtype=np.float32)
-        features[piece.actions] = afterstates.by_feature[self._rows].T
+        features[piece.actions] = afterstates.values[:, self._columns]
         self._after = afterstates
         self._obs = {"features": features, "mask": piece.mask.copy()}
         return self._obs
@@ -383,39 +385,10 @@ def _fits(filled: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> bool:
     return rows.max() < ROWS and not filled[rows, cols].any()
 
 
-def place_all(piece: PieceTable, cols: np.ndarray, landing_row: np.ndarray, on_board: bool = False) -> Afterstates:
-    """Boards after every legal placement (full rows cleared), as one stack of column masks.
+def place_all(piece: PieceTable, cols: np.ndarray, landing_row: np.ndarray) -> Afterstates:
+    """Boards after every legal placement (full rows cleared), with their features.
 
     A blocked placement is drawn where it would rest, its cells above the top cut
     off, so that its features look like the near-full board that ends the game.
-    ``on_board``: the caller knows that no landing row is negative (no cells to cut off).
     """
-    shift = landing_row
-    if on_board or np.minimum.reduce(shift) >= 0:
-        placed = piece.col_bits << shift
-    else:
-        placed = np.where(shift >= 0, piece.col_bits << np.maximum(shift, 0), piece.col_bits >> np.maximum(-shift, 0))
-    after = cols[:, None] | placed
-    full = np.bitwise_and.reduce(after, axis=0)  # the walls are full, so a full row has its bit in all 12
-    if np.bitwise_or.reduce(full):
-        lines = np.bitwise_count(full).astype(np.int64)
-        eroded_cells = lines * np.bitwise_count(placed & full).sum(axis=0)
-        after = _clear_rows(after, full) | WALLS[:, None]
-    else:  # most placements clear nothing
-        lines = eroded_cells = 0
-    return Afterstates(after, lines, piece.top - landing_row, eroded_cells)
-
-
-def _clear_rows(cols: np.ndarray, full: np.ndarray) -> np.ndarray:
-    """Remove the full rows of every board of the stack, top-most first.
-
-    Removing row r shifts the rows above it down one bit and leaves the rows
-    below (and so the next full row) where they are; the walls lose their top rows too,
-    which the caller puts back.
-    """
-    while full.any():
-        top = full & -full  # the highest remaining full row, 0 where none is left
-        above = np.where(top, top - 1, 0)
-        cols = ((cols & above) << 1) | (cols & ~(above | top))
-        full = full ^ top
-    return cols
+    return Afterstates(*place_and_measure(cols, piece.col_bits, landing_row, piece.top, *lookup_tables()))

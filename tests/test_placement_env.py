@@ -206,11 +206,53 @@ def test_every_board_feature_matches_its_cell_by_cell_definition_on_random_ragge
         assert ours == features_cell_by_cell(filled)
 
 
+def ragged_board_with_a_well(rng: np.random.Generator) -> np.ndarray:
+    """Random ragged columns over up to 4 rows full but for one column: most pieces clear something."""
+    tops = rng.integers(4, 21, size=10)
+    filled = (np.arange(20)[:, None] >= tops) & (rng.random((20, 10)) < rng.uniform(0.6, 1.0))
+    depth = rng.integers(0, 5)
+    filled[20 - depth:] = True
+    filled[20 - depth:, rng.integers(10)] = False
+    return filled
+
+
+def placed_cell_by_cell(filled: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """The board after writing the cells and removing full rows, the rows removed and the eroded cells."""
+    board = filled.copy()
+    board[rows, cols] = True
+    full = board.all(axis=1)
+    lines = int(full.sum())
+    return np.vstack([np.zeros((lines, 10), dtype=bool), board[~full]]), lines, lines * int(full[rows].sum())
+
+
+def test_every_afterstate_matches_placing_the_piece_cell_by_cell():
+    """The compiled placement (line clears, erosion, landing height) and all 12 features, candidate by candidate."""
+    rng = np.random.default_rng(5)
+    cleared = 0
+    for _ in range(40):
+        filled = ragged_board_with_a_well(rng)
+        cols = column_masks(filled)
+        for piece in PIECES:
+            rows, blocked = landing_rows(piece, column_heights(cols), lambda board=filled: board)
+            after, observation = place_all(piece, cols, rows)
+            for slot, action in enumerate(piece.actions):
+                cell_rows = rows[slot] + piece.rows[slot]
+                board, lines, eroded = placed_cell_by_cell(filled, cell_rows, piece.cols[slot])
+                expected = {**features_cell_by_cell(board), "lines": lines, "eroded_cells": eroded,
+                            "landing_height": 20 - (cell_rows.min() + cell_rows.max()) / 2}
+                assert dict(zip(FEATURES, after.values[slot].tolist(), strict=True)) == expected
+                assert observation[action].tolist() == after.values[slot].tolist()
+                assert np.array_equal(after.cols[slot], column_masks(board))
+                cleared += lines > 0
+            assert not blocked.any()
+    assert cleared > 100
+
+
 def test_a_flat_i_piece_completing_a_row_reports_lines_erosion_and_landing():
     filled = parse(["XXX....XXX", "XXX....XXX"])
     piece = PIECES[0]  # I
     rows, blocked = landing_rows(piece, column_heights(column_masks(filled)), lambda board=filled: board)
-    after = place_all(piece, column_masks(filled), rows)
+    after, _ = place_all(piece, column_masks(filled), rows)
     slot = piece.slot[5 * 4 + 0]  # flat, centred on column 5: cells in columns 3..6
     assert not blocked[slot]
     values = dict(zip(FEATURES, after.compute(FEATURES)[slot], strict=True))

@@ -57,6 +57,7 @@ _SPEC: dict[str, tuple[float, float]] = {
     "rows_with_holes": (ROWS, 10),
 }
 FEATURES: tuple[str, ...] = tuple(_SPEC)
+N_FEATURES = len(FEATURES)  # what the kernels use: a tuple of strings in compiled code is unpickled on every call
 DELLACHERIE_FEATURES: tuple[str, ...] = (
     "landing_height", "eroded_cells", "row_transitions", "column_transitions", "holes", "cumulative_wells",
 )
@@ -124,7 +125,7 @@ class Afterstates:
     @classmethod
     def of_boards(cls, cols: np.ndarray) -> Afterstates:
         """Boards as they stand, no placement: lines, landing height and eroded cells are 0."""
-        values = np.zeros((len(cols), len(FEATURES)), dtype=np.float32)
+        values = np.zeros((len(cols), N_FEATURES), dtype=np.float32)
         heights = np.empty((len(cols), COLS), dtype=np.int64)
         for j in range(len(cols)):
             _board_features(cols[j], *lookup_tables(), values[j], heights[j])
@@ -195,18 +196,23 @@ def _board_features(cols: np.ndarray, table: np.ndarray, wells_table: np.ndarray
 
 @numba.njit(cache=True)
 def place_and_measure(board: np.ndarray, col_bits: np.ndarray, landing_rows: np.ndarray, tops: np.ndarray,
-                      table: np.ndarray, wells_table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      actions: np.ndarray, columns: np.ndarray, n_actions: int, table: np.ndarray,
+                      wells_table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Place each of K candidates on ``board``, clear full rows, and measure the boards left.
 
     :param board: ``(12,)`` walled column masks.
     :param col_bits: ``(K, 12)`` each candidate's cells as column masks, its matrix's top row at bit 0.
     :param landing_rows: ``(K,)`` the row each lands at; negative: its cells above the top are cut off.
     :param tops: ``(K,)`` landing height + landing row (the piece's middle, from the floor, at row 0).
-    :return: `Afterstates`' ``cols``, ``values`` and ``heights``.
+    :param actions: ``(K,)`` each candidate's action id, its row in the observation.
+    :param columns: ``(F,)`` the observation's features, as columns of ``values``.
+    :return: `Afterstates`' ``cols``, ``values`` and ``heights``, and the ``(n_actions, F)``
+        observation: the chosen features of each candidate in its action's row, zeros elsewhere.
     """
     k = len(landing_rows)
     after = np.empty((k, WALLED), dtype=np.int64)
-    values = np.empty((k, len(FEATURES)), dtype=np.float32)
+    values = np.empty((k, N_FEATURES), dtype=np.float32)
+    observation = np.zeros((n_actions, len(columns)), dtype=np.float32)
     heights = np.empty((k, COLS), dtype=np.int64)
     for j in range(k):
         row = landing_rows[j]
@@ -230,7 +236,26 @@ def place_and_measure(board: np.ndarray, col_bits: np.ndarray, landing_rows: np.
         values[j, LINES] = lines
         values[j, ERODED_CELLS] = lines * eroded
         values[j, LANDING_HEIGHT] = tops[j] - row
-    return after, values, heights
+        for f in range(len(columns)):
+            observation[actions[j], f] = values[j, columns[f]]
+    return after, values, heights, observation
+
+
+@numba.njit(cache=True)
+def drop_rows(limit: np.ndarray, cells_cols: np.ndarray, heights: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each candidate's row dropped onto the surface of its columns, and the lowest of them.
+
+    :param limit: ``(K, 4)`` for each of a candidate's cells, the row at which it rests on the floor.
+    :param cells_cols: ``(K, 4)`` the cells' columns.
+    :param heights: ``(10,)`` the board's column heights.
+    """
+    rows = np.empty(len(limit), dtype=np.int64)
+    for j in range(len(limit)):
+        row = limit[j, 0] - heights[cells_cols[j, 0]]
+        for i in range(1, limit.shape[1]):
+            row = min(row, limit[j, i] - heights[cells_cols[j, i]])
+        rows[j] = row
+    return rows, rows.min()
 
 
 # Per-column counts, some over pairs of cells in a column, which a few bit operations cannot do

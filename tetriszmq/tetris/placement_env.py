@@ -41,6 +41,7 @@ from tetriszmq.tetris.features import (
     Afterstates,
     check_names,
     columns_of,
+    drop_rows,
     lookup_tables,
     place_and_measure,
     upper_bounds,
@@ -55,6 +56,7 @@ KIND_OFFSET = 2  # tetris-gymnasium numbers pieces after 0 (empty) and 1 (wall):
 REWARDS = RewardsMapping()
 SEED_LIMIT = 2**31  # drawn episode seeds are 1 .. 2^31 - 1: tetris-gymnasium ignores seed 0
 BOARD_STATS = ("holes", "max_height", "bumpiness")  # per episode, means over the boards the agent left
+ALL_COLUMNS = columns_of(FEATURES)
 _LOCKED_AT = columns_of(("lines", "max_height", *BOARD_STATS))  # what a lock reads of its afterstate's features
 Scorer = Callable[[dict[str, np.ndarray]], np.ndarray]  # observation -> (40,) the agent's value of each placement
 
@@ -73,8 +75,7 @@ class PieceTable:
     rows: np.ndarray  # (K, 4) row of each cell inside the rotated matrix
     cols: np.ndarray  # (K, 4) playfield column of each cell
     col_bits: np.ndarray  # (K, 12) int64 the cells as walled column bitmasks, the matrix's top row at bit 0
-    cells_cols: np.ndarray  # (4, K) `cols` transposed, for the landing rows' reduction over cells
-    limit: np.ndarray  # (4, K) the matrix's lowest row at which each cell rests on the floor: 19 - its row
+    limit: np.ndarray  # (K, 4) the matrix's lowest row at which each cell rests on the floor: 19 - its row
     top: np.ndarray  # (K,) 20 - the piece's middle row in its matrix: landing height = top - landing row
     unblocked: np.ndarray  # (K,) all False, read-only: what most steps' `landing_rows` returns as blocked
     mask: np.ndarray  # (40,) int8
@@ -109,8 +110,7 @@ def _piece_table(index: int) -> PieceTable:
         rows=rows_arr,
         cols=cols_arr,
         col_bits=col_bits,
-        cells_cols=np.ascontiguousarray(cols_arr.T),
-        limit=np.ascontiguousarray(ROWS - 1 - rows_arr.T),
+        limit=ROWS - 1 - rows_arr,
         unblocked=_read_only(np.zeros(len(actions), dtype=bool)),
         top=ROWS - (rows_arr.min(axis=1) + rows_arr.max(axis=1)) / 2,
         mask=mask,
@@ -127,8 +127,6 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 PIECES: tuple[PieceTable, ...] = tuple(_piece_table(i) for i in range(len(Tetris.TETROMINOES)))
 # A board no taller than this cannot overlap a piece at its spawn: the spawn check then needs no board lookup.
 SPAWN_CLEAR_HEIGHT = ROWS - 1 - max(int(p.spawn_rows.max()) for p in PIECES)
-# ... and no piece dropped on a board no taller than this ends above the top: its landing rows need no replay.
-LOW_BOARD = ROWS - 1 - max(int(p.rows.max()) for p in PIECES)
 
 
 class PlacementTetris(gym.Env):
@@ -153,7 +151,6 @@ class PlacementTetris(gym.Env):
     ) -> None:
         self.feature_names = check_names(features or DEFAULT_FEATURES)
         self._columns = columns_of(self.feature_names)  # of `Afterstates.values`
-        self._obs_shape = (N_ACTIONS, len(self.feature_names))
         self.max_pieces = max_pieces or 0
         self.render_mode = render_mode
         n = len(self.feature_names)
@@ -336,31 +333,26 @@ class PlacementTetris(gym.Env):
 
     def _observe(self) -> dict[str, np.ndarray]:
         piece = self._piece
-        self._landing_row, self._blocked = landing_rows(piece, self._heights, lambda: self.board,
-                                                        low=self._max_height <= LOW_BOARD)
-        afterstates = place_all(piece, self._cols, self._landing_row)
-        features = np.zeros(self._obs_shape, dtype=np.float32)
-        features[piece.actions] = afterstates.values[:, self._columns]
-        self._after = afterstates
+        self._landing_row, self._blocked = landing_rows(piece, self._heights, lambda: self.board)
+        self._after, features = place_all(piece, self._cols, self._landing_row, self._columns)
         self._obs = {"features": features, "mask": piece.mask.copy()}
         return self._obs
 
 
-def landing_rows(piece: PieceTable, heights: np.ndarray, filled: Callable[[], np.ndarray],
-                 low: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def landing_rows(piece: PieceTable, heights: np.ndarray,
+                 filled: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Row of each legal placement after a hard drop, and whether it is blocked (game over).
 
     ``heights``: the board's column heights; ``filled``: returns the board, non-zero where
-    filled, read only when a piece would end above the top; ``low``: the caller knows that
-    none can (the board is no taller than `LOW_BOARD`).
+    filled, read only when a piece would end above the top.
 
     A piece that starts above the surface of its columns lands one row above the
     first surface cell it meets. Otherwise (a stack reaching the top rows) we
     replay tetris-gymnasium exactly: game over if the piece overlaps the stack at
     row 0, else a row-by-row drop, which may slide it into a cave under an overhang.
     """
-    rows = drop_rows(piece, heights)
-    if low or np.minimum.reduce(rows) >= 0:
+    rows, lowest = drop_rows(piece.limit, piece.cols, heights)
+    if lowest >= 0:
         return rows, piece.unblocked
     board = filled()
     blocked = np.zeros(len(rows), dtype=bool)
@@ -376,19 +368,18 @@ def landing_rows(piece: PieceTable, heights: np.ndarray, filled: Callable[[], np
     return rows, blocked
 
 
-def drop_rows(piece: PieceTable, heights: np.ndarray) -> np.ndarray:
-    """Row of each legal placement dropped onto the surface of its columns: one row above the highest cell met."""
-    return np.minimum.reduce(piece.limit - heights[piece.cells_cols], axis=0)
-
-
 def _fits(filled: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> bool:
     return rows.max() < ROWS and not filled[rows, cols].any()
 
 
-def place_all(piece: PieceTable, cols: np.ndarray, landing_row: np.ndarray) -> Afterstates:
-    """Boards after every legal placement (full rows cleared), with their features.
+def place_all(piece: PieceTable, cols: np.ndarray, landing_row: np.ndarray,
+              columns: np.ndarray = ALL_COLUMNS) -> tuple[Afterstates, np.ndarray]:
+    """Boards after every legal placement (full rows cleared) with their features, and the observation.
 
     A blocked placement is drawn where it would rest, its cells above the top cut
     off, so that its features look like the near-full board that ends the game.
+    ``columns``: the observation's features, as columns of `Afterstates.values`.
     """
-    return Afterstates(*place_and_measure(cols, piece.col_bits, landing_row, piece.top, *lookup_tables()))
+    *after, observation = place_and_measure(cols, piece.col_bits, landing_row, piece.top, piece.actions, columns,
+                                            N_ACTIONS, *lookup_tables())
+    return Afterstates(*after), observation

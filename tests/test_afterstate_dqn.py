@@ -146,6 +146,32 @@ def test_the_policys_own_predict_chooses_what_sb3s_generic_predict_chooses(train
     assert single["mask"][int(trained.predict(single, deterministic=False)[0])] == 1
 
 
+@pytest.mark.slow  # trains a model
+def test_acting_values_follow_the_network_through_updates_and_loads(trained, tmp_path):
+    """`AfterstateValue.values` (numpy, for acting) equals the torch forward pass, also after its weights change."""
+    obs = random_observations(3, 8, 0.5)["features"]
+    q_net = trained.q_net
+
+    def same() -> bool:
+        with th.no_grad():
+            expected = q_net(th.as_tensor(obs)).numpy()
+        return np.allclose(q_net.values(obs), expected, rtol=1e-5, atol=1e-5)
+
+    assert same()
+    before = q_net.values(obs)
+    trained.learn(50, reset_num_timesteps=False)  # optimiser steps change the weights in place
+    assert not np.allclose(q_net.values(obs), before) and same()
+    saved = q_net.values(obs)
+    trained.save(tmp_path / "model")
+    with th.no_grad():
+        for parameter in q_net.parameters():
+            parameter.zero_()
+    assert same()
+    trained.set_parameters(str(tmp_path / "model"))
+    q_net = trained.q_net
+    assert np.array_equal(q_net.values(obs), saved) and same()
+
+
 def test_the_replay_buffer_holds_what_sb3s_own_store_transition_would_store():
     """Short capped games: ended episodes' terminal observations, in two envs, without SB3's deep copy."""
     from functools import partial

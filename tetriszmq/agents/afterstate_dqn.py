@@ -15,8 +15,12 @@ penalty, gamma 0.95-0.99, epsilon decaying to 1e-3.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
-from typing import Any, ClassVar, NamedTuple
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch as th
@@ -43,6 +47,7 @@ class AfterstateValue(nn.Module):
         self.register_buffer("scale", th.as_tensor(typical_scales(feature_names)))
         self.mlp = nn.Sequential(*create_mlp(len(feature_names), 1, list(net_arch), nn.ReLU))
         self._linears = [m for m in self.mlp if isinstance(m, nn.Linear)]
+        self.lock = threading.Lock()  # held by a learner thread's optimiser step, so no copy is half-updated
         self._numpy: tuple[tuple[int, ...], np.ndarray, list[tuple[np.ndarray, np.ndarray]]] = ((), np.ones(0), [])
 
     def forward(self, features: th.Tensor) -> th.Tensor:
@@ -68,10 +73,12 @@ class AfterstateValue(nn.Module):
     def _weights(self) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
         """The scale and each layer's (weight transposed, bias) as numpy arrays, copied when changed."""
         tensors = [self.scale, *(t for layer in self._linears for t in (layer.weight, layer.bias))]
-        versions = tuple(t._version for t in tensors)
-        if versions != self._numpy[0]:
-            scale, *arrays = [t.detach().cpu().numpy().copy() for t in tensors]
-            self._numpy = (versions, scale, [(w.T.copy(), b) for w, b in zip(arrays[::2], arrays[1::2], strict=True)])
+        if tuple(t._version for t in tensors) != self._numpy[0]:
+            with self.lock:
+                versions = tuple(t._version for t in tensors)
+                scale, *arrays = [t.detach().cpu().numpy().copy() for t in tensors]
+            layers = [(w.T.copy(), b) for w, b in zip(arrays[::2], arrays[1::2], strict=True)]
+            self._numpy = (versions, scale, layers)
         return self._numpy[1:]
 
 
@@ -242,6 +249,11 @@ class AfterstateDQN(DQN):
     :param game_over_penalty: added to the reward of the step that ends the game,
         so that losing is worse than any short game's remaining +1s.
     :param net_arch: hidden layer sizes of the shared MLP (also settable in ``policy_kwargs``).
+    :param learner_thread: run each update in a second thread while the next placements are
+        played: torch releases the GIL inside its operations, so the update's arithmetic uses a
+        second core. The updates per placement are the same (``train`` waits for the previous
+        update before starting the next), each acting on weights at most one update old. None:
+        when this process may run on two or more CPUs (on one, a thread would only take turns).
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"AfterstatePolicy": AfterstatePolicy}
@@ -266,6 +278,7 @@ class AfterstateDQN(DQN):
         exploration_steps: int | None = 20_000,
         game_over_penalty: float = -10.0,
         net_arch: Sequence[int] = (64, 64),
+        learner_thread: bool | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         _init_setup_model: bool = True,
         **kwargs: Any,
@@ -281,6 +294,9 @@ class AfterstateDQN(DQN):
         )
         self.exploration_steps = exploration_steps
         self.game_over_penalty = game_over_penalty
+        self.learner_thread = learner_thread
+        self._learner: ThreadPoolExecutor | None = None
+        self._update_in_flight: Future | None = None
         self.policy_kwargs.setdefault("net_arch", tuple(net_arch))
         if self.env is not None and "feature_names" not in self.policy_kwargs:
             self.policy_kwargs["feature_names"] = tuple(self.env.get_attr("feature_names")[0])
@@ -302,7 +318,23 @@ class AfterstateDQN(DQN):
         return super().load(path, env=env, device=device, custom_objects={**ours, **(custom_objects or {})},
                             **kwargs)
 
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_learner", "_update_in_flight"]
+
+    def learn(self, *args: Any, **kwargs: Any) -> AfterstateDQN:
+        try:
+            return super().learn(*args, **kwargs)
+        finally:
+            self._finish_update()
+
+    def save(self, path: str | Path | IO[bytes], *args: Any, **kwargs: Any) -> None:
+        """SB3's save, once an update in flight has finished (its weights and optimiser state with it)."""
+        self._finish_update()
+        super().save(path, *args, **kwargs)
+
     def _on_step(self) -> None:
+        if (self._n_calls + 1) % max(self.target_update_interval // self.n_envs, 1) == 0:
+            self._finish_update()  # SB3's `_on_step` copies the network into the target now
         super()._on_step()
         if self.exploration_steps:
             progress = min(self.num_timesteps / self.exploration_steps, 1.0)
@@ -355,6 +387,22 @@ class AfterstateDQN(DQN):
         return action, action
 
     def train(self, gradient_steps: int, batch_size: int = 128) -> None:
+        """The TD update; in the learner thread if there is one (see ``learner_thread``)."""
+        self._finish_update()
+        if self._learner is None and _use_learner_thread(self.learner_thread):
+            self._learner = ThreadPoolExecutor(1, thread_name_prefix="learner")
+        if self._learner is None:
+            self._update(gradient_steps, batch_size)
+        else:
+            self._update_in_flight = self._learner.submit(self._update, gradient_steps, batch_size)
+
+    def _finish_update(self) -> None:
+        """Wait for the update in flight, if any; its exception, if it raised one, is raised here."""
+        if getattr(self, "_update_in_flight", None) is not None:
+            update, self._update_in_flight = self._update_in_flight, None
+            update.result()
+
+    def _update(self, gradient_steps: int, batch_size: int) -> None:
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         losses = []
@@ -370,8 +418,13 @@ class AfterstateDQN(DQN):
             self.policy.optimizer.zero_grad()
             loss.backward()
             th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-            self.policy.optimizer.step()
+            with self.q_net.lock:
+                self.policy.optimizer.step()
             losses.append(loss.item())
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/loss", float(np.mean(losses)))
+
+
+def _use_learner_thread(setting: bool | None) -> bool:
+    return len(os.sched_getaffinity(0)) >= 2 if setting is None else setting

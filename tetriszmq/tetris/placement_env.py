@@ -61,6 +61,18 @@ _LOCKED_AT = columns_of(("lines", "max_height", *BOARD_STATS))  # what a lock re
 Scorer = Callable[[dict[str, np.ndarray]], np.ndarray]  # observation -> (40,) the agent's value of each placement
 
 
+class StepInfo(dict):
+    """A step's info dict, which a deep copy copies one level deep.
+
+    SB3's `DummyVecEnv` deep-copies every step's infos (a tenth of a training step with 4
+    envs); everything in ours is made new for the step (the mask, the episode record and
+    stats, the terminal observation SB3 adds) and never changed afterwards, so sharing it is safe.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> StepInfo:
+        return StepInfo(self)
+
+
 @dataclass(frozen=True)
 class PieceTable:
     """Everything about one piece that does not depend on the board, indexed by legal placement.
@@ -194,7 +206,7 @@ class PlacementTetris(gym.Env):
         self._cut = None
         self._board_sums = [0, 0, 0, 0]
         obs = self._observe()
-        return obs, {"lines_cleared": 0, "action_mask": obs["mask"]}
+        return obs, StepInfo(lines_cleared=0, action_mask=obs["mask"])
 
     def step(self, action: int) -> tuple[dict, float, bool, bool, dict]:
         slot = int(self._piece.slot[int(action)])
@@ -217,7 +229,7 @@ class PlacementTetris(gym.Env):
         if self._cut is None and self._pieces == self.record_limit and not (terminated or truncated):
             self._cut = (self._lines, self._score, self._pieces)
         obs = self._observe()
-        info: dict[str, Any] = {"lines_cleared": lines, "action_mask": obs["mask"]}
+        info = StepInfo(lines_cleared=lines, action_mask=obs["mask"])
         if terminated or truncated:
             info["episode_stats"] = self._episode_stats()
             info["episode_record"] = self._record("game over" if terminated else "piece cap")

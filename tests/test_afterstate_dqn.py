@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import gymnasium as gym
@@ -170,6 +171,53 @@ def test_acting_values_follow_the_network_through_updates_and_loads(trained, tmp
     trained.set_parameters(str(tmp_path / "model"))
     q_net = trained.q_net
     assert np.array_equal(q_net.values(obs), saved) and same()
+
+
+def small_model(**kwargs: Any) -> AfterstateDQN:
+    model = AfterstateDQN(env=vec_env(), seed=1, **SMALL, **kwargs)
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
+
+
+@pytest.mark.slow  # trains models
+def test_a_learner_thread_makes_the_same_updates_and_finishes_them_before_learn_returns(tmp_path):
+    threaded, plain = small_model(learner_thread=True), small_model(learner_thread=False)
+    threaded.learn(400)
+    plain.learn(400)
+    assert threaded._n_updates == plain._n_updates == 300  # one per step after learning_starts = 100
+    assert threaded._learner is not None and plain._learner is None
+    assert threaded._update_in_flight is None, "learn() returned with an update still running"
+    threaded.train(1, 32)  # an update in flight ...
+    threaded.save(tmp_path / "model")  # ... is finished before the save, which holds its optimiser step
+    assert threaded._update_in_flight is None and threaded._n_updates == 301
+    loaded = AfterstateDQN.load(tmp_path / "model")
+    for ours, theirs in zip(threaded.policy.parameters(), loaded.policy.parameters(), strict=True):
+        assert th.equal(ours, theirs)
+
+
+@pytest.mark.slow  # trains a model
+def test_an_update_that_fails_in_the_learner_thread_fails_learn():
+    model = small_model(learner_thread=True)
+
+    def broken(gradient_steps: int, batch_size: int) -> None:
+        raise RuntimeError("update failed")
+
+    model._update = broken
+    with pytest.raises(RuntimeError, match="update failed"):
+        model.learn(300)
+
+
+@pytest.mark.slow  # trains a model
+def test_on_one_cpu_the_update_runs_in_the_training_thread():
+    """A learner thread on a 1-CPU machine would only take turns with the training thread."""
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        model = small_model()
+        model.learn(200)
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert model._learner is None and model._n_updates == 100
 
 
 def test_the_replay_buffer_holds_what_sb3s_own_store_transition_would_store():

@@ -7,6 +7,8 @@ either side shows up here as a mismatch at a named placement.
 
 from __future__ import annotations
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -281,6 +283,20 @@ def test_step_reports_rewards_stats_and_frames_the_trainer_reads():
         "reward": total, "lines": lines, "pieces": env.board_frame()["step"]}
     assert set(stats) == {"holes", "max_height", "bumpiness"}  # means over the boards left, tests/test_records.py
     assert env.board_frame()["score"] == total
+
+
+def test_a_deep_copy_of_a_step_info_shares_what_the_env_made_for_that_step():
+    """SB3's DummyVecEnv deep-copies every step's infos; ours are new each step and never changed after."""
+    env = PlacementTetris(max_pieces=3)
+    obs, _ = env.reset(seed=2)
+    for _ in range(3):
+        obs, _, _, _, info = env.step(first_legal(obs))
+    copied = copy.deepcopy([info])[0]
+    assert copied == info and copied is not info
+    assert all(copied[key] is info[key] for key in info)
+    assert set(info) >= {"lines_cleared", "action_mask", "episode_stats", "episode_record"}
+    copied["TimeLimit.truncated"] = True
+    assert "TimeLimit.truncated" not in info
 
 
 def test_piece_cap_truncates_and_illegal_placement_ends_the_game():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import gymnasium as gym
@@ -205,19 +204,6 @@ def test_an_update_that_fails_in_the_learner_thread_fails_learn():
     model._update = broken
     with pytest.raises(RuntimeError, match="update failed"):
         model.learn(300)
-
-
-@pytest.mark.slow  # trains a model
-def test_on_one_cpu_the_update_runs_in_the_training_thread():
-    """A learner thread on a 1-CPU machine would only take turns with the training thread."""
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})
-    try:
-        model = small_model()
-        model.learn(200)
-    finally:
-        os.sched_setaffinity(0, cpus)
-    assert model._learner is None and model._n_updates == 100
 
 
 def test_the_replay_buffer_holds_what_sb3s_own_store_transition_would_store():

@@ -198,7 +198,7 @@ def test_headless_run_finishes_and_journals_every_episode(tmp_path):
 
 
 def test_train_quiet_on_a_one_cpu_machine_trains_the_default_agent(tmp_path):
-    """Pinned to one CPU, afterstate-dqn updates in the training thread (no learner thread) and finishes."""
+    """Pinned to one CPU (the default needs no second one), afterstate-dqn trains to its end."""
     cpu = min(os.sched_getaffinity(0))
     run_dir = tmp_path / "one-cpu"
     result = subprocess.run(

@@ -15,7 +15,6 @@ penalty, gamma 0.95-0.99, epsilon decaying to 1e-3.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -250,10 +249,11 @@ class AfterstateDQN(DQN):
         so that losing is worse than any short game's remaining +1s.
     :param net_arch: hidden layer sizes of the shared MLP (also settable in ``policy_kwargs``).
     :param learner_thread: run each update in a second thread while the next placements are
-        played: torch releases the GIL inside its operations, so the update's arithmetic uses a
+        played: torch releases the GIL inside its operations, so the update's arithmetic can use a
         second core. The updates per placement are the same (``train`` waits for the previous
-        update before starting the next), each acting on weights at most one update old. None:
-        when this process may run on two or more CPUs (on one, a thread would only take turns).
+        update before starting the next), each acting on weights at most one update old. Off by
+        default: the update is ~50 small torch calls, each taking the GIL back from the playing
+        thread, and on the shared 2-CPU machine it measured slower (docs/PERFORMANCE.md, section 5).
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"AfterstatePolicy": AfterstatePolicy}
@@ -278,7 +278,7 @@ class AfterstateDQN(DQN):
         exploration_steps: int | None = 20_000,
         game_over_penalty: float = -10.0,
         net_arch: Sequence[int] = (64, 64),
-        learner_thread: bool | None = None,
+        learner_thread: bool = False,
         policy_kwargs: dict[str, Any] | None = None,
         _init_setup_model: bool = True,
         **kwargs: Any,
@@ -389,7 +389,7 @@ class AfterstateDQN(DQN):
     def train(self, gradient_steps: int, batch_size: int = 128) -> None:
         """The TD update; in the learner thread if there is one (see ``learner_thread``)."""
         self._finish_update()
-        if self._learner is None and _use_learner_thread(self.learner_thread):
+        if self._learner is None and self.learner_thread:
             self._learner = ThreadPoolExecutor(1, thread_name_prefix="learner")
         if self._learner is None:
             self._update(gradient_steps, batch_size)
@@ -424,7 +424,3 @@ class AfterstateDQN(DQN):
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/loss", float(np.mean(losses)))
-
-
-def _use_learner_thread(setting: bool | None) -> bool:
-    return len(os.sched_getaffinity(0)) >= 2 if setting is None else setting

@@ -1,12 +1,14 @@
 """Board features of many afterstates at once, chosen by name.
 
-The placement environment scores all ~34 candidate placements every step, so
-a board is stored as 10 column bitmasks (bit ``r`` = row ``r`` counted from the
-top, bit 20 = the floor, always set) and every feature is a handful of integer
-operations over an ``(N, 10)`` array, and the counts that are sums over columns
-(heights, holes, column transitions, hole depth) come from one lookup table for all
-of them at once. What costs is the number of numpy calls (~0.5 us each), not the
-size of the arrays: all 11 default features of 34 boards take about 30 us.
+The placement environment scores all ~34 candidate placements every step, so a
+board is stored as 12 column bitmasks (bit ``r`` = row ``r`` counted from the
+top; a full wall column on each side) and one compiled kernel (numba,
+`place_and_measure`) places every candidate, clears its full rows and measures
+all 12 features of the board left, in one pass over its columns; the counts
+that are sums over a column (height, holes, column transitions, hole depth, and
+the rows of its holes) come from one lookup in a table of all 2^20 columns.
+As ~40 numpy calls over all candidates at once the same work took 35-40 us a
+step, however small the arrays; compiled it takes a few (docs/PERFORMANCE.md).
 
 Definitions (the classic four, plus the Dellacherie / Thiery-Scherrer "BCTS" set):
 

@@ -4,9 +4,9 @@ Same pieces, rotations, 7-bag sequence (its own randomizer and queue), spawn
 position, rewards and game-over rules as ``tetris_gymnasium/Tetris`` driven by
 its ``GroupedActionsObservations`` wrapper, with the same action indexing
 (``col * 4 + rotation``) and legal mask. The wrapper checks collisions row by
-row for every candidate; here the landing row of all candidates comes from the
-column heights in one numpy expression, and the afterstate features of all
-candidates are computed as one stack (see `tetriszmq.tetris.features`).
+row for every candidate; here the landing row of each candidate comes from the
+column heights, and one compiled kernel places all candidates and measures the
+boards they leave (see `tetriszmq.tetris.features`).
 
 Observation: ``{"features": (40, F) float32, "mask": (40,) int8}`` where row
 ``a`` holds the features of the board placement ``a`` would leave (zeros when

@@ -20,7 +20,14 @@ from tetris_gymnasium.wrappers.grouped import GroupedActionsObservations
 from tetriszmq.tetris.dellacherie import Dellacherie
 from tetriszmq.tetris.envs import LinesReward
 from tetriszmq.tetris.features import DELLACHERIE_FEATURES, FEATURES, board_features, column_heights, column_masks
-from tetriszmq.tetris.placement_env import N_ACTIONS, PIECES, PlacementTetris, landing_rows, place_all
+from tetriszmq.tetris.placement_env import (
+    N_ACTIONS,
+    PIECES,
+    UNWRITTEN_LIMIT,
+    PlacementTetris,
+    landing_rows,
+    place_all,
+)
 
 PAD = 4
 
@@ -283,6 +290,19 @@ def test_step_reports_rewards_stats_and_frames_the_trainer_reads():
         "reward": total, "lines": lines, "pieces": env.board_frame()["step"]}
     assert set(stats) == {"holes", "max_height", "bumpiness"}  # means over the boards left, tests/test_records.py
     assert env.board_frame()["score"] == total
+
+
+def test_a_board_nobody_reads_is_drawn_every_so_often_and_right_when_read():
+    """Cells are written lazily; a long game whose board is never read keeps a bounded backlog."""
+    unread, read = PlacementTetris(features=DELLACHERIE_FEATURES), PlacementTetris(features=DELLACHERIE_FEATURES)
+    (obs, _), _ = unread.reset(seed=6), read.reset(seed=6)
+    for _ in range(UNWRITTEN_LIMIT + 200):
+        action = EXPERT(obs)
+        obs, _, terminated, _, _ = unread.step(action)
+        read.step(action)
+        read.board  # noqa: B018  (drawn at every step)
+        assert not terminated and len(unread._unwritten) < UNWRITTEN_LIMIT
+    assert np.array_equal(unread.board, read.board) and unread.board.any()
 
 
 def test_a_deep_copy_of_a_step_info_shares_what_the_env_made_for_that_step():

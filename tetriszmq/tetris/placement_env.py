@@ -139,6 +139,7 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 PIECES: tuple[PieceTable, ...] = tuple(_piece_table(i) for i in range(len(Tetris.TETROMINOES)))
 # A board no taller than this cannot overlap a piece at its spawn: the spawn check then needs no board lookup.
 SPAWN_CLEAR_HEIGHT = ROWS - 1 - max(int(p.spawn_rows.max()) for p in PIECES)
+UNWRITTEN_LIMIT = 1_000  # locks kept before the board of piece kinds is drawn though nobody read it
 
 
 class PlacementTetris(gym.Env):
@@ -326,22 +327,28 @@ class PlacementTetris(gym.Env):
         for i, value in enumerate(stats, start=1):
             sums[i] += int(value)
         self._unwritten.append((self._piece, slot, int(self._landing_row[slot]), int(lines)))
+        if len(self._unwritten) >= UNWRITTEN_LIMIT:
+            self._draw()
         return int(lines)
 
     @property
     def board(self) -> np.ndarray:
         """``(20, 10)`` piece kinds, like tetris-gymnasium's playfield: 0 empty, 2-8 the pieces.
 
-        Drawn when read (frames at 30/s, tall boards, tests), not at every lock: the features
-        read the column masks, and writing cells and clearing rows here cost a tenth of a step.
+        Drawn when read (frames at 30/s, tall boards, tests), or every `UNWRITTEN_LIMIT` locks,
+        not at every lock: the features read the column masks, and writing cells and clearing
+        rows here cost a tenth of a step.
         """
+        self._draw()
+        return self._board
+
+    def _draw(self) -> None:
         for piece, slot, row, lines in self._unwritten:
             self._board[row + piece.rows[slot], piece.cols[slot]] = piece.kind
             if lines:
                 full = self._board.all(axis=1)
                 self._board = np.concatenate([np.zeros((lines, COLS), dtype=np.uint8), self._board[~full]])
         self._unwritten.clear()
-        return self._board
 
     def _observe(self) -> dict[str, np.ndarray]:
         piece = self._piece

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import gymnasium as gym
@@ -158,6 +159,7 @@ def test_acting_values_follow_the_network_through_updates_and_loads(trained, tmp
         return np.allclose(q_net.values(obs), expected, rtol=1e-5, atol=1e-5)
 
     assert same()
+    assert np.array_equal(copy.deepcopy(q_net).values(obs), q_net.values(obs))  # its lock is not copied, but made anew
     before = q_net.values(obs)
     trained.learn(50, reset_num_timesteps=False)  # optimiser steps change the weights in place
     assert not np.allclose(q_net.values(obs), before) and same()

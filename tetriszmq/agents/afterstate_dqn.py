@@ -52,6 +52,14 @@ class AfterstateValue(nn.Module):
     def forward(self, features: th.Tensor) -> th.Tensor:
         return self.mlp(features / self.scale).squeeze(-1)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (or deep-copied) without the lock, which cannot be, and the numpy copy, which is rebuilt."""
+        return {**super().__getstate__(), "lock": None, "_numpy": ((), np.ones(0), [])}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.lock = threading.Lock()
+
     def values(self, features: np.ndarray) -> np.ndarray:
         """`forward` in numpy, for acting: the same MLP on a copy of the weights.
 

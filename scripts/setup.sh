@@ -24,4 +24,4 @@ fi
 # torch's CPU wheel first: pyproject's torch range alone would pull a multi-GB CUDA build.
 .venv/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 -e ".${extras}" 2>&1 \
   | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import tetriszmq, torch, zmq, stable_baselines3, tetris_gymnasium, optuna, psycopg" 
+.venv/bin/python -c "import tetriszmq, torch, zmq, stable_baselines3, tetris_gymnasium, numba, optuna, psycopg" 

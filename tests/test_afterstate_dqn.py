@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import gymnasium as gym
@@ -144,6 +145,67 @@ def test_the_policys_own_predict_chooses_what_sb3s_generic_predict_chooses(train
         assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
     trained.exploration_rate = 1.0  # the exploring path writes into the array predict returns
     assert single["mask"][int(trained.predict(single, deterministic=False)[0])] == 1
+
+
+@pytest.mark.slow  # trains a model
+def test_acting_values_follow_the_network_through_updates_and_loads(trained, tmp_path):
+    """`AfterstateValue.values` (numpy, for acting) equals the torch forward pass, also after its weights change."""
+    obs = random_observations(3, 8, 0.5)["features"]
+    q_net = trained.q_net
+
+    def same() -> bool:
+        with th.no_grad():
+            expected = q_net(th.as_tensor(obs)).numpy()
+        return np.allclose(q_net.values(obs), expected, rtol=1e-5, atol=1e-5)
+
+    assert same()
+    assert np.array_equal(copy.deepcopy(q_net).values(obs), q_net.values(obs))  # its lock is not copied, but made anew
+    before = q_net.values(obs)
+    trained.learn(50, reset_num_timesteps=False)  # optimiser steps change the weights in place
+    assert not np.allclose(q_net.values(obs), before) and same()
+    saved = q_net.values(obs)
+    trained.save(tmp_path / "model")
+    with th.no_grad():
+        for parameter in q_net.parameters():
+            parameter.zero_()
+    assert same()
+    trained.set_parameters(str(tmp_path / "model"))
+    q_net = trained.q_net
+    assert np.array_equal(q_net.values(obs), saved) and same()
+
+
+def small_model(**kwargs: Any) -> AfterstateDQN:
+    model = AfterstateDQN(env=vec_env(), seed=1, **SMALL, **kwargs)
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
+
+
+@pytest.mark.slow  # trains models
+def test_a_learner_thread_makes_the_same_updates_and_finishes_them_before_learn_returns(tmp_path):
+    threaded, plain = small_model(learner_thread=True), small_model(learner_thread=False)
+    threaded.learn(400)
+    plain.learn(400)
+    assert threaded._n_updates == plain._n_updates == 300  # one per step after learning_starts = 100
+    assert threaded._learner is not None and plain._learner is None
+    assert threaded._update_in_flight is None, "learn() returned with an update still running"
+    threaded.train(1, 32)  # an update in flight ...
+    threaded.save(tmp_path / "model")  # ... is finished before the save, which holds its optimiser step
+    assert threaded._update_in_flight is None and threaded._n_updates == 301
+    loaded = AfterstateDQN.load(tmp_path / "model")
+    for ours, theirs in zip(threaded.policy.parameters(), loaded.policy.parameters(), strict=True):
+        assert th.equal(ours, theirs)
+
+
+@pytest.mark.slow  # trains a model
+def test_an_update_that_fails_in_the_learner_thread_fails_learn():
+    model = small_model(learner_thread=True)
+
+    def broken(gradient_steps: int, batch_size: int) -> None:
+        raise RuntimeError("update failed")
+
+    model._update = broken
+    with pytest.raises(RuntimeError, match="update failed"):
+        model.learn(300)
 
 
 def test_the_replay_buffer_holds_what_sb3s_own_store_transition_would_store():

@@ -18,6 +18,7 @@ SCRIPTS = {
     "fanout": (["bench/fanout.py", "--quick"], r"server\s+clients\s+min %\s+p5 %\s+med %"),
     "resync": (["bench/resync.py", "--quick"], r"clients\s+snapshot MB\s+first wave s\s+snapshots/s"),
     "placement_speed": (["bench/placement_speed.py", "--quick"], r"placements/s"),
+    "training_speed": (["bench/training_speed.py", "--quick"], r"variant\s+wall/s\s+per CPU s\s+main us"),
     "learning": (["bench/learning.py", "--quick"], r"agent\s+mean\s+median\s+min\s+max\s+capped"),
     "catalogue": (["bench/catalogue.py", "--quick"], r"figure\s+value"),
     "runs_fanout": (["bench/runs_fanout.py", "--quick"], r"trainers\s+mode\s+clients\s+min %"),

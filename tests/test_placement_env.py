@@ -7,6 +7,8 @@ either side shows up here as a mismatch at a named placement.
 
 from __future__ import annotations
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -17,8 +19,15 @@ from tetris_gymnasium.wrappers.grouped import GroupedActionsObservations
 
 from tetriszmq.tetris.dellacherie import Dellacherie
 from tetriszmq.tetris.envs import LinesReward
-from tetriszmq.tetris.features import DELLACHERIE_FEATURES, FEATURES, board_features, column_masks
-from tetriszmq.tetris.placement_env import N_ACTIONS, PIECES, PlacementTetris, landing_rows, place_all
+from tetriszmq.tetris.features import DELLACHERIE_FEATURES, FEATURES, board_features, column_heights, column_masks
+from tetriszmq.tetris.placement_env import (
+    N_ACTIONS,
+    PIECES,
+    UNWRITTEN_LIMIT,
+    PlacementTetris,
+    landing_rows,
+    place_all,
+)
 
 PAD = 4
 
@@ -92,7 +101,7 @@ def test_landing_rows_match_tetris_gymnasiums_drop_on_ragged_tall_boards():
         filled = rng.random((20, 10)) < np.linspace(0.15, 0.6, 20)[:, None]
         base.board[:20, PAD:-PAD] = filled
         for index, piece in enumerate(PIECES):
-            rows, blocked = landing_rows(piece, filled, column_masks(filled))
+            rows, blocked = landing_rows(piece, column_heights(column_masks(filled)), lambda board=filled: board)
             for slot, action in enumerate(piece.actions):
                 expected_row, expected_blocked = _tetris_gymnasium_drop(base, index, action)
                 assert blocked[slot] == expected_blocked
@@ -206,11 +215,53 @@ def test_every_board_feature_matches_its_cell_by_cell_definition_on_random_ragge
         assert ours == features_cell_by_cell(filled)
 
 
+def ragged_board_with_a_well(rng: np.random.Generator) -> np.ndarray:
+    """Random ragged columns over up to 4 rows full but for one column: most pieces clear something."""
+    tops = rng.integers(4, 21, size=10)
+    filled = (np.arange(20)[:, None] >= tops) & (rng.random((20, 10)) < rng.uniform(0.6, 1.0))
+    depth = rng.integers(0, 5)
+    filled[20 - depth:] = True
+    filled[20 - depth:, rng.integers(10)] = False
+    return filled
+
+
+def placed_cell_by_cell(filled: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """The board after writing the cells and removing full rows, the rows removed and the eroded cells."""
+    board = filled.copy()
+    board[rows, cols] = True
+    full = board.all(axis=1)
+    lines = int(full.sum())
+    return np.vstack([np.zeros((lines, 10), dtype=bool), board[~full]]), lines, lines * int(full[rows].sum())
+
+
+def test_every_afterstate_matches_placing_the_piece_cell_by_cell():
+    """The compiled placement (line clears, erosion, landing height) and all 12 features, candidate by candidate."""
+    rng = np.random.default_rng(5)
+    cleared = 0
+    for _ in range(40):
+        filled = ragged_board_with_a_well(rng)
+        cols = column_masks(filled)
+        for piece in PIECES:
+            rows, blocked = landing_rows(piece, column_heights(cols), lambda board=filled: board)
+            after, observation = place_all(piece, cols, rows)
+            for slot, action in enumerate(piece.actions):
+                cell_rows = rows[slot] + piece.rows[slot]
+                board, lines, eroded = placed_cell_by_cell(filled, cell_rows, piece.cols[slot])
+                expected = {**features_cell_by_cell(board), "lines": lines, "eroded_cells": eroded,
+                            "landing_height": 20 - (cell_rows.min() + cell_rows.max()) / 2}
+                assert dict(zip(FEATURES, after.values[slot].tolist(), strict=True)) == expected
+                assert observation[action].tolist() == after.values[slot].tolist()
+                assert np.array_equal(after.cols[slot], column_masks(board))
+                cleared += lines > 0
+            assert not blocked.any()
+    assert cleared > 100
+
+
 def test_a_flat_i_piece_completing_a_row_reports_lines_erosion_and_landing():
     filled = parse(["XXX....XXX", "XXX....XXX"])
     piece = PIECES[0]  # I
-    rows, blocked = landing_rows(piece, filled, column_masks(filled))
-    after = place_all(piece, column_masks(filled), rows)
+    rows, blocked = landing_rows(piece, column_heights(column_masks(filled)), lambda board=filled: board)
+    after, _ = place_all(piece, column_masks(filled), rows)
     slot = piece.slot[5 * 4 + 0]  # flat, centred on column 5: cells in columns 3..6
     assert not blocked[slot]
     values = dict(zip(FEATURES, after.compute(FEATURES)[slot], strict=True))
@@ -239,6 +290,33 @@ def test_step_reports_rewards_stats_and_frames_the_trainer_reads():
         "reward": total, "lines": lines, "pieces": env.board_frame()["step"]}
     assert set(stats) == {"holes", "max_height", "bumpiness"}  # means over the boards left, tests/test_records.py
     assert env.board_frame()["score"] == total
+
+
+def test_a_board_nobody_reads_is_drawn_every_so_often_and_right_when_read():
+    """Cells are written lazily; a long game whose board is never read keeps a bounded backlog."""
+    unread, read = PlacementTetris(features=DELLACHERIE_FEATURES), PlacementTetris(features=DELLACHERIE_FEATURES)
+    (obs, _), _ = unread.reset(seed=6), read.reset(seed=6)
+    for _ in range(UNWRITTEN_LIMIT + 200):
+        action = EXPERT(obs)
+        obs, _, terminated, _, _ = unread.step(action)
+        read.step(action)
+        read.board  # noqa: B018  (drawn at every step)
+        assert not terminated and len(unread._unwritten) < UNWRITTEN_LIMIT
+    assert np.array_equal(unread.board, read.board) and unread.board.any()
+
+
+def test_a_deep_copy_of_a_step_info_shares_what_the_env_made_for_that_step():
+    """SB3's DummyVecEnv deep-copies every step's infos; ours are new each step and never changed after."""
+    env = PlacementTetris(max_pieces=3)
+    obs, _ = env.reset(seed=2)
+    for _ in range(3):
+        obs, _, _, _, info = env.step(first_legal(obs))
+    copied = copy.deepcopy([info])[0]
+    assert copied == info and copied is not info
+    assert all(copied[key] is info[key] for key in info)
+    assert set(info) >= {"lines_cleared", "action_mask", "episode_stats", "episode_record"}
+    copied["TimeLimit.truncated"] = True
+    assert "TimeLimit.truncated" not in info
 
 
 def test_piece_cap_truncates_and_illegal_placement_ends_the_game():

@@ -13,6 +13,7 @@ import zmq
 from conftest import ROOT, TINY, wait_for
 from stable_baselines3 import PPO
 
+from tetriszmq.agents.afterstate_dqn import AfterstateDQN
 from tetriszmq.stream import protocol
 from tetriszmq.stream.control import request
 from tetriszmq.stream.protocol import Topic
@@ -194,6 +195,19 @@ def test_headless_run_finishes_and_journals_every_episode(tmp_path):
     final = PPO.load(run_dir / "checkpoints" / "final.zip")
     assert final.num_timesteps >= 400
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.zip"))[:1] == ["step_000000128.zip"]
+
+
+def test_train_quiet_on_a_one_cpu_machine_trains_the_default_agent(tmp_path):
+    """Pinned to one CPU (the default needs no second one), afterstate-dqn trains to its end."""
+    cpu = min(os.sched_getaffinity(0))
+    run_dir = tmp_path / "one-cpu"
+    result = subprocess.run(
+        [sys.executable, "-m", "tetriszmq", "train", "--quiet", "--config", str(ROOT / "tests" / "tiny_placement.toml"),
+         "--run-dir", str(run_dir), "--pub", "tcp://127.0.0.1:0", "--ctl", "tcp://127.0.0.1:0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    assert result.returncode == 0, result.stderr
+    final = AfterstateDQN.load(run_dir / "checkpoints" / "final.zip")
+    assert final.num_timesteps >= 600 and final._n_updates >= (600 - 100) // 16
 
 
 @pytest.mark.parametrize("override, message", [

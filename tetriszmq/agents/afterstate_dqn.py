@@ -15,8 +15,11 @@ penalty, gamma 0.95-0.99, epsilon decaying to 1e-3.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from typing import Any, ClassVar, NamedTuple
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch as th
@@ -42,9 +45,48 @@ class AfterstateValue(nn.Module):
         # fixed per-feature divisors: raw counts (holes ~ 10, heights ~ 100) would swamp a small MLP
         self.register_buffer("scale", th.as_tensor(typical_scales(feature_names)))
         self.mlp = nn.Sequential(*create_mlp(len(feature_names), 1, list(net_arch), nn.ReLU))
+        self._linears = [m for m in self.mlp if isinstance(m, nn.Linear)]
+        self.lock = threading.Lock()  # held by a learner thread's optimiser step, so no copy is half-updated
+        self._numpy: tuple[tuple[int, ...], np.ndarray, list[tuple[np.ndarray, np.ndarray]]] = ((), np.ones(0), [])
 
     def forward(self, features: th.Tensor) -> th.Tensor:
         return self.mlp(features / self.scale).squeeze(-1)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (or deep-copied) without the lock, which cannot be, and the numpy copy, which is rebuilt."""
+        return {**super().__getstate__(), "lock": None, "_numpy": ((), np.ones(0), [])}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.lock = threading.Lock()
+
+    def values(self, features: np.ndarray) -> np.ndarray:
+        """`forward` in numpy, for acting: the same MLP on a copy of the weights.
+
+        A step scores one board's 40 candidates (or a few envs' at once): torch's fixed cost per
+        operation (~10 us for each layer, activation, mask and argmax) made that forward pass
+        40% of a training step, numpy's matrix products take a few microseconds. The copy is
+        refreshed whenever a parameter changed in place (an optimiser step, a load), which
+        torch counts in each tensor's ``_version``.
+        """
+        scale, layers = self._weights()
+        x = features / scale
+        for i, (weight, bias) in enumerate(layers):
+            x = x @ weight + bias
+            if i < len(layers) - 1:
+                np.maximum(x, 0, out=x)
+        return x[..., 0]
+
+    def _weights(self) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """The scale and each layer's (weight transposed, bias) as numpy arrays, copied when changed."""
+        tensors = [self.scale, *(t for layer in self._linears for t in (layer.weight, layer.bias))]
+        if tuple(t._version for t in tensors) != self._numpy[0]:
+            with self.lock:
+                versions = tuple(t._version for t in tensors)
+                scale, *arrays = [t.detach().cpu().numpy().copy() for t in tensors]
+            layers = [(w.T.copy(), b) for w, b in zip(arrays[::2], arrays[1::2], strict=True)]
+            self._numpy = (versions, scale, layers)
+        return self._numpy[1:]
 
 
 # --- masking ---------------------------------------------------------------------------------
@@ -101,18 +143,14 @@ class AfterstatePolicy(BasePolicy):
 
         SB3's generic version deep-copies the observation dict and re-sets the training mode of
         every module on each call: a third of a training step's time with one env (py-spy and
-        cProfile of `learn`). The candidates of all envs are still scored in one forward pass.
+        cProfile of `learn`); and torch's forward pass on 40 candidates cost more than numpy's
+        (`AfterstateValue.values`). The candidates of all envs are scored in one pass.
         """
-        device = self.q_net.scale.device  # SB3's `self.device` walks the parameters on every call
-        features = th.as_tensor(np.asarray(observation["features"]), device=device)
-        mask = th.as_tensor(np.asarray(observation["mask"]), device=device)
-        single = features.dim() == 2  # one env's (40, F), not a batch (n_envs, 40, F)
+        features, mask = np.asarray(observation["features"]), np.asarray(observation["mask"])
+        single = features.ndim == 2  # one env's (40, F), not a batch (n_envs, 40, F)
         if single:
             features, mask = features[None], mask[None]
-        if self.training:
-            self.set_training_mode(False)
-        with th.no_grad():
-            actions = self._predict({"features": features, "mask": mask}).cpu().numpy()
+        actions = np.where(mask != 0, self.q_net.values(features), -np.inf).argmax(axis=1)
         return (actions.squeeze(0) if single else actions), state
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = True) -> th.Tensor:
@@ -218,6 +256,12 @@ class AfterstateDQN(DQN):
     :param game_over_penalty: added to the reward of the step that ends the game,
         so that losing is worse than any short game's remaining +1s.
     :param net_arch: hidden layer sizes of the shared MLP (also settable in ``policy_kwargs``).
+    :param learner_thread: run each update in a second thread while the next placements are
+        played: torch releases the GIL inside its operations, so the update's arithmetic can use a
+        second core. The updates per placement are the same (``train`` waits for the previous
+        update before starting the next), each acting on weights at most one update old. Off by
+        default: the update is ~50 small torch calls, each taking the GIL back from the playing
+        thread, and on the shared 2-CPU machine it measured slower (docs/PERFORMANCE.md, section 5).
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"AfterstatePolicy": AfterstatePolicy}
@@ -242,6 +286,7 @@ class AfterstateDQN(DQN):
         exploration_steps: int | None = 20_000,
         game_over_penalty: float = -10.0,
         net_arch: Sequence[int] = (64, 64),
+        learner_thread: bool = False,
         policy_kwargs: dict[str, Any] | None = None,
         _init_setup_model: bool = True,
         **kwargs: Any,
@@ -257,6 +302,9 @@ class AfterstateDQN(DQN):
         )
         self.exploration_steps = exploration_steps
         self.game_over_penalty = game_over_penalty
+        self.learner_thread = learner_thread
+        self._learner: ThreadPoolExecutor | None = None
+        self._update_in_flight: Future | None = None
         self.policy_kwargs.setdefault("net_arch", tuple(net_arch))
         if self.env is not None and "feature_names" not in self.policy_kwargs:
             self.policy_kwargs["feature_names"] = tuple(self.env.get_attr("feature_names")[0])
@@ -278,7 +326,23 @@ class AfterstateDQN(DQN):
         return super().load(path, env=env, device=device, custom_objects={**ours, **(custom_objects or {})},
                             **kwargs)
 
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_learner", "_update_in_flight"]
+
+    def learn(self, *args: Any, **kwargs: Any) -> AfterstateDQN:
+        try:
+            return super().learn(*args, **kwargs)
+        finally:
+            self._finish_update()
+
+    def save(self, path: str | Path | IO[bytes], *args: Any, **kwargs: Any) -> None:
+        """SB3's save, once an update in flight has finished (its weights and optimiser state with it)."""
+        self._finish_update()
+        super().save(path, *args, **kwargs)
+
     def _on_step(self) -> None:
+        if (self._n_calls + 1) % max(self.target_update_interval // self.n_envs, 1) == 0:
+            self._finish_update()  # SB3's `_on_step` copies the network into the target now
         super()._on_step()
         if self.exploration_steps:
             progress = min(self.num_timesteps / self.exploration_steps, 1.0)
@@ -331,6 +395,22 @@ class AfterstateDQN(DQN):
         return action, action
 
     def train(self, gradient_steps: int, batch_size: int = 128) -> None:
+        """The TD update; in the learner thread if there is one (see ``learner_thread``)."""
+        self._finish_update()
+        if self._learner is None and self.learner_thread:
+            self._learner = ThreadPoolExecutor(1, thread_name_prefix="learner")
+        if self._learner is None:
+            self._update(gradient_steps, batch_size)
+        else:
+            self._update_in_flight = self._learner.submit(self._update, gradient_steps, batch_size)
+
+    def _finish_update(self) -> None:
+        """Wait for the update in flight, if any; its exception, if it raised one, is raised here."""
+        if getattr(self, "_update_in_flight", None) is not None:
+            update, self._update_in_flight = self._update_in_flight, None
+            update.result()
+
+    def _update(self, gradient_steps: int, batch_size: int) -> None:
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         losses = []
@@ -346,7 +426,8 @@ class AfterstateDQN(DQN):
             self.policy.optimizer.zero_grad()
             loss.backward()
             th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-            self.policy.optimizer.step()
+            with self.q_net.lock:
+                self.policy.optimizer.step()
             losses.append(loss.item())
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")

@@ -4,9 +4,9 @@ Same pieces, rotations, 7-bag sequence (its own randomizer and queue), spawn
 position, rewards and game-over rules as ``tetris_gymnasium/Tetris`` driven by
 its ``GroupedActionsObservations`` wrapper, with the same action indexing
 (``col * 4 + rotation``) and legal mask. The wrapper checks collisions row by
-row for every candidate; here the landing row of all candidates comes from the
-column heights in one numpy expression, and the afterstate features of all
-candidates are computed as one stack (see `tetriszmq.tetris.features`).
+row for every candidate; here the landing row of each candidate comes from the
+column heights, and one compiled kernel places all candidates and measures the
+boards they leave (see `tetriszmq.tetris.features`).
 
 Observation: ``{"features": (40, F) float32, "mask": (40,) int8}`` where row
 ``a`` holds the features of the board placement ``a`` would leave (zeros when
@@ -36,12 +36,14 @@ from tetriszmq.tetris.features import (
     COLS,
     DEFAULT_FEATURES,
     FEATURES,
-    HOLES,
-    PLAYFIELD,
     ROWS,
+    WALLS,
     Afterstates,
     check_names,
-    column_masks,
+    columns_of,
+    drop_rows,
+    lookup_tables,
+    place_and_measure,
     upper_bounds,
 )
 from tetriszmq.tetris.records import MAX_ACTIONS, EpisodeRecord
@@ -54,7 +56,21 @@ KIND_OFFSET = 2  # tetris-gymnasium numbers pieces after 0 (empty) and 1 (wall):
 REWARDS = RewardsMapping()
 SEED_LIMIT = 2**31  # drawn episode seeds are 1 .. 2^31 - 1: tetris-gymnasium ignores seed 0
 BOARD_STATS = ("holes", "max_height", "bumpiness")  # per episode, means over the boards the agent left
+ALL_COLUMNS = columns_of(FEATURES)
+_LOCKED_AT = columns_of(("lines", "max_height", *BOARD_STATS))  # what a lock reads of its afterstate's features
 Scorer = Callable[[dict[str, np.ndarray]], np.ndarray]  # observation -> (40,) the agent's value of each placement
+
+
+class StepInfo(dict):
+    """A step's info dict, which a deep copy copies one level deep.
+
+    SB3's `DummyVecEnv` deep-copies every step's infos (a tenth of a training step with 4
+    envs); everything in ours is made new for the step (the mask, the episode record and
+    stats, the terminal observation SB3 adds) and never changed afterwards, so sharing it is safe.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> StepInfo:
+        return StepInfo(self)
 
 
 @dataclass(frozen=True)
@@ -70,9 +86,9 @@ class PieceTable:
     slot: np.ndarray  # (40,) action id -> index into `actions`, -1 when illegal
     rows: np.ndarray  # (K, 4) row of each cell inside the rotated matrix
     cols: np.ndarray  # (K, 4) playfield column of each cell
-    col_bits: np.ndarray  # (K, 10) int64 the cells as column bitmasks, the matrix's top row at bit 0
-    below: np.ndarray  # (K, 4) one row under each cell inside the rotated matrix
-    middle: np.ndarray  # (K,) middle row of the piece inside its matrix, for landing height
+    col_bits: np.ndarray  # (K, 12) int64 the cells as walled column bitmasks, the matrix's top row at bit 0
+    limit: np.ndarray  # (K, 4) the matrix's lowest row at which each cell rests on the floor: 19 - its row
+    top: np.ndarray  # (K,) 20 - the piece's middle row in its matrix: landing height = top - landing row
     unblocked: np.ndarray  # (K,) all False, read-only: what most steps' `landing_rows` returns as blocked
     mask: np.ndarray  # (40,) int8
     spawn_rows: np.ndarray  # (4,) cells of the unrotated piece where it spawns
@@ -92,8 +108,8 @@ def _piece_table(index: int) -> PieceTable:
             rows.append(r)
             cols.append(c)
     actions_arr, rows_arr, cols_arr = np.array(actions), np.array(rows), np.array(cols)
-    col_bits = np.zeros((len(actions), COLS), dtype=np.int64)
-    np.bitwise_or.at(col_bits, (np.arange(len(actions))[:, None], cols_arr), np.left_shift(1, rows_arr))
+    col_bits = np.zeros((len(actions), COLS + 2), dtype=np.int64)
+    np.bitwise_or.at(col_bits, (np.arange(len(actions))[:, None], cols_arr + 1), np.left_shift(1, rows_arr))
     slot = np.full(N_ACTIONS, -1)
     slot[actions_arr] = np.arange(len(actions))
     mask = np.zeros(N_ACTIONS, dtype=np.int8)
@@ -106,9 +122,9 @@ def _piece_table(index: int) -> PieceTable:
         rows=rows_arr,
         cols=cols_arr,
         col_bits=col_bits,
-        below=rows_arr + 1,
+        limit=ROWS - 1 - rows_arr,
         unblocked=_read_only(np.zeros(len(actions), dtype=bool)),
-        middle=(rows_arr.min(axis=1) + rows_arr.max(axis=1)) / 2,
+        top=ROWS - (rows_arr.min(axis=1) + rows_arr.max(axis=1)) / 2,
         mask=mask,
         spawn_rows=spawn_rows,
         spawn_cols=spawn_cols + (COLS + 2 * PAD) // 2 - base.shape[0] // 2 - PAD,
@@ -121,6 +137,9 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 
 PIECES: tuple[PieceTable, ...] = tuple(_piece_table(i) for i in range(len(Tetris.TETROMINOES)))
+# A board no taller than this cannot overlap a piece at its spawn: the spawn check then needs no board lookup.
+SPAWN_CLEAR_HEIGHT = ROWS - 1 - max(int(p.spawn_rows.max()) for p in PIECES)
+UNWRITTEN_LIMIT = 1_000  # locks kept before the board of piece kinds is drawn though nobody read it
 
 
 class PlacementTetris(gym.Env):
@@ -144,6 +163,7 @@ class PlacementTetris(gym.Env):
         render_mode: str | None = None,
     ) -> None:
         self.feature_names = check_names(features or DEFAULT_FEATURES)
+        self._columns = columns_of(self.feature_names)  # of `Afterstates.values`
         self.max_pieces = max_pieces or 0
         self.render_mode = render_mode
         n = len(self.feature_names)
@@ -154,8 +174,11 @@ class PlacementTetris(gym.Env):
         })
         self.action_space = spaces.Discrete(N_ACTIONS)
         self._queue = TetrominoQueue(BagRandomizer(len(PIECES)))
-        self.board = np.zeros((ROWS, COLS), dtype=np.uint8)  # piece kinds, like tetris-gymnasium's playfield
-        self._cols = column_masks(self.board > 0)  # the same board as column bitmasks, what the features read
+        self._board = np.zeros((ROWS, COLS), dtype=np.uint8)  # piece kinds, like tetris-gymnasium's playfield
+        self._unwritten: list[tuple[PieceTable, int, int, int]] = []  # locks not yet drawn on it: see `board`
+        self._cols = WALLS  # the same board as column bitmasks, what the features read
+        self._heights = np.zeros(COLS, dtype=np.int64)  # its column heights, for the landing rows
+        self._max_height = 0.0
         self._piece = PIECES[0]
         self._landing_row = np.zeros(0, dtype=int)
         self._blocked = np.zeros(0, dtype=bool)
@@ -174,8 +197,9 @@ class PlacementTetris(gym.Env):
         # no seed (an auto-reset): draw one, so that this episode too is replayable from its seed alone
         self.episode_seed = seed or int(self.np_random.integers(1, SEED_LIMIT))
         self._queue.reset(seed=self.episode_seed)  # tetris-gymnasium's own 7-bag: same seed, same pieces
-        self.board[:] = 0
-        self._cols = column_masks(self.board > 0)
+        self._board[:] = 0
+        self._unwritten.clear()
+        self._cols, self._heights, self._max_height = WALLS, np.zeros(COLS, dtype=np.int64), 0.0
         self._piece = PIECES[self._queue.get_next_tetromino()]
         self._pieces = self._lines = 0
         self._score = 0.0
@@ -183,7 +207,7 @@ class PlacementTetris(gym.Env):
         self._cut = None
         self._board_sums = [0, 0, 0, 0]
         obs = self._observe()
-        return obs, {"lines_cleared": 0, "action_mask": obs["mask"]}
+        return obs, StepInfo(lines_cleared=0, action_mask=obs["mask"])
 
     def step(self, action: int) -> tuple[dict, float, bool, bool, dict]:
         slot = int(self._piece.slot[int(action)])
@@ -196,7 +220,6 @@ class PlacementTetris(gym.Env):
             reward, terminated = float(REWARDS.game_over), True
         else:
             lines = self._lock(slot)
-            self._add_board_stats(slot)
             self._piece = PIECES[self._queue.get_next_tetromino()]
             terminated = self._spawn_collides()
             reward = float(REWARDS.game_over if terminated else REWARDS.alife + lines**2 * COLS)
@@ -207,7 +230,7 @@ class PlacementTetris(gym.Env):
         if self._cut is None and self._pieces == self.record_limit and not (terminated or truncated):
             self._cut = (self._lines, self._score, self._pieces)
         obs = self._observe()
-        info: dict[str, Any] = {"lines_cleared": lines, "action_mask": obs["mask"]}
+        info = StepInfo(lines_cleared=lines, action_mask=obs["mask"])
         if terminated or truncated:
             info["episode_stats"] = self._episode_stats()
             info["episode_record"] = self._record("game over" if terminated else "piece cap")
@@ -258,14 +281,6 @@ class PlacementTetris(gym.Env):
         rows = self._landing_row[slot] + self._piece.rows[slot]
         return [[int(r), int(c)] for r, c in zip(rows, self._piece.cols[slot], strict=True) if r >= 0]
 
-    def _add_board_stats(self, slot: int) -> None:
-        """Add the holes, max height and bumpiness of the board just left (already computed as its afterstate)."""
-        after, sums = self._after, self._board_sums
-        sums[0] += 1
-        sums[1] += int(after.column_sums[slot, HOLES])
-        sums[2] += int(after.max_height[slot])
-        sums[3] += int(after.bumpiness[slot])
-
     def _episode_stats(self) -> dict[str, float]:
         """The game's own counters, and the mean holes, max height and bumpiness of the boards left."""
         return {"reward": self._score, "lines": self._lines, "pieces": self._pieces, **self._board_means()}
@@ -293,55 +308,80 @@ class PlacementTetris(gym.Env):
         return board
 
     def _spawn_collides(self) -> bool:
+        if self._max_height <= SPAWN_CLEAR_HEIGHT:
+            return False
         return bool(self.board[self._piece.spawn_rows, self._piece.spawn_cols].any())
 
     def _lock(self, slot: int) -> int:
-        """Write the current piece where it lands and clear full rows; return their number.
+        """Lock the current piece where it lands; return the rows it cleared.
 
-        The column masks of the result were already computed, as this placement's afterstate.
+        The result was already computed, as this placement's afterstate: its column masks
+        become the board, and its holes, max height and bumpiness are added to the episode's
+        board stats. The board of piece kinds is drawn later (`board`).
         """
-        piece = self._piece
-        self.board[self._landing_row[slot] + piece.rows[slot], piece.cols[slot]] = piece.kind
-        self._cols = self._after.cols[slot]
-        n = int(self._after.lines[slot])
-        if n:
-            full = self.board.all(axis=1)
-            self.board = np.concatenate([np.zeros((n, COLS), dtype=np.uint8), self.board[~full]])
-        return n
+        after = self._after
+        self._cols, self._heights = after.cols[slot], after.heights[slot]
+        lines, self._max_height, *stats = after.values[slot, _LOCKED_AT].tolist()
+        sums = self._board_sums
+        sums[0] += 1
+        for i, value in enumerate(stats, start=1):
+            sums[i] += int(value)
+        self._unwritten.append((self._piece, slot, int(self._landing_row[slot]), int(lines)))
+        if len(self._unwritten) >= UNWRITTEN_LIMIT:
+            self._draw()
+        return int(lines)
+
+    @property
+    def board(self) -> np.ndarray:
+        """``(20, 10)`` piece kinds, like tetris-gymnasium's playfield: 0 empty, 2-8 the pieces.
+
+        Drawn when read (frames at 30/s, tall boards, tests), or every `UNWRITTEN_LIMIT` locks,
+        not at every lock: the features read the column masks, and writing cells and clearing
+        rows here cost a tenth of a step.
+        """
+        self._draw()
+        return self._board
+
+    def _draw(self) -> None:
+        for piece, slot, row, lines in self._unwritten:
+            self._board[row + piece.rows[slot], piece.cols[slot]] = piece.kind
+            if lines:
+                full = self._board.all(axis=1)
+                self._board = np.concatenate([np.zeros((lines, COLS), dtype=np.uint8), self._board[~full]])
+        self._unwritten.clear()
 
     def _observe(self) -> dict[str, np.ndarray]:
         piece = self._piece
-        self._landing_row, self._blocked = landing_rows(piece, self.board, self._cols)
-        afterstates = place_all(piece, self._cols, self._landing_row)
-        features = np.zeros((N_ACTIONS, len(self.feature_names)), dtype=np.float32)
-        features[piece.actions] = afterstates.compute(self.feature_names)
-        self._after = afterstates
+        self._landing_row, self._blocked = landing_rows(piece, self._heights, lambda: self.board)
+        self._after, features = place_all(piece, self._cols, self._landing_row, self._columns)
         self._obs = {"features": features, "mask": piece.mask.copy()}
         return self._obs
 
 
-def landing_rows(piece: PieceTable, filled: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def landing_rows(piece: PieceTable, heights: np.ndarray,
+                 filled: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Row of each legal placement after a hard drop, and whether it is blocked (game over).
 
-    ``filled``: the board, non-zero where filled; ``cols``: the same as column masks.
+    ``heights``: the board's column heights; ``filled``: returns the board, non-zero where
+    filled, read only when a piece would end above the top.
 
     A piece that starts above the surface of its columns lands one row above the
     first surface cell it meets. Otherwise (a stack reaching the top rows) we
     replay tetris-gymnasium exactly: game over if the piece overlaps the stack at
     row 0, else a row-by-row drop, which may slide it into a cave under an overhang.
     """
-    surface = np.bitwise_count((cols & -cols) - 1).astype(np.int64)  # top filled row, 20 when empty
-    rows = (surface[piece.cols] - piece.below).min(axis=1)
-    if rows.min() >= 0:
+    rows, lowest = drop_rows(piece.limit, piece.cols, heights)
+    if lowest >= 0:
         return rows, piece.unblocked
+    board = filled()
     blocked = np.zeros(len(rows), dtype=bool)
     for slot in np.flatnonzero(rows < 0):
         cells_rows, cells_cols = piece.rows[slot], piece.cols[slot]
-        if filled[cells_rows, cells_cols].any():
+        if board[cells_rows, cells_cols].any():
             blocked[slot] = True
             continue
         row = 0
-        while _fits(filled, cells_rows + row + 1, cells_cols):
+        while _fits(board, cells_rows + row + 1, cells_cols):
             row += 1
         rows[slot] = row
     return rows, blocked
@@ -351,42 +391,14 @@ def _fits(filled: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> bool:
     return rows.max() < ROWS and not filled[rows, cols].any()
 
 
-def place_all(piece: PieceTable, cols: np.ndarray, landing_row: np.ndarray) -> Afterstates:
-    """Boards after every legal placement (full rows cleared), as one stack of column masks.
+def place_all(piece: PieceTable, cols: np.ndarray, landing_row: np.ndarray,
+              columns: np.ndarray = ALL_COLUMNS) -> tuple[Afterstates, np.ndarray]:
+    """Boards after every legal placement (full rows cleared) with their features, and the observation.
 
     A blocked placement is drawn where it would rest, its cells above the top cut
     off, so that its features look like the near-full board that ends the game.
+    ``columns``: the observation's features, as columns of `Afterstates.values`.
     """
-    shift = landing_row[:, None]
-    if shift.min() >= 0:
-        placed = piece.col_bits << shift
-    else:
-        placed = np.where(shift >= 0, piece.col_bits << np.maximum(shift, 0), piece.col_bits >> np.maximum(-shift, 0))
-    after = cols | placed
-    full = np.bitwise_and.reduce(after, axis=1) & PLAYFIELD
-    if full.any():
-        lines = np.bitwise_count(full).astype(np.int64)
-        eroded_cells = lines * np.bitwise_count(placed & full[:, None]).sum(axis=1)
-        after = _clear_rows(after, full)
-    else:  # most placements clear nothing
-        lines = eroded_cells = np.zeros(len(after), dtype=np.int64)
-    return Afterstates(
-        cols=after,
-        lines=lines,
-        landing_height=ROWS - landing_row - piece.middle,
-        eroded_cells=eroded_cells,
-    )
-
-
-def _clear_rows(cols: np.ndarray, full: np.ndarray) -> np.ndarray:
-    """Remove the full rows of every board of the stack, top-most first.
-
-    Removing row r shifts the rows above it down one bit and leaves the rows
-    below (and so the next full row) where they are.
-    """
-    while full.any():
-        top = full & -full  # the highest remaining full row, 0 where none is left
-        above = np.where(top, top - 1, 0)[:, None]
-        cols = ((cols & above) << 1) | (cols & ~(above | top[:, None]))
-        full = full ^ top
-    return cols
+    *after, observation = place_and_measure(cols, piece.col_bits, landing_row, piece.top, piece.actions, columns,
+                                            N_ACTIONS, *lookup_tables())
+    return Afterstates(*after), observation

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -232,7 +231,7 @@ class ShowCandidates(BaseCallback):
     """During ``learn()``, env 0's board frames carry the model's values of the current piece's placements.
 
     Only for an in-process env (`DummyVecEnv`): a subprocess env would get a copy of
-    the network that never learns. Needs a policy with ``q_values`` (afterstate-dqn).
+    the network that never learns. Needs a policy with ``placement_values`` (afterstate-dqn).
     """
 
     def _on_training_start(self) -> None:
@@ -249,15 +248,16 @@ class ShowCandidates(BaseCallback):
 
 
 def model_scorer(model: BaseAlgorithm):
-    """``obs -> (40,) values`` from a model whose policy values placements (``q_values``), else None."""
+    """``obs -> (40,) values`` from a model whose policy values placements (``placement_values``), else None.
+
+    The numpy forward pass the policy acts with: torch's costs ~0.3 ms a board frame, 1 % of training at 30 fps.
+    """
     policy = model.policy
-    if not hasattr(policy, "q_values"):
+    if not hasattr(policy, "placement_values"):
         return None
 
     def scores(obs: dict[str, np.ndarray]) -> np.ndarray:
-        with th.no_grad():
-            tensors, _ = policy.obs_to_tensor(obs)
-            return policy.q_values(tensors)[0].cpu().numpy()
+        return policy.placement_values(np.asarray(obs["features"]), np.asarray(obs["mask"]))
     return scores
 
 

@@ -150,8 +150,12 @@ class AfterstatePolicy(BasePolicy):
         single = features.ndim == 2  # one env's (40, F), not a batch (n_envs, 40, F)
         if single:
             features, mask = features[None], mask[None]
-        actions = np.where(mask != 0, self.q_net.values(features), -np.inf).argmax(axis=1)
+        actions = self.placement_values(features, mask).argmax(axis=1)
         return (actions.squeeze(0) if single else actions), state
+
+    def placement_values(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """`q_values` in numpy (``(..., 40)``, -inf where illegal): what acting and the page's candidates read."""
+        return np.where(mask != 0, self.q_net.values(features), -np.inf)
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = True) -> th.Tensor:
         return self.q_values(observation).argmax(dim=1)

@@ -412,3 +412,19 @@ def test_a_long_replay_fetches_only_where_the_scrubber_rests_cancels_the_rest_an
         playing, info = page.evaluate("async () => { await player.list(); return [player.playing, "
                                       "document.getElementById('replay-info').textContent]; }")
         assert playing and "listing failed" not in info and info.startswith("long, best (episode 1")
+
+
+def test_a_long_note_stays_on_one_short_line_and_the_run_table_fits_its_panel(viewers, tmp_path):
+    # A --trainer nobody answers is listed at once, with its note (a remote trainer's files are not here).
+    viewer = viewers(free_endpoint(), free_endpoint(), "--runs", str(tmp_path / "none"))
+    with open_page(viewer.url + "/") as page:
+        page.wait_for_function("() => document.querySelector('#run-table tbody tr .note')")
+        for width, height in SCREENS:
+            page.set_viewport_size({"width": width, "height": height})
+            page.wait_for_timeout(300)  # a resize is laid out on the next frames
+            fits = page.evaluate("""() => {
+              const scroll = document.querySelector('.runs-scroll'), note = document.querySelector('.note');
+              return [scroll.scrollWidth <= scroll.clientWidth, note.getBoundingClientRect().height < 24,
+                      note.title.includes('its files are not under --runs')];
+            }""")
+            assert fits == [True, True, True], f"at {width}x{height}"

@@ -311,7 +311,8 @@ def test_each_side_lets_in_its_own_keys_only(relay_keys, curve_loopback):
      "the server refused this client's CURVE key (is its public key in the trainer's or relay's allow folder?)"),
     (("--curve-server-key", "client.key", "--curve-secret-key", "client.key_secret"),
      "the handshake failed (is --curve-server-key that trainer's or relay's public key"),
-    ((), "the handshake failed"),  # no CURVE towards a CURVE relay
+    ((), "the handshake failed: this client uses no CURVE keys; a server that uses CURVE needs "
+         "--curve-server-key and --curve-secret-key"),
 ])
 def test_ctl_says_why_a_curve_relay_does_not_answer(relay_keys, curve_loopback, keys, said):
     """Refused and unreadable keys look like silence to a client: the socket monitor tells them apart."""

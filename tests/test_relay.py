@@ -511,6 +511,8 @@ def test_a_request_for_an_unknown_run_gets_a_clear_error(loopback):
      "--curve-allow-trainers nowhere: not a folder"),
     (["ctl", "status", "--relay", "tcp://127.0.0.1:6001"], "--relay needs --run"),
     (["ctl", "runs"], "go with --relay"),
+    (["ctl", "status", "--curve-server-key", "missing.key", "--curve-secret-key", "missing.key_secret"],
+     "cannot read CURVE key"),  # bad input, not the trainer's silence (exit 3)
     (["train", "--config", "tests/tiny.toml", "--relay", "tcp://relay-box"], "publish.relay 'tcp://relay-box'"),
     (["train", "--config", "tests/tiny.toml", "--relay", "tcp://10.1.2.3:5557"],
      "refusing to connect to tcp://10.1.2.3:5557"),

@@ -428,3 +428,17 @@ def test_a_long_note_stays_on_one_short_line_and_the_run_table_fits_its_panel(vi
                       note.title.includes('its files are not under --runs')];
             }""")
             assert fits == [True, True, True], f"at {width}x{height}"
+
+
+def test_config_columns_are_the_keys_runs_with_a_config_differ_in_not_those_a_remote_run_lacks(viewers, tmp_path):
+    root = tmp_path / "runs"
+    for name, rate in (("slow", 0.001), ("fast", 0.002)):
+        (root / name).mkdir(parents=True)
+        (root / name / "config.toml").write_text(
+            f'[agent]\ndevice = "cpu"\ntorch_threads = 1\n\n[agent.params]\nlearning_rate = {rate}\n')
+    viewer = viewers(free_endpoint(), free_endpoint(), "--runs", str(root))  # a remote run: no config at all
+    with open_page(viewer.url + "/") as page:
+        page.wait_for_function("() => document.querySelectorAll('#run-table tbody tr').length === 3")
+        head = page.locator("#run-table thead").inner_text()
+        assert "params.learning_rate" in head
+        assert "agent.device" not in head and "agent.torch_threads" not in head, head

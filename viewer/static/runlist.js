@@ -82,11 +82,13 @@ export class RunList {
     this.render();
   }
 
-  // The config keys whose values differ between the runs listed.
+  // The config keys whose values differ between the runs listed that have a config: a remote
+  // trainer's run has none, and would otherwise make every key look like a difference.
   differing(runs) {
-    const keys = new Set(runs.flatMap((r) => Object.keys(r.entry.config || {})));
+    const configs = runs.map((r) => r.entry.config).filter((c) => c && Object.keys(c).length);
+    const keys = new Set(configs.flatMap((c) => Object.keys(c)));
     return [...keys].filter((key) => !NOISE.test(key) &&
-      new Set(runs.map((r) => configText((r.entry.config || {})[key]))).size > 1).sort().slice(0, MAX_CONFIG_COLUMNS);
+      new Set(configs.map((c) => configText(c[key]))).size > 1).sort().slice(0, MAX_CONFIG_COLUMNS);
   }
 
   columns() {

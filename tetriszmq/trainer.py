@@ -144,6 +144,8 @@ def _security(config: cfg.Config) -> tuple[ServerCurve | None, Uplink | None]:
     sec, publish = config.security, config.publish
     curve = ServerCurve(Path(sec.curve_secret_key), Path(sec.curve_allow)) if sec.curve_allow else None
     try:
+        if curve is not None:
+            curve.load()  # unusable key files are bad input: refused before the run directory is made
         check_exposure([publish.pub, publish.ctl], curve is not None, sec.insecure)
         if not publish.relay:
             return curve, None

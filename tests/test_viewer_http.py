@@ -150,6 +150,7 @@ def test_before_any_trainer_the_status_and_the_snapshot_say_none_the_same_way(vi
     (["--trainer", "tcp://127.0.0.1:5555,tcp://127.0.0.1"], "'tcp://127.0.0.1' is not a ZeroMQ endpoint"),
     (["--ctl", "tcp://127.0.0.1:5556"], "--ctl goes with exactly one --trainer PUB"),
     (["--trainer", "nonsense://x", "--ctl", "tcp://127.0.0.1:1"], "'nonsense://x' is not a ZeroMQ endpoint"),
+    (["--trainer", "gpu-a:5555"], "'gpu-a:5555' is not a ZeroMQ endpoint"),  # the scheme forgotten: not about --ctl
     (["--token", "two words"], "the control token may hold only"),
     (["--snapshot-rate", "0"], "must be a positive number"),
     (["--relay", "relay-box:5559"], "--relay 'relay-box:5559': give tcp://HOST:PORT"),

@@ -122,6 +122,8 @@ def trainer_endpoints(trainers: list[str], ctl: str | None) -> list[tuple[str, s
     pairs = []
     for trainer in trainers:
         pub, _, own = trainer.partition(",")
+        if not (own or ctl):
+            check_endpoints(pub)  # a PUB that is no endpoint at all is the problem, not the missing --ctl
         pairs.append((pub, own or ctl or default_ctl(pub)))
     return pairs
 

@@ -200,3 +200,11 @@ def test_allow_origin_admits_its_host_name_too(viewers, tmp_path):
     assert raw_get(trusting, "/api/status", "evil.example")[0] == 421
     anyone = viewers(None, None, "--allow-origin", "*")
     assert raw_get(anyone, "/api/status", "evil.example")[0] == 200
+
+
+def test_a_runs_folder_that_is_not_there_is_said_at_start(viewers, tmp_path):
+    there = tmp_path / "runs"
+    there.mkdir()
+    viewer = viewers(None, None, "--runs", str(there), "--runs", str(tmp_path / "rnus"))
+    assert f"runs in {there}, {tmp_path / 'rnus'} (not there yet: its runs appear once it is made)" \
+        in viewer.output()

@@ -172,7 +172,9 @@ def _announce(settings: Settings, port: int) -> None:
     trainers = "".join(f"\n  trainer {pub}, control {ctl}" for pub, ctl in runs.trainers)
     if runs.relay is not None:
         trainers += f"\n  relay {runs.relay.stream}, control {runs.relay.control}"
-    print(f"tetriszmq-viewer: runs in {', '.join(map(str, runs.roots))}{trainers}\n"
+    folders = ", ".join(str(root) if root.is_dir() else f"{root} (not there yet: its runs appear once it is made)"
+                        for root in runs.roots)  # a typo in --runs is otherwise an empty page, unexplained
+    print(f"tetriszmq-viewer: runs in {folders}{trainers}\n"
           f"  open http://{host}:{port}/#token={settings.token}\n"
           f"  control token: {settings.token} (without it the page is read-only)", flush=True)
 

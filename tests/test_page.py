@@ -419,6 +419,7 @@ def test_a_long_note_stays_on_one_short_line_and_the_run_table_fits_its_panel(vi
     viewer = viewers(free_endpoint(), free_endpoint(), "--runs", str(tmp_path / "none"))
     with open_page(viewer.url + "/") as page:
         page.wait_for_function("() => document.querySelector('#run-table tbody tr .note')")
+        assert page.locator("#summary").inner_text().startswith("1 run, ")  # not "1 runs"
         for width, height in SCREENS:
             page.set_viewport_size({"width": width, "height": height})
             page.wait_for_timeout(300)  # a resize is laid out on the next frames

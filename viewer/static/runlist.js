@@ -12,6 +12,11 @@ const NOISE = /^(publish\.(pub|ctl)|run\.(dir|name|seed)|agent\.algo|security\.)
 const STATE_CLASS = { running: "ok", paused: "warn", saving: "warn", starting: "warn", stopping: "warn",
   stopped: "muted", crashed: "bad", error: "bad", unknown: "muted", waiting: "warn" };
 
+// "1 run", "2 runs".
+export function countOf(n) {
+  return `${n} run${n === 1 ? "" : "s"}`;
+}
+
 function when(seconds) {
   if (!seconds) return "–";
   const d = new Date(seconds * 1000), now = new Date();
@@ -118,8 +123,8 @@ export class RunList {
     const headRow = this.table.querySelector("thead tr");
     if (headRow.innerHTML !== head) headRow.innerHTML = head;
     this.table.querySelector("tbody").innerHTML = shown.map((r) => this.row(r, columns)).join("");
-    this.count.textContent = shown.length === this.runs.length ? `${this.runs.length} runs`
-      : `${shown.length} of ${this.runs.length} runs`;
+    this.count.textContent = shown.length === this.runs.length ? countOf(this.runs.length)
+      : `${shown.length} of ${countOf(this.runs.length)}`;
   }
 
   row(run, columns) {

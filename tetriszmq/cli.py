@@ -247,6 +247,9 @@ def _player(args: argparse.Namespace):
     from tetriszmq import config as cfg
 
     path = args.checkpoint
+    if path.is_dir():  # a run directory, most likely: say which file it holds
+        final = path / "checkpoints" / "final" if (path / "checkpoints").is_dir() else "RUN_DIR/checkpoints/final"
+        raise cfg.ConfigError(f"--checkpoint {path} is a folder: give a checkpoint file, such as {final}")
     run_config = path.resolve().parent.parent / "config.toml"
     algo = args.algo or (cfg.load(run_config).agent.algo if run_config.exists() else "afterstate-dqn")
     try:

@@ -433,7 +433,7 @@ def test_a_long_note_stays_on_one_short_line_and_the_run_table_fits_its_panel(vi
 
 def test_config_columns_are_the_keys_runs_with_a_config_differ_in_not_those_a_remote_run_lacks(viewers, tmp_path):
     root = tmp_path / "runs"
-    for name, rate in (("slow", 0.001), ("fast", 0.002)):
+    for name, rate in (("slow", 0.001), ("fast", 0.0003661138620693672)):
         (root / name).mkdir(parents=True)
         (root / name / "config.toml").write_text(
             f'[agent]\ndevice = "cpu"\ntorch_threads = 1\n\n[agent.params]\nlearning_rate = {rate}\n')
@@ -443,3 +443,5 @@ def test_config_columns_are_the_keys_runs_with_a_config_differ_in_not_those_a_re
         head = page.locator("#run-table thead").inner_text()
         assert "params.learning_rate" in head
         assert "agent.device" not in head and "agent.torch_threads" not in head, head
+        cell = row(page, "fast").locator("td").nth(5)  # checkbox, name, state, algo, seed, then the config column
+        assert (cell.inner_text(), cell.get_attribute("title")) == ("0.0003661", "0.0003661138620693672")

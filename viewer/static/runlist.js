@@ -58,6 +58,12 @@ function configText(value) {
   return value === undefined ? "–" : typeof value === "object" ? JSON.stringify(value) : String(value);
 }
 
+// A config value as its column shows it: a sampled float to 4 significant digits (the cell's title has it all).
+function configShown(value) {
+  return typeof value === "number" && !Number.isInteger(value) ? String(Number(value.toPrecision(4)))
+    : configText(value);
+}
+
 export class RunList {
   constructor(table, filter, count, { onSelect, onFocus }) {
     Object.assign(this, { table, filter, count, onSelect, onFocus });
@@ -98,7 +104,7 @@ export class RunList {
 
   columns() {
     const config = this.differing(this.runs).map((key) => [`config:${key}`, key.split(".").slice(-2).join("."),
-      (r) => (r.entry.config || {})[key], (r) => configText((r.entry.config || {})[key])]);
+      (r) => (r.entry.config || {})[key], (r) => configShown((r.entry.config || {})[key])]);
     const anyLines = this.runs.some((r) => r.hasLines());
     return [...FIXED, ...config, ...COUNTERS.filter((c) => c[4] !== "lines" || anyLines)];
   }
@@ -139,6 +145,7 @@ export class RunList {
         const note = e.note ? ` <span class="note" title="${escape(e.note)}">⚠ ${escape(e.note)}</span>` : "";
         return `<td class="name"><span class="swatch" style="background:${run.colour}"></span>${value}${note}</td>`;
       }
+      if (key.startsWith("config:")) return `<td title="${escape(configText((e.config || {})[key.slice(7)]))}">${value}</td>`;
       return `<td>${value}</td>`;
     }).join("");
     const focused = e.id === this.focused ? " focused" : "";

@@ -523,3 +523,15 @@ def test_bad_relay_arguments_exit_2_with_a_clear_message(args, message, tmp_path
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("who", "stranger", "said"), [
+    ("node", False, "the relay refused this viewer's CURVE key"),  # a trainer's key, not a client's
+    ("client", True, "the relay refused this viewer's CURVE key"),
+])
+def test_a_viewer_the_relay_refuses_says_why_in_its_status_and_log(relay_keys, curve_loopback, viewers, who,
+                                                                   stranger, said):
+    viewer = viewers(None, None, "--relay", curve_loopback.viewers, *curve(relay_keys, who, stranger))
+    wait_for(lambda: said in (viewer.status()["relay"]["handshake"] or ""), timeout=30, what="the refusal said")
+    wait_for(lambda: f"relay {curve_loopback.viewers.split(',')[0]}: {said}" in viewer.output(), timeout=10,
+             what="the refusal logged")

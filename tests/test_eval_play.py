@@ -40,6 +40,14 @@ def test_eval_of_a_missing_checkpoint_is_a_clear_error(tmp_path):
     assert "no such checkpoint" in result.stderr
 
 
+def test_eval_of_a_run_directory_names_the_checkpoint_to_give(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    result = tetriszmq("eval", "--checkpoint", str(tmp_path / "run"), "--algo", "afterstate-dqn")
+    assert result.returncode == 2 and "Errno" not in result.stderr
+    assert (f"--checkpoint {tmp_path / 'run'} is a folder: give a checkpoint file, such as "
+            f"{tmp_path / 'run' / 'checkpoints' / 'final'}") in result.stderr
+
+
 def test_play_streams_a_game_and_obeys_stop(subscribe):
     pub, ctl = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     game = subprocess.Popen([sys.executable, "-m", "tetriszmq", "play", "--agent", "dellacherie", "--pps", "50",

@@ -412,3 +412,36 @@ def test_a_long_replay_fetches_only_where_the_scrubber_rests_cancels_the_rest_an
         playing, info = page.evaluate("async () => { await player.list(); return [player.playing, "
                                       "document.getElementById('replay-info').textContent]; }")
         assert playing and "listing failed" not in info and info.startswith("long, best (episode 1")
+
+
+def test_a_long_note_stays_on_one_short_line_and_the_run_table_fits_its_panel(viewers, tmp_path):
+    # A --trainer nobody answers is listed at once, with its note (a remote trainer's files are not here).
+    viewer = viewers(free_endpoint(), free_endpoint(), "--runs", str(tmp_path / "none"))
+    with open_page(viewer.url + "/") as page:
+        page.wait_for_function("() => document.querySelector('#run-table tbody tr .note')")
+        assert page.locator("#summary").inner_text().startswith("1 run, ")  # not "1 runs"
+        for width, height in SCREENS:
+            page.set_viewport_size({"width": width, "height": height})
+            page.wait_for_timeout(300)  # a resize is laid out on the next frames
+            fits = page.evaluate("""() => {
+              const scroll = document.querySelector('.runs-scroll'), note = document.querySelector('.note');
+              return [scroll.scrollWidth <= scroll.clientWidth, note.getBoundingClientRect().height < 24,
+                      note.title.includes('its files are not under --runs')];
+            }""")
+            assert fits == [True, True, True], f"at {width}x{height}"
+
+
+def test_config_columns_are_the_keys_runs_with_a_config_differ_in_not_those_a_remote_run_lacks(viewers, tmp_path):
+    root = tmp_path / "runs"
+    for name, rate in (("slow", 0.001), ("fast", 0.0003661138620693672)):
+        (root / name).mkdir(parents=True)
+        (root / name / "config.toml").write_text(
+            f'[agent]\ndevice = "cpu"\ntorch_threads = 1\n\n[agent.params]\nlearning_rate = {rate}\n')
+    viewer = viewers(free_endpoint(), free_endpoint(), "--runs", str(root))  # a remote run: no config at all
+    with open_page(viewer.url + "/") as page:
+        page.wait_for_function("() => document.querySelectorAll('#run-table tbody tr').length === 3")
+        head = page.locator("#run-table thead").inner_text()
+        assert "params.learning_rate" in head
+        assert "agent.device" not in head and "agent.torch_threads" not in head, head
+        cell = row(page, "fast").locator("td").nth(5)  # checkbox, name, state, algo, seed, then the config column
+        assert (cell.inner_text(), cell.get_attribute("title")) == ("0.0003661", "0.0003661138620693672")

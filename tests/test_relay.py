@@ -311,7 +311,8 @@ def test_each_side_lets_in_its_own_keys_only(relay_keys, curve_loopback):
      "the server refused this client's CURVE key (is its public key in the trainer's or relay's allow folder?)"),
     (("--curve-server-key", "client.key", "--curve-secret-key", "client.key_secret"),
      "the handshake failed (is --curve-server-key that trainer's or relay's public key"),
-    ((), "the handshake failed"),  # no CURVE towards a CURVE relay
+    ((), "the handshake failed: this client uses no CURVE keys; a server that uses CURVE needs "
+         "--curve-server-key and --curve-secret-key"),
 ])
 def test_ctl_says_why_a_curve_relay_does_not_answer(relay_keys, curve_loopback, keys, said):
     """Refused and unreadable keys look like silence to a client: the socket monitor tells them apart."""
@@ -510,6 +511,8 @@ def test_a_request_for_an_unknown_run_gets_a_clear_error(loopback):
      "--curve-allow-trainers nowhere: not a folder"),
     (["ctl", "status", "--relay", "tcp://127.0.0.1:6001"], "--relay needs --run"),
     (["ctl", "runs"], "go with --relay"),
+    (["ctl", "status", "--curve-server-key", "missing.key", "--curve-secret-key", "missing.key_secret"],
+     "cannot read CURVE key"),  # bad input, not the trainer's silence (exit 3)
     (["train", "--config", "tests/tiny.toml", "--relay", "tcp://relay-box"], "publish.relay 'tcp://relay-box'"),
     (["train", "--config", "tests/tiny.toml", "--relay", "tcp://10.1.2.3:5557"],
      "refusing to connect to tcp://10.1.2.3:5557"),
@@ -520,3 +523,15 @@ def test_bad_relay_arguments_exit_2_with_a_clear_message(args, message, tmp_path
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("who", "stranger", "said"), [
+    ("node", False, "the relay refused this viewer's CURVE key"),  # a trainer's key, not a client's
+    ("client", True, "the relay refused this viewer's CURVE key"),
+])
+def test_a_viewer_the_relay_refuses_says_why_in_its_status_and_log(relay_keys, curve_loopback, viewers, who,
+                                                                   stranger, said):
+    viewer = viewers(None, None, "--relay", curve_loopback.viewers, *curve(relay_keys, who, stranger))
+    wait_for(lambda: said in (viewer.status()["relay"]["handshake"] or ""), timeout=30, what="the refusal said")
+    wait_for(lambda: f"relay {curve_loopback.viewers.split(',')[0]}: {said}" in viewer.output(), timeout=10,
+             what="the refusal logged")

@@ -49,3 +49,19 @@ def test_binding_beyond_loopback_without_curve_is_refused(tmp_path):
     assert result.returncode == 2
     assert "refusing to bind tcp://0.0.0.0" in result.stderr and "--insecure" in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("keys", "said"), [
+    (("--curve-secret-key", "missing.key_secret", "--curve-allow", "tests"),
+     "cannot read CURVE key missing.key_secret"),
+    (("--curve-secret-key", "tests/tiny.toml", "--curve-allow", "tests"), "cannot read CURVE key tests/tiny.toml"),
+    (("--curve-secret-key", "missing.key_secret", "--curve-allow", "nowhere"),
+     "--curve-allow nowhere: not a folder of client public keys"),
+])
+def test_key_files_the_trainer_cannot_use_exit_2_before_the_run_directory(tmp_path, keys, said):
+    result = subprocess.run(
+        [sys.executable, "-m", "tetriszmq", "train", "--config", "tests/tiny.toml", "--run-dir", str(tmp_path / "r"),
+         "--pub", f"tcp://0.0.0.0:{free_port()}", "--ctl", f"tcp://0.0.0.0:{free_port()}", *keys],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "r").exists()

@@ -227,7 +227,9 @@ def test_a_study_name_that_cannot_name_a_folder_exits_2_before_anything_is_writt
         study: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["sweep", "--config", str(TINY_SWEEP), "--space", str(space_file(tmp_path)), "--study", study,
                      "--runs", str(tmp_path / "runs")])
-    assert code == 2 and "(it names folders, and its trials' runs)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "must be 1 to 59 letters, digits, . _ - (it names folders, and its trials' runs)" in err
+    assert "{1,80}" not in err  # the run id pattern's own bound contradicted the 59
     assert not (tmp_path / "runs").exists()
 
 

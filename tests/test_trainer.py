@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import typing
@@ -134,6 +135,18 @@ def test_malformed_requests_get_error_replies_and_training_goes_on(trainers):
         sock.close()
     wait_for(lambda: status(trainer)["timesteps"] > before)
     assert trainer.proc.poll() is None
+
+
+def test_a_resume_with_nothing_left_to_train_says_so_and_ends_stopped(trainers, finished_run, tmp_path):
+    run_dir = tmp_path / "done"
+    shutil.copytree(finished_run, run_dir)
+    trained = PPO.load(run_dir / "checkpoints" / "final.zip").num_timesteps
+    again = trainers("--resume", run_dir=run_dir)  # tiny.toml's max_timesteps, already reached
+    assert again.wait(60) == 0, again.output()
+    assert (f"already at train.max_timesteps (400): nothing to train; to go on, raise it: --set "
+            f"train.max_timesteps={2 * trained}") in again.output()
+    last = orjson.loads((run_dir / "metrics.jsonl").read_bytes().splitlines()[-1])
+    assert (last["state"], last["reason"]) == ("stopped", "max_timesteps 400 already reached")
 
 
 def test_pause_holds_timesteps_and_resume_continues(trainers):

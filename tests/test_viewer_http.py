@@ -150,6 +150,7 @@ def test_before_any_trainer_the_status_and_the_snapshot_say_none_the_same_way(vi
     (["--trainer", "tcp://127.0.0.1:5555,tcp://127.0.0.1"], "'tcp://127.0.0.1' is not a ZeroMQ endpoint"),
     (["--ctl", "tcp://127.0.0.1:5556"], "--ctl goes with exactly one --trainer PUB"),
     (["--trainer", "nonsense://x", "--ctl", "tcp://127.0.0.1:1"], "'nonsense://x' is not a ZeroMQ endpoint"),
+    (["--trainer", "gpu-a:5555"], "'gpu-a:5555' is not a ZeroMQ endpoint"),  # the scheme forgotten: not about --ctl
     (["--token", "two words"], "the control token may hold only"),
     (["--snapshot-rate", "0"], "must be a positive number"),
     (["--relay", "relay-box:5559"], "--relay 'relay-box:5559': give tcp://HOST:PORT"),
@@ -199,3 +200,11 @@ def test_allow_origin_admits_its_host_name_too(viewers, tmp_path):
     assert raw_get(trusting, "/api/status", "evil.example")[0] == 421
     anyone = viewers(None, None, "--allow-origin", "*")
     assert raw_get(anyone, "/api/status", "evil.example")[0] == 200
+
+
+def test_a_runs_folder_that_is_not_there_is_said_at_start(viewers, tmp_path):
+    there = tmp_path / "runs"
+    there.mkdir()
+    viewer = viewers(None, None, "--runs", str(there), "--runs", str(tmp_path / "rnus"))
+    assert f"runs in {there}, {tmp_path / 'rnus'} (not there yet: its runs appear once it is made)" \
+        in viewer.output()

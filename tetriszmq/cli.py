@@ -167,13 +167,13 @@ def _ctl(args: argparse.Namespace) -> int:
 
     try:
         endpoint, run = _ctl_target(args)
-    except ValueError as exc:
+        curve = client_curve(args)
+    except ValueError as exc:  # SecurityError is a ValueError: a key file is bad input too
         print(f"tetriszmq ctl: {exc}", file=sys.stderr)
         return 2
     try:
-        reply = request(endpoint, args.cmd, timeout=args.timeout, retries=args.retries, curve=client_curve(args),
-                        run=run)
-    except (NoReply, SecurityError) as exc:
+        reply = request(endpoint, args.cmd, timeout=args.timeout, retries=args.retries, curve=curve, run=run)
+    except NoReply as exc:
         print(f"tetriszmq ctl: {exc}", file=sys.stderr)
         return 3
     sys.stdout.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -247,6 +247,9 @@ def _player(args: argparse.Namespace):
     from tetriszmq import config as cfg
 
     path = args.checkpoint
+    if path.is_dir():  # a run directory, most likely: say which file it holds
+        final = path / "checkpoints" / "final" if (path / "checkpoints").is_dir() else "RUN_DIR/checkpoints/final"
+        raise cfg.ConfigError(f"--checkpoint {path} is a folder: give a checkpoint file, such as {final}")
     run_config = path.resolve().parent.parent / "config.toml"
     algo = args.algo or (cfg.load(run_config).agent.algo if run_config.exists() else "afterstate-dqn")
     try:

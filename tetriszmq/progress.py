@@ -34,8 +34,10 @@ class ProgressLine:
 
     def start(self) -> None:
         self.started = time.monotonic()
-        print(f"tetriszmq: streaming on {self.state.endpoints.get('pub')}, "
-              f"control on {self.state.endpoints.get('ctl')}", file=self.out, flush=True)
+        endpoints = self.state.endpoints
+        relay = f", and through the relay at {endpoints['relay']}" if endpoints.get("relay") else ""
+        print(f"tetriszmq: streaming on {endpoints.get('pub')}, control on {endpoints.get('ctl')}{relay}",
+              file=self.out, flush=True)
         self._thread.start()
 
     def close(self) -> None:

@@ -144,6 +144,8 @@ def _security(config: cfg.Config) -> tuple[ServerCurve | None, Uplink | None]:
     sec, publish = config.security, config.publish
     curve = ServerCurve(Path(sec.curve_secret_key), Path(sec.curve_allow)) if sec.curve_allow else None
     try:
+        if curve is not None:
+            curve.load()  # unusable key files are bad input: refused before the run directory is made
         check_exposure([publish.pub, publish.ctl], curve is not None, sec.insecure)
         if not publish.relay:
             return curve, None
@@ -203,14 +205,13 @@ def _not_started(stream: StreamCallback, exc: Exception, resume: bool) -> int:
 def _learn(model: BaseAlgorithm, config: cfg.Config, state: TrainerState, stream: StreamCallback,
            progress: ProgressLine | None, game: list[BaseCallback]) -> int:
     remaining = config.train.max_timesteps - model.num_timesteps
+    if remaining <= 0:
+        return _nothing_to_train(model, config, stream)
     stops = StopConditions(state, config.train.max_minutes, config.train.target_lines)
     if progress is not None:
         progress.start()
     try:
-        if remaining > 0:
-            model.learn(remaining, callback=CallbackList([stream, *game, stops]), reset_num_timesteps=False)
-        else:
-            state.stop_reason = f"max_timesteps {config.train.max_timesteps} already reached"
+        model.learn(remaining, callback=CallbackList([stream, *game, stops]), reset_num_timesteps=False)
     except Exception as exc:
         stream.set_state(State.ERROR, f"{type(exc).__name__}: {exc}")
         print(f"tetriszmq: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -226,6 +227,20 @@ def _learn(model: BaseAlgorithm, config: cfg.Config, state: TrainerState, stream
         print(f"tetriszmq: final checkpoint failed: {exc}", file=sys.stderr)
         return 1
     stream.set_state(State.STOPPED, why)
+    return 0
+
+
+def _nothing_to_train(model: BaseAlgorithm, config: cfg.Config, stream: StreamCallback) -> int:
+    """A ``--resume`` of a run already at ``train.max_timesteps``: it stops at once, saying how to go on.
+
+    No checkpoint is written: the one it loaded is unchanged (and the stream's callback never saw the model).
+    """
+    model.get_env().close()
+    limit = config.train.max_timesteps
+    print(f"tetriszmq: --resume: the checkpoint is at {model.num_timesteps:,} timesteps, already at "
+          f"train.max_timesteps ({limit}): nothing to train; to go on, raise it: --set "
+          f"train.max_timesteps={2 * model.num_timesteps}", file=sys.stderr)
+    stream.set_state(State.STOPPED, f"max_timesteps {limit} already reached")
     return 0
 
 

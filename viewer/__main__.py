@@ -122,6 +122,8 @@ def trainer_endpoints(trainers: list[str], ctl: str | None) -> list[tuple[str, s
     pairs = []
     for trainer in trainers:
         pub, _, own = trainer.partition(",")
+        if not (own or ctl):
+            check_endpoints(pub)  # a PUB that is no endpoint at all is the problem, not the missing --ctl
         pairs.append((pub, own or ctl or default_ctl(pub)))
     return pairs
 
@@ -170,7 +172,9 @@ def _announce(settings: Settings, port: int) -> None:
     trainers = "".join(f"\n  trainer {pub}, control {ctl}" for pub, ctl in runs.trainers)
     if runs.relay is not None:
         trainers += f"\n  relay {runs.relay.stream}, control {runs.relay.control}"
-    print(f"tetriszmq-viewer: runs in {', '.join(map(str, runs.roots))}{trainers}\n"
+    folders = ", ".join(str(root) if root.is_dir() else f"{root} (not there yet: its runs appear once it is made)"
+                        for root in runs.roots)  # a typo in --runs is otherwise an empty page, unexplained
+    print(f"tetriszmq-viewer: runs in {folders}{trainers}\n"
           f"  open http://{host}:{port}/#token={settings.token}\n"
           f"  control token: {settings.token} (without it the page is read-only)", flush=True)
 

@@ -47,7 +47,7 @@ _HISTORY_TOPICS = frozenset({Topic.STATUS, Topic.EPISODE, Topic.METRICS})
 LATEST_WINS = frozenset({Topic.BOARD, Topic.HEARTBEAT})  # state, not history: only the newest matters
 MAX_HELD = 20_000  # live messages held while a snapshot is in flight
 RELAY_RELEARNS = 1.0  # s for a restarted relay to hear every trainer's hello again (they say it every 0.5 s)
-_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
@@ -146,10 +146,12 @@ class Hub:
         """Subscribe to the trainer; accepted messages go to ``sink`` from now on."""
         self.attach(sink)
         sub = subscriber(self.ctx, self.settings)
-        monitor = sub.get_monitor_socket(_HANDSHAKE_EVENTS)
+        monitor = sub.get_monitor_socket(HANDSHAKE_EVENTS)
         sub.connect(self.settings.trainer)
+        curve = self.settings.curve is not None
+        watching = watch_handshakes(monitor, self, "trainer", self.settings.trainer, curve=curve)
         self._tasks += [asyncio.create_task(self._receive(sub), name="hub-receive"),
-                        asyncio.create_task(self._watch_handshakes(monitor), name="hub-watch-handshakes")]
+                        asyncio.create_task(watching, name="hub-watch-handshakes")]
 
     def attach(self, sink: Sink) -> None:
         """Take the messages someone else receives (`on_frames`: a relay's one SUB for every trainer behind it)."""
@@ -405,18 +407,6 @@ class Hub:
             if self.link is Link.ONLINE and time.time() - self.last_heard > self.settings.offline_after:
                 self._set_link(Link.OFFLINE)
 
-    async def _watch_handshakes(self, monitor: zmq.asyncio.Socket) -> None:
-        """Keep why the trainer refused us (wrong or missing CURVE keys): otherwise that looks like silence."""
-        try:
-            while True:
-                event = parse_monitor_message(await monitor.recv_multipart())
-                problem = handshake_problem(event["event"], event["value"], curve=self.settings.curve is not None)
-                if problem is not None and problem != self.handshake:
-                    log.warning("trainer %s: %s", self.settings.trainer, problem)
-                self.handshake = problem
-        finally:
-            monitor.close(linger=0)
-
     def _set_link(self, link: Link) -> None:
         self.link = link
         log.info("trainer %s is %s", self.settings.trainer, link)
@@ -479,23 +469,45 @@ def _topic(frame: bytes) -> Topic | str:
     return name[1].decode()
 
 
-def handshake_problem(event: int, value: int, *, curve: bool) -> str | None:
+class Handshaking(Protocol):
+    """Whoever keeps why its SUB's peer refused it: a `Hub`, or a relay's link."""
+
+    handshake: str | None
+
+
+async def watch_handshakes(monitor: zmq.asyncio.Socket, owner: Handshaking, whom: str, where: str, *,
+                           curve: bool) -> None:
+    """Keep in ``owner.handshake`` why the ``whom`` at ``where`` refused us (wrong or missing CURVE keys), logged
+    once per change: otherwise that looks like silence. ``monitor``: the SUB's, for `HANDSHAKE_EVENTS`."""
+    try:
+        while True:
+            event = parse_monitor_message(await monitor.recv_multipart())
+            problem = handshake_problem(event["event"], event["value"], curve=curve, whom=whom)
+            if problem is not None and problem != owner.handshake:
+                log.warning("%s %s: %s", whom, where, problem)
+            owner.handshake = problem
+    finally:
+        monitor.close(linger=0)
+
+
+def handshake_problem(event: int, value: int, *, curve: bool, whom: str = "trainer") -> str | None:
     """What a ZMTP handshake event means for the user; None when the handshake succeeded.
 
     :param curve: whether this viewer uses CURVE. Without it, a handshake that fails without
         detail (the trainer hung up first, as it may on a busy machine) is the mismatch too.
+    :param whom: what the viewer connects to: ``trainer`` or ``relay``.
     """
     if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
         return None
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return f"the trainer refused this viewer's CURVE key (ZAP status {value}: not on its --curve-allow list?)"
+        return f"the {whom} refused this viewer's CURVE key (ZAP status {value}: not on its --curve-allow list?)"
     mismatch = event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
     if mismatch or (not curve and event != zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
-        return ("security mismatch: the trainer uses CURVE and this viewer does not, or the reverse "
+        return (f"security mismatch: the {whom} uses CURVE and this viewer does not, or the reverse "
                 "(--curve-server-key, --curve-secret-key); restart the viewer with matching options")
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
         return f"handshake protocol error {value:#x}"
-    return "the CURVE handshake failed: is --curve-server-key the trainer's public key?"
+    return f"the CURVE handshake failed: is --curve-server-key the {whom}'s public key?"
 
 
 def _fragment(payload: bytes | None) -> orjson.Fragment | None:

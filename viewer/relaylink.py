@@ -24,7 +24,7 @@ import zmq.asyncio
 
 from tetriszmq.stream.control import NoReply
 from tetriszmq.stream.relay import RUNS, Side
-from viewer.hub import Hub, HubSettings, Link, request, run_of, subscriber
+from viewer.hub import HANDSHAKE_EVENTS, Hub, HubSettings, Link, request, run_of, subscriber, watch_handshakes
 
 log = logging.getLogger("viewer.relaylink")
 
@@ -47,13 +47,17 @@ class RelayLink:
         self.hubs: dict[str, Hub] = {}  # by process run id
         self.missing: dict[str, float] = {}  # process -> since when (monotonic) it is neither listed nor heard
         self.counters = {"messages": 0, "malformed": 0, "listings": 0, "listing_failures": 0}
+        self.handshake: str | None = None  # why the relay refused our connection, if it did
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         sub = subscriber(self.ctx, self.settings)
+        monitor = sub.get_monitor_socket(HANDSHAKE_EVENTS)
         sub.connect(self.side.stream)
+        watching = watch_handshakes(monitor, self, "relay", self.side.stream, curve=self.settings.curve is not None)
         self._tasks = [asyncio.create_task(self._receive(sub), name="relay-receive"),
-                       asyncio.create_task(self._watch(), name="relay-watch")]
+                       asyncio.create_task(self._watch(), name="relay-watch"),
+                       asyncio.create_task(watching, name="relay-watch-handshakes")]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -63,7 +67,7 @@ class RelayLink:
 
     def status(self) -> dict[str, Any]:
         return {"stream": self.side.stream, "control": self.side.control, "processes": sorted(self.hubs),
-                **self.counters}
+                "handshake": self.handshake, **self.counters}
 
     async def _receive(self, sub: zmq.asyncio.Socket) -> None:
         try:

@@ -22,3 +22,14 @@ def test_a_run_limited_by_timesteps_shows_the_share_of_its_steps():
     state = TrainerState(run="tiny-abcdef", timesteps=50_000)
     progress = ProgressLine(state, Path("runs/tiny"), max_timesteps=100_000, out=io.StringIO())
     assert "[##########          ]  50%" in progress.line()
+
+
+def test_the_start_line_names_the_relay_the_trainer_dials_out_to():
+    out = io.StringIO()
+    state = TrainerState(run="tiny-abcdef", endpoints={"pub": "tcp://127.0.0.1:5555", "ctl": "tcp://127.0.0.1:5556",
+                                                       "relay": "tcp://relay-box:5557"})
+    progress = ProgressLine(state, Path("runs/tiny"), max_timesteps=100, out=out)
+    progress.start()
+    progress.close()
+    assert ("streaming on tcp://127.0.0.1:5555, control on tcp://127.0.0.1:5556, and through the relay at "
+            "tcp://relay-box:5557\n") in out.getvalue()

@@ -38,6 +38,8 @@ VERDICTS = (
     (zmq.EVENT_CONNECTED, "connected, but no handshake completed (is that a trainer's or relay's control port?)"),
 )
 UNREACHED = "could not connect: is the trainer (or relay) running there?"
+WITHOUT_KEYS = ("the handshake failed: this client uses no CURVE keys; a server that uses CURVE needs "
+                "--curve-server-key and --curve-secret-key")
 
 
 def request(endpoint: str, cmd: Command | str, *, timeout: float = 3.0, retries: int = 2,
@@ -58,7 +60,7 @@ def request(endpoint: str, cmd: Command | str, *, timeout: float = 3.0, retries:
                     return decode_reply(sock.recv())
             finally:
                 events |= unwatch(sock)
-    raise no_reply(endpoint, retries, timeout, verdict(events))
+    raise no_reply(endpoint, retries, timeout, verdict(events, keyed=curve is not None))
 
 
 def req_socket(ctx: zmq.Context, endpoint: str, curve: ClientCurve | None, watch: int = 0) -> zmq.Socket:
@@ -97,8 +99,14 @@ def unwatch(sock: zmq.Socket) -> int:
     return events
 
 
-def verdict(events: int) -> str:
-    """What the monitor ``events`` of an unanswered request say went wrong."""
+def verdict(events: int, keyed: bool = True) -> str:
+    """What the monitor ``events`` of an unanswered request say went wrong.
+
+    ``keyed``: the client used CURVE; a failed handshake without keys is most likely a CURVE server, and the
+    hint about ``--curve-server-key`` would name an option the user never gave.
+    """
+    if not keyed and events & (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+        return WITHOUT_KEYS
     return next((text for wanted, text in VERDICTS if events & wanted), UNREACHED)
 
 

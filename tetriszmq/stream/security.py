@@ -103,11 +103,18 @@ class ServerCurve:
     domain: str = "*"
     option: str = "--curve-allow"
 
-    def start(self, ctx: zmq.Context, auth: ThreadAuthenticator | None = None) -> ThreadAuthenticator:
-        """Start the ZAP authenticator that admits only the allowed client keys (or add this domain to ``auth``)."""
+    def load(self) -> None:
+        """Read the key pair and check the allow folder: a `SecurityError` saying which is unusable.
+
+        Called by `start`, and before anything is made by whoever wants bad key files to be bad input.
+        """
         if not self.allow_dir.is_dir():
             raise SecurityError(f"{self.option} {self.allow_dir}: not a folder of client public keys")
         self.public, self.secret = _load(self.secret_key_file, secret=True)
+
+    def start(self, ctx: zmq.Context, auth: ThreadAuthenticator | None = None) -> ThreadAuthenticator:
+        """Start the ZAP authenticator that admits only the allowed client keys (or add this domain to ``auth``)."""
+        self.load()
         if auth is None:
             auth = ThreadAuthenticator(ctx)
             auth.start()

@@ -37,7 +37,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tetriszmq import config as cfg
-from tetriszmq.stream.protocol import RUN_ID_PATTERN, is_run_id
+from tetriszmq.stream.protocol import is_run_id
 from tetriszmq.stream.state import RUN_NAME_MAX
 from tetriszmq.sweep import space as space_file
 from tetriszmq.sweep.trial import Sweep, TrialError, objective
@@ -112,8 +112,8 @@ def sweep(config: Path | None, space_path: Path, trials: int, jobs: int, study_n
           runs: Path) -> int:
     """Validate everything, join or create the study, run this sweep's trials, print the report."""
     if not is_run_id(study_name) or len(study_name) > STUDY_NAME_MAX:
-        raise StorageError(f"--study {study_name[:100]!r} must be 1 to {STUDY_NAME_MAX} characters matching "
-                           f"{RUN_ID_PATTERN.pattern} (it names folders, and its trials' runs)")
+        raise StorageError(f"--study {study_name[:100]!r} must be 1 to {STUDY_NAME_MAX} letters, digits, . _ - "
+                           "(it names folders, and its trials' runs)")
     if trials < 1 or jobs < 1:
         raise StorageError("--trials and --jobs must be at least 1")
     base = cfg.load(config)

@@ -8,7 +8,7 @@
 import { drawBoard, drawCandidates, drawPieces } from "./board.js";
 import { Charts, format } from "./charts.js";
 import { ReplayPlayer } from "./replay.js";
-import { RunList, escape } from "./runlist.js";
+import { RunList, countOf, escape } from "./runlist.js";
 import { Table } from "./tables.js";
 
 const RECONNECT_MAX = 5000;
@@ -270,7 +270,7 @@ $("strip").addEventListener("click", (event) => {
 function showSummary() {
   const runs = [...view.runs.values()];
   const live = runs.filter((r) => r.entry.live).length;
-  setText("summary", runs.length ? `${runs.length} runs, ${live} live` : "no runs yet");
+  setText("summary", runs.length ? `${countOf(runs.length)}, ${live} live` : "no runs yet");
 }
 
 function setText(id, text) {

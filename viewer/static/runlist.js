@@ -12,6 +12,11 @@ const NOISE = /^(publish\.(pub|ctl)|run\.(dir|name|seed)|agent\.algo|security\.)
 const STATE_CLASS = { running: "ok", paused: "warn", saving: "warn", starting: "warn", stopping: "warn",
   stopped: "muted", crashed: "bad", error: "bad", unknown: "muted", waiting: "warn" };
 
+// "1 run", "2 runs".
+export function countOf(n) {
+  return `${n} run${n === 1 ? "" : "s"}`;
+}
+
 function when(seconds) {
   if (!seconds) return "–";
   const d = new Date(seconds * 1000), now = new Date();
@@ -53,6 +58,12 @@ function configText(value) {
   return value === undefined ? "–" : typeof value === "object" ? JSON.stringify(value) : String(value);
 }
 
+// A config value as its column shows it: a sampled float to 4 significant digits (the cell's title has it all).
+function configShown(value) {
+  return typeof value === "number" && !Number.isInteger(value) ? String(Number(value.toPrecision(4)))
+    : configText(value);
+}
+
 export class RunList {
   constructor(table, filter, count, { onSelect, onFocus }) {
     Object.assign(this, { table, filter, count, onSelect, onFocus });
@@ -82,16 +93,18 @@ export class RunList {
     this.render();
   }
 
-  // The config keys whose values differ between the runs listed.
+  // The config keys whose values differ between the runs listed that have a config: a remote
+  // trainer's run has none, and would otherwise make every key look like a difference.
   differing(runs) {
-    const keys = new Set(runs.flatMap((r) => Object.keys(r.entry.config || {})));
+    const configs = runs.map((r) => r.entry.config).filter((c) => c && Object.keys(c).length);
+    const keys = new Set(configs.flatMap((c) => Object.keys(c)));
     return [...keys].filter((key) => !NOISE.test(key) &&
-      new Set(runs.map((r) => configText((r.entry.config || {})[key]))).size > 1).sort().slice(0, MAX_CONFIG_COLUMNS);
+      new Set(configs.map((c) => configText(c[key]))).size > 1).sort().slice(0, MAX_CONFIG_COLUMNS);
   }
 
   columns() {
     const config = this.differing(this.runs).map((key) => [`config:${key}`, key.split(".").slice(-2).join("."),
-      (r) => (r.entry.config || {})[key], (r) => configText((r.entry.config || {})[key])]);
+      (r) => (r.entry.config || {})[key], (r) => configShown((r.entry.config || {})[key])]);
     const anyLines = this.runs.some((r) => r.hasLines());
     return [...FIXED, ...config, ...COUNTERS.filter((c) => c[4] !== "lines" || anyLines)];
   }
@@ -116,8 +129,8 @@ export class RunList {
     const headRow = this.table.querySelector("thead tr");
     if (headRow.innerHTML !== head) headRow.innerHTML = head;
     this.table.querySelector("tbody").innerHTML = shown.map((r) => this.row(r, columns)).join("");
-    this.count.textContent = shown.length === this.runs.length ? `${this.runs.length} runs`
-      : `${shown.length} of ${this.runs.length} runs`;
+    this.count.textContent = shown.length === this.runs.length ? countOf(this.runs.length)
+      : `${shown.length} of ${countOf(this.runs.length)}`;
   }
 
   row(run, columns) {
@@ -132,6 +145,7 @@ export class RunList {
         const note = e.note ? ` <span class="note" title="${escape(e.note)}">⚠ ${escape(e.note)}</span>` : "";
         return `<td class="name"><span class="swatch" style="background:${run.colour}"></span>${value}${note}</td>`;
       }
+      if (key.startsWith("config:")) return `<td title="${escape(configText((e.config || {})[key.slice(7)]))}">${value}</td>`;
       return `<td>${value}</td>`;
     }).join("");
     const focused = e.id === this.focused ? " focused" : "";

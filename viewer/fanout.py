@@ -327,6 +327,7 @@ class Client:
         """The snapshot of ``run`` now; from now on its messages go to this client again."""
         if run not in self.due:
             return ()  # no longer wanted (a new watch) while this client waited for its turn
+        self.fanout.flush()  # messages published before this snapshot must not reach this client after it
         parts = self.fanout.source.snapshot(run, self.legacy)
         if parts is not None or run not in self.fanout.source.known():
             self.due.discard(run)
@@ -420,10 +421,17 @@ class Fanout:
             else:
                 loop.call_soon(self._flush)
 
+    def flush(self) -> None:
+        """Broadcast what waits for the next broadcast now (a snapshot about to be taken already holds it)."""
+        if self._batch:
+            self._flush()
+
     def _flush(self) -> None:
         """Write the burst straight to every fast client; never awaits, never encodes per client."""
         self._flushed = asyncio.get_running_loop().time()
         batch, self._batch = self._batch, []
+        if not batch:
+            return  # `flush` sent it ahead of this scheduled broadcast
         limit = self.limits.slow_bytes
         self.published += len(batch)
         joined: dict[int, tuple[bytes, int]] = {}

@@ -174,6 +174,32 @@ def test_messages_soon_after_a_broadcast_wait_and_go_out_together_in_the_next():
     asyncio.run(scenario())
 
 
+def test_a_message_waiting_for_the_next_broadcast_never_follows_a_snapshot_that_holds_it():
+    """The snapshot is taken from the hub, which already has every published message: one still waiting
+    for its broadcast must go (to others) before the snapshot, not to this client after it (a contract
+    test caught seq 129 after a snapshot at 130)."""
+    async def scenario() -> None:
+        hub = fanout(flush_period=0.05)
+        early, _ = attach(hub)
+        await settle(early)
+        hub.publish(RUN, "board", b'{"seq":1}', None)
+        await asyncio.sleep(0)  # broadcast at once: the next one waits for the period
+        hub.publish(RUN, "status", b'{"seq":2}', None)
+        late, transport = attach(hub)
+        await settle(late)
+        loop = asyncio.get_running_loop()
+        broadcast = hub._flushed + hub.limits.flush_period  # the one scheduled for the status
+        while loop.time() <= broadcast or hub._batch:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+        assert received(transport) == [b"".join(hub.source.snapshot(RUN, legacy=True))]
+        assert not late.queue and not late.latest
+        for client in (early, late):
+            client.task.cancel()
+
+    asyncio.run(scenario())
+
+
 def test_clients_with_equal_watches_share_one_joined_write():
     async def scenario() -> None:
         hub = fanout()

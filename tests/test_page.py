@@ -394,6 +394,8 @@ def test_a_long_replay_fetches_only_where_the_scrubber_rests_cancels_the_rest_an
         page.wait_for_function("() => player.loading.has(25)")
         scrub(page, 9000)  # before piece 5000's chunk came
         page.wait_for_function("() => player.loading.has(45) && !player.loading.has(25)")
+        wait_for(lambda: page.evaluate("1") and viewer.asked[-1:] == [9000], timeout=10,  # its route reached us
+                 what="the page's fetch of piece 9000, held")
         viewer.release()
         page.wait_for_function(SHOWN, arg=9000)
         assert viewer.asked[-2:] == [5000, 9000]

@@ -22,7 +22,10 @@ FAST_CHECKPOINTS = ("--set", "train.max_timesteps=10000000", "--set", "train.che
 def kill_at_a_random_moment(trainer, subscribe, rng: random.Random) -> str:
     """SIGKILL the trainer right as it starts saving (odd kills) or at a random time (even kills)."""
     sub = subscribe(trainer.pub, (protocol.TOPIC_FRAMES[Topic.STATUS], protocol.TOPIC_FRAMES[Topic.HEARTBEAT]))
-    sub.until(lambda topic, p: p["state"] == "running", timeout=90)
+    try:
+        sub.until(lambda topic, p: p["state"] == "running", timeout=90)
+    except TimeoutError:
+        pytest.fail(f"the trainer never said running (exit code {trainer.proc.poll()}):\n{trainer.output()}")
     if rng.random() < 0.5:
         sub.until(lambda topic, p: topic is Topic.STATUS and p["state"] == "saving", timeout=60)
         moment = "while saving"

@@ -17,11 +17,22 @@ from typing import Any
 SPAWN = mp.get_context("spawn")  # children make their own ZeroMQ contexts and event loops
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and never one this process handed out before.
+
+    The kernel picks a free port at random, so two calls in a row can pick the same one (about 1 in
+    14,000): a trainer given it for both its sockets could not bind the second.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def free_endpoint() -> str:

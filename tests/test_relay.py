@@ -24,6 +24,7 @@ from viewer_support import ViewerProcess
 from zmq.utils.monitor import parse_monitor_message
 
 from tetriszmq.stream.control import request
+from tetriszmq.stream.relay import encode_request
 from tetriszmq.stream.security import ClientCurve, make_keys
 
 pytestmark = pytest.mark.slow
@@ -378,6 +379,34 @@ def test_a_second_connection_claiming_a_live_run_gets_none_of_its_control(loopba
     finally:
         trainer.sock.close(linger=0)
         rogue.sock.close(linger=0)
+
+
+def test_a_trainer_cannot_answer_a_request_it_was_not_sent(loopback):
+    """Client addresses are sequential ROUTER ids: a rogue that learnt one must not be able to reply to it."""
+    up_control, down_control = loopback.trainers.split(",")[1], loopback.viewers.split(",")[1]
+    rogue = FakeTrainer(up_control, "rogue-aaaaaa", "rogue")
+    client = zmq.Context.instance().socket(zmq.DEALER)
+    client.setsockopt(zmq.LINGER, 0)
+    client.connect(down_control)
+    try:
+        wait_for(lambda: request(down_control, "runs")["runs"], 30, what="the rogue's hello")
+        for asked in (1, 2):
+            rogue.say_hello()
+            client.send_multipart([b"", encode_request("status", "rogue-aaaaaa")])
+            assert rogue.sock.poll(30_000), "the relay routes the client's request to the run it names"
+            frames = rogue.sock.recv_multipart()
+            address = frames[:frames.index(b"") + 1]
+            if asked == 1:
+                rogue.sock.send_multipart([*address, orjson.dumps({"ok": True, "reply": 1})])
+                assert client.poll(30_000) and orjson.loads(client.recv_multipart()[-1]) == {"ok": True, "reply": 1}
+                rogue.sock.send_multipart([*address, orjson.dumps({"ok": True, "forged": True})])  # owed nothing
+            else:
+                rogue.sock.send_multipart([*address, orjson.dumps({"ok": True, "reply": 2})])
+        # the forged reply left the rogue before reply 2, on the same connection: had it passed, it came first
+        assert client.poll(30_000) and orjson.loads(client.recv_multipart()[-1]) == {"ok": True, "reply": 2}
+    finally:
+        rogue.sock.close(linger=0)
+        client.close(linger=0)
 
 
 def relay_section() -> str:

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tetriszmq.stream.protocol import ProtocolError
-from tetriszmq.stream.relay import Routes, side
+from tetriszmq.stream.relay import Owed, Routes, side
 
 EXPIRE = 5.0
 
@@ -120,3 +120,25 @@ def test_a_run_still_saying_hello_outlives_one_that_fell_silent_after_it(routes,
     assert [route["run"] for route in routes.listing()] == ["tiny-aaaaaa"]
     with pytest.raises(ProtocolError, match="unknown run"):
         routes.find("tiny-bbbbbb")
+
+
+def test_a_reply_passes_only_if_that_trainer_owes_that_client_one(clock):
+    owed = Owed(within=120, clock=clock)
+    client, other = [b"\x00k\x8b\x45\x01", b""], [b"\x00k\x8b\x45\x02", b""]
+    assert not owed.settle(b"trainer", client), "nobody asked: an unsolicited reply is dropped"
+    owed.expect(b"trainer", client)
+    owed.expect(b"trainer", client)  # a DEALER client with two requests out
+    assert not owed.settle(b"rogue", client) and not owed.settle(b"trainer", other)
+    assert owed.settle(b"trainer", client) and owed.settle(b"trainer", client)
+    assert not owed.settle(b"trainer", client), "two requests, two replies, not three"
+
+
+def test_an_owed_reply_expires_and_the_table_stays_bounded(clock):
+    owed = Owed(within=120, limit=3, clock=clock)
+    owed.expect(b"trainer", [b"late", b""])
+    clock.now += 121
+    assert not owed.settle(b"trainer", [b"late", b""])
+    for n in range(5):
+        owed.expect(b"trainer", [bytes([n]), b""])
+    assert len(owed._due) == 3
+    assert not owed.settle(b"trainer", [b"\x00", b""]) and owed.settle(b"trainer", [b"\x04", b""])

@@ -10,9 +10,10 @@ Four bound sockets, two per side (ZeroMQ's proxy pattern, zguide chapter 2, "Dyn
   start time on every heartbeat (`Routes` says who may claim a run); clients' REQ (or DEALER)
   sockets connect to a second ROUTER and name the run in the request. The relay forwards the
   request to the trainer with the client's return address in front (the zguide's extended reply
-  envelope) and the trainer sends it back with the reply, so the relay remembers nothing per request.
+  envelope) and the trainer sends it back with the reply. The relay notes which trainer owes which
+  client a reply (`Owed`), and passes on only those: a trainer cannot answer a request it was not sent.
 
-The only state is the table of runs heard from in the last `expire` seconds, rebuilt from the
+The state is the table of runs heard from in the last `expire` seconds, rebuilt from the
 hellos within one heartbeat of a restart. Trainers and clients are let in by separate CURVE allow
 folders (`RelayCurve`), so a client's key cannot register a run. Killing the relay loses no
 training and no metrics (trainers journal their own), ZeroMQ reconnects both sides, and viewers
@@ -46,6 +47,8 @@ EXPIRE = 5.0  # s without a hello before a run is forgotten (trainers say hello 
 STREAM_HWM = 10_000  # messages per viewer: 10 s of 32 trainers' default streams (~1 KB each)
 PING_MS, PING_TIMEOUT_MS = 1000, 3000  # ZMTP heartbeats: a peer gone without a FIN is noticed in 3 s
 MAX_LISTED = 20  # runs named in an "unknown run" error
+REPLY_WITHIN = 120.0  # s a trainer has to answer a request it was routed; a later reply is dropped
+MAX_OWED = 100_000  # replies awaited at once; beyond, the oldest are forgotten (their clients time out)
 # A run id's characters; longer, for the lineages of run names from before `RUN_NAME_MAX`
 LINEAGE_PATTERN = re.compile(f"{protocol.RUN_ID_CHARS}{{1,120}}")
 
@@ -176,6 +179,54 @@ class Routes:
             self._by_run.popitem(last=False)
 
 
+class Owed:
+    """Which trainer connection owes which client a reply: only those replies are passed on.
+
+    Client return addresses are the relay's ROUTER identities, which libzmq numbers in sequence: without
+    this, a holder of a trainer key could send any client a reply it never asked that trainer for (a
+    forged ``ok`` to a stop, a snapshot of junk). Entries expire after `REPLY_WITHIN` s, oldest first.
+
+    :param clock: monotonic seconds; tests pass their own.
+    """
+
+    def __init__(self, within: float = REPLY_WITHIN, limit: int = MAX_OWED,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.within, self.limit, self.clock = within, limit, clock
+        # (trainer, *address) -> [replies owed, deadline of the latest request]; least recently asked first
+        self._due: OrderedDict[tuple[bytes, ...], list[float]] = OrderedDict()
+
+    def expect(self, trainer: bytes, address: list[bytes]) -> None:
+        """``trainer`` was sent a request from the client at ``address`` (its return frames, up to the empty one).
+
+        A DEALER client may have several requests out to one trainer: each is owed its reply.
+        """
+        self._prune()
+        key = (trainer, *address)
+        due = self._due.setdefault(key, [0, 0.0])
+        due[0] += 1
+        due[1] = self.clock() + self.within
+        self._due.move_to_end(key)
+        while len(self._due) > self.limit:
+            self._due.popitem(last=False)
+
+    def settle(self, trainer: bytes, address: list[bytes]) -> bool:
+        """True if ``trainer`` owes the client at ``address`` a reply (and one fewer from now on)."""
+        self._prune()
+        key = (trainer, *address)
+        due = self._due.get(key)
+        if due is None:
+            return False
+        due[0] -= 1
+        if due[0] == 0:
+            del self._due[key]
+        return True
+
+    def _prune(self) -> None:
+        now = self.clock()
+        while self._due and next(iter(self._due.values()))[1] < now:
+            self._due.popitem(last=False)
+
+
 class Relay:
     """Binds both sides and routes until `stop`; see the module docstring."""
 
@@ -184,6 +235,7 @@ class Relay:
         self.trainers, self.viewers = trainers, viewers
         self.curve = curve
         self.routes = Routes(expire)
+        self.owed = Owed()
         self.ctx = zmq.Context()
         self._stopped = threading.Event()
         self._steer = f"inproc://tetriszmq-relay-steer-{id(self):x}"
@@ -272,7 +324,9 @@ class Relay:
             if refused is not None:
                 print(f"tetriszmq relay: {refused}", file=sys.stderr, flush=True)
         elif len(frames) >= 4 and b"" in frames[2:]:
-            _send(clients, frames[1:])
+            address = frames[1:frames.index(b"", 2) + 1]
+            if self.owed.settle(frames[0], address):
+                _send(clients, frames[1:])
 
     def _from_client(self, frames: list[bytes], nodes: zmq.Socket, clients: zmq.Socket) -> None:
         """``[*return_address, b"", request]``: answer it here, or forward it to the run it names."""
@@ -289,7 +343,9 @@ class Relay:
             _send(clients, [*address, forward])
             return
         route, request = forward
-        if not _send(nodes, [route.identity, *address, request]):
+        if _send(nodes, [route.identity, *address, request]):
+            self.owed.expect(route.identity, address)
+        else:
             self.routes.forget(route)
             _send(clients, [*address, protocol.error_reply(
                 f"run {protocol.quote(route.run)} is not connected to the relay any more")])

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 
 from tetriszmq.stream.protocol import Command, is_run_id
-from tetriszmq.stream.relay import EXPIRE, RUNS, side
+from tetriszmq.stream.relay import EXPIRE, MAX_LISTED, RUNS, side
 from tetriszmq.stream.security import ALLOWED, ALLOWED_TRAINERS, ClientCurve, SecurityError, make_keys
 
 
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ctl.add_argument("--ctl", default="tcp://127.0.0.1:5556", help="the trainer's control endpoint")
     ctl.add_argument("--relay", metavar="STREAM[,CONTROL]",
                      help="ask through this relay's viewers side instead (CONTROL: STREAM's port + 1)")
-    ctl.add_argument("--run", help="with --relay: the run (process run id or lineage) the command is for")
+    ctl.add_argument("--run", help="with --relay: the run (process run id or lineage) the command is for; "
+                     "without it, the relay's one run (several: an error listing them)")
     ctl.add_argument("--timeout", type=float, default=3.0, help="seconds to wait per attempt")
     ctl.add_argument("--retries", type=int, default=2)
     client_curve_arguments(ctl)
@@ -172,10 +173,18 @@ def _ctl(args: argparse.Namespace) -> int:
         print(f"tetriszmq ctl: {exc}", file=sys.stderr)
         return 2
     try:
+        if args.relay is not None and run is None and args.cmd != RUNS:
+            run = _only_run(endpoint, args, curve)
         reply = request(endpoint, args.cmd, timeout=args.timeout, retries=args.retries, curve=curve, run=run)
     except NoReply as exc:
         print(f"tetriszmq ctl: {exc}", file=sys.stderr)
         return 3
+    except ValueError as exc:  # several runs: the user must say which
+        print(f"tetriszmq ctl: {exc}", file=sys.stderr)
+        return 2
+    except LookupError as exc:  # none: as the relay answers for a run it does not know
+        print(f"tetriszmq ctl: {exc}", file=sys.stderr)
+        return 1
     sys.stdout.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0 if reply.get("ok") else 1
 
@@ -186,9 +195,31 @@ def _ctl_target(args: argparse.Namespace) -> tuple[str, str | None]:
         if args.run is not None or args.cmd == RUNS:
             raise ValueError(f"--run and `{RUNS}` go with --relay")
         return args.ctl, None
-    if args.run is None and args.cmd != RUNS:
-        raise ValueError(f"--relay needs --run RUN (a process run id or lineage; `ctl {RUNS} --relay ...` lists them)")
     return side(args.relay, "--relay").control, args.run
+
+
+def _only_run(endpoint: str, args: argparse.Namespace, curve: ClientCurve | None) -> str:
+    """Without ``--run``: the one run the relay routes (said on stderr), asked with the relay's own ``runs``.
+
+    A lineage counts once: a resumed run's old process lingers in the relay's table for ``--expire`` s, and
+    the lineage routes to its newest process. Several lineages raise `ValueError` naming them, none `LookupError`.
+    """
+    from tetriszmq.stream.control import request
+
+    reply = request(endpoint, RUNS, timeout=args.timeout, retries=args.retries, curve=curve)
+    if not reply.get("ok"):
+        raise ValueError(f"--relay needs --run RUN here: the relay did not list its runs ({reply.get('error')})")
+    lineages = {route["lineage"]: route["run"] for route in reply["runs"]}
+    if not lineages:
+        raise LookupError(f"the relay at {endpoint} routes no run yet: no trainer connected with --relay has said "
+                          "hello (see `ctl runs --relay ...`)")
+    if len(lineages) > 1:
+        listed = ", ".join(f"{run} (lineage {lineage})" for lineage, run in sorted(lineages.items())[:MAX_LISTED])
+        raise ValueError(f"the relay routes {len(lineages)} runs; give --run RUN, one of: {listed}")
+    (lineage, run), = lineages.items()
+    chosen = run if sum(route["lineage"] == lineage for route in reply["runs"]) == 1 else lineage
+    print(f"tetriszmq ctl: the relay routes one run, {chosen}: {args.cmd} goes to it", file=sys.stderr)
+    return chosen
 
 
 def _relay(args: argparse.Namespace) -> int:

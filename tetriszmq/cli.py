@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import signal
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ import orjson
 from tetriszmq.stream.protocol import Command, is_run_id
 from tetriszmq.stream.relay import EXPIRE, MAX_LISTED, RUNS, side
 from tetriszmq.stream.security import ALLOWED, ALLOWED_TRAINERS, ClientCurve, SecurityError, make_keys
+
+TRIAL_DIR = re.compile(r"trial-\d+")  # a sweep trial's run directory (tetriszmq.sweep.trial)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,6 +282,10 @@ def _player(args: argparse.Namespace):
 
     path = args.checkpoint
     if path.is_dir():  # a run directory, most likely: say which file it holds
+        runs = _runs_inside(path)
+        if runs:
+            raise cfg.ConfigError(f"--checkpoint {_what_folder(path, runs)}: give a checkpoint file of one, such as "
+                                  f"{runs[0] / 'checkpoints' / 'final'}")
         final = path / "checkpoints" / "final" if (path / "checkpoints").is_dir() else "RUN_DIR/checkpoints/final"
         raise cfg.ConfigError(f"--checkpoint {path} is a folder: give a checkpoint file, such as {final}")
     run_config = path.resolve().parent.parent / "config.toml"
@@ -358,11 +365,38 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs_inside(path: Path) -> list[Path]:
+    """The run directories (those with a ``config.toml``) right inside ``path``, when ``path`` is not one itself:
+    a sweep's study folder (``trial-0``, ``trial-1``, ...) or a ``runs/`` folder. Sorted by the number in the name."""
+    if not path.is_dir() or (path / "config.toml").is_file():
+        return []
+    return sorted((child for child in path.iterdir() if (child / "config.toml").is_file()), key=_numbered_name)
+
+
+def _numbered_name(path: Path) -> tuple[str, int]:
+    """``trial-10`` after ``trial-9``."""
+    stem = path.name.rstrip("0123456789")
+    return stem, int(path.name[len(stem):] or -1)
+
+
+def _what_folder(path: Path, runs: list[Path]) -> str:
+    """``path`` and what it holds, for an error: ``runs/study is a sweep folder; its runs are trial-0, ...``."""
+    sweep = all(TRIAL_DIR.fullmatch(run.name) for run in runs)
+    names = ", ".join(run.name for run in runs[:MAX_LISTED]) + (", ..." if len(runs) > MAX_LISTED else "")
+    return f"{path} is {'a sweep folder' if sweep else 'a folder of runs'}; its runs are {names}"
+
+
 def _refuse_raw_run(path: Path) -> None:
-    """A raw-board run keeps no records: its episodes are thousands of key presses (see docs/REPLAY.md)."""
+    """A raw-board run keeps no records: its episodes are thousands of key presses (see docs/REPLAY.md).
+
+    A folder of runs (a sweep's) is no run either: say which runs it holds.
+    """
     from tetriszmq import config as cfg
     from tetriszmq.tetris.records import RecordError
 
+    runs = _runs_inside(path)
+    if runs and not (path / "episodes").is_dir():
+        raise RecordError(f"{_what_folder(path, runs)}: replay one of them, such as `tetriszmq replay {runs[0]}`")
     try:
         kind = cfg.load(path / "config.toml").env.kind if (path / "config.toml").is_file() else "placement"
     except cfg.ConfigError as exc:

@@ -240,6 +240,8 @@ def test_train_quiet_on_a_one_cpu_machine_trains_the_default_agent(tmp_path):
     ("env.kind='hexagonal'", "env.kind: must be one of raw, placement"),
     ("env.reward='lines'", "env.reward: 'lines' needs env.kind = 'placement'"),
     ("agent.params.warp_speed=9", "agent.params: warp_speed"),
+    ("agent.params.gamma=2", "agent.params.gamma: must be between 0 and 1, got 2"),
+    ('agent.params.learning_rate="abc"', "agent.params.learning_rate: expected a number, got str 'abc'"),
     ("env.features=['holes']", "env.features: only the placement env"),
 ])
 def test_bad_config_values_fail_before_training_naming_the_key(tmp_path, override, message):

@@ -38,7 +38,8 @@ ALGOS: dict[str, Algo] = {
 
 def check_pairing(agent: AgentSection, env: EnvSection) -> None:
     """Refuse, before a run starts, an algorithm that is unknown or cannot play the configured env,
-    or ``agent.params`` it does not take (a value it rejects is found only when the model is built)."""
+    or ``agent.params`` it does not take. The values of `config.PARAMS` are checked when the config is
+    loaded; a value of another parameter that the algorithm rejects is found only when the model is built."""
     kinds = _algo(agent.algo).env_kinds
     if env.kind not in kinds:
         raise ConfigError(f"agent.algo = {agent.algo!r} cannot play env.kind = {env.kind!r}; "

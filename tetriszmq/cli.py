@@ -347,7 +347,7 @@ def _replay(args: argparse.Namespace) -> int:
     from tetriszmq.tetris import records
 
     try:
-        _refuse_raw_run(args.path)
+        _refuse_what_keeps_no_records(args.path)
         path = records.locate(args.path, args.episode)
         record = records.read(path)
         if args.check:
@@ -386,7 +386,7 @@ def _what_folder(path: Path, runs: list[Path]) -> str:
     return f"{path} is {'a sweep folder' if sweep else 'a folder of runs'}; its runs are {names}"
 
 
-def _refuse_raw_run(path: Path) -> None:
+def _refuse_what_keeps_no_records(path: Path) -> None:
     """A raw-board run keeps no records: its episodes are thousands of key presses (see docs/REPLAY.md).
 
     A folder of runs (a sweep's) is no run either: say which runs it holds.

@@ -101,3 +101,19 @@ def test_every_checked_agent_param_is_an_algorithms_keyword_and_takes_its_defaul
                 value = list(default) if isinstance(default, tuple) else default  # TOML has lists, not tuples
                 cfg.load(None, [f"agent.params.{parameter.name}={cfg.toml_value(value)}"])
     assert set(cfg.PARAMS) <= taken
+
+
+@pytest.mark.parametrize("algo", ["dqn", "afterstate-dqn"])
+def test_train_freq_as_a_toml_list_builds_every_off_policy_algorithm(algo):
+    """``train_freq = [4, "step"]`` passes the config's check, so SB3's DQN must take it too (it wants a tuple)."""
+    from tetriszmq.agents import build_model
+    from tetriszmq.tetris.envs import make_vec_env
+
+    config = cfg.load(None, [f"agent.algo={algo!r}", 'agent.params.train_freq=[4, "step"]',
+                             "agent.params.buffer_size=100"])
+    env = make_vec_env(config.env, config.run.seed)
+    try:
+        model = build_model(config.agent, env, config.run.seed)
+        assert (model.train_freq.frequency, model.train_freq.unit.value) == (4, "step")
+    finally:
+        env.close()

@@ -86,8 +86,11 @@ def build_model(agent: AgentSection, env: VecEnv, seed: int) -> BaseAlgorithm:
     """A fresh model; a bad hyper-parameter is a `ConfigError` naming ``agent.params``."""
     cls = algo_class(agent.algo)
     policy = agent.policy or _algo(agent.algo).policy
+    params = dict(agent.params)
+    if isinstance(params.get("train_freq"), list):  # SB3's (n, unit) tuple: TOML, hence the config, has lists only
+        params["train_freq"] = tuple(params["train_freq"])
     try:
-        model = cls(policy, env, seed=seed, device=agent.device, verbose=0, **agent.params)
+        model = cls(policy, env, seed=seed, device=agent.device, verbose=0, **params)
     except (TypeError, ValueError, KeyError, AssertionError) as exc:
         raise ConfigError(f"agent.params / agent.policy rejected by {cls.__name__}: {exc}") from None
     return _with_silent_logger(model)

@@ -35,7 +35,7 @@ def test_each_shipped_config_round_trips_through_a_run_directory(path: Path, tmp
     'run.dir="C:\\\\runs\\\\\\"quoted\\" \'single\' \\u00e9\\u2603 tab\\t newline\\n end"',
     "run.dir='''a \"\"\" b'''",
     'run.dir="emoji \\U0001F600, delete \\u007f, nul \\u0000"',
-    'agent.params.max_grad_norm=inf',
+    'agent.params.a_scale_of_ones_own=inf',  # a keyword of no algorithm here: checked by its constructor only
     'agent.params.learning_rate=1e-300',
     'agent.params.clip_range=0.1',
     'agent.params.policy_kwargs={net_arch=[64, 64], "odd key = x"={"a.b"=[1, 2.5, "s"]}}',
@@ -65,3 +65,55 @@ def test_the_readmes_configuration_table_gives_the_codes_defaults():
     assert len(rows) >= 20
     for section, key, default in rows:
         assert tomllib.loads(f"v = {default}")["v"] == defaults[section][key], f"{section}.{key}"
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ('agent.params.learning_rate="abc"', "agent.params.learning_rate: expected a number, got str 'abc'"),
+    ("agent.params.learning_rate=0", "agent.params.learning_rate: must be > 0, got 0"),
+    ("agent.params.gamma=2", "agent.params.gamma: must be between 0 and 1, got 2"),
+    ("agent.params.gamma=nan", "agent.params.gamma: must be a finite number, got nan"),
+    ("agent.params.buffer_size=-1", "agent.params.buffer_size: must be >= 1, got -1"),
+    ("agent.params.batch_size=32.0", "agent.params.batch_size: expected an integer, got float 32.0"),
+    ("agent.params.use_sde=1", "agent.params.use_sde: expected true or false, got int 1"),
+    ("agent.params.exploration_fraction=0", "agent.params.exploration_fraction: must be > 0 and <= 1, got 0"),
+    ('agent.params.train_freq=[4, "steps"]', 'agent.params.train_freq: expected an integer >= 1 or [integer >= 1, '
+                                             '"step" or "episode"], got [4, \'steps\']'),
+    ("agent.params.net_arch=[64, 0]", "agent.params.net_arch: expected a list of layer sizes (integers >= 1)"),
+])
+def test_bad_agent_params_values_are_refused_naming_the_key(override, message):
+    with pytest.raises(cfg.ConfigError) as refused:
+        cfg.load(None, [override])
+    assert message in str(refused.value)
+
+
+def test_every_checked_agent_param_is_an_algorithms_keyword_and_takes_its_defaults():
+    """`config.PARAMS` agrees with the signatures: each name is taken by some algorithm, no default is refused."""
+    import inspect
+
+    from tetriszmq.agents import ALGOS, algo_class
+
+    taken: set[str] = set()
+    for name in ALGOS:
+        for parameter in inspect.signature(algo_class(name)).parameters.values():
+            taken.add(parameter.name)
+            default = parameter.default
+            if parameter.name in cfg.PARAMS and default not in (None, inspect.Parameter.empty):
+                value = list(default) if isinstance(default, tuple) else default  # TOML has lists, not tuples
+                cfg.load(None, [f"agent.params.{parameter.name}={cfg.toml_value(value)}"])
+    assert set(cfg.PARAMS) <= taken
+
+
+@pytest.mark.parametrize("algo", ["dqn", "afterstate-dqn"])
+def test_train_freq_as_a_toml_list_builds_every_off_policy_algorithm(algo):
+    """``train_freq = [4, "step"]`` passes the config's check, so SB3's DQN must take it too (it wants a tuple)."""
+    from tetriszmq.agents import build_model
+    from tetriszmq.tetris.envs import make_vec_env
+
+    config = cfg.load(None, [f"agent.algo={algo!r}", 'agent.params.train_freq=[4, "step"]',
+                             "agent.params.buffer_size=100"])
+    env = make_vec_env(config.env, config.run.seed)
+    try:
+        model = build_model(config.agent, env, config.run.seed)
+        assert (model.train_freq.frequency, model.train_freq.unit.value) == (4, "step")
+    finally:
+        env.close()

@@ -42,3 +42,39 @@ def test_half_a_key_pair_is_a_clear_error_and_nothing_is_replaced(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert f"{tmp_path}/client.key exists without client.key_secret" in result.stderr
     assert contents(tmp_path) == before
+
+
+def test_a_key_file_given_in_the_other_halfs_place_is_refused_by_every_command(tmp_path):
+    """A server's secret file where its public key goes would work (zmq reads its public half) and spread the
+    secret: refused, as is a public file where the caller's own secret key goes; exit 2, nothing started."""
+    assert keys(tmp_path, "--names", "relay,client", "--trainers", "node").returncode == 0
+    swapped = ["--curve-server-key", str(tmp_path / "relay.key_secret"), "--curve-secret-key",
+               str(tmp_path / "client.key_secret")]
+    public_only = ["--curve-server-key", str(tmp_path / "relay.key"), "--curve-secret-key",
+                   str(tmp_path / "client.key")]
+    relay = "tcp://127.0.0.1:6001"
+    commands = {
+        "train": ["tetriszmq", "train", "--config", "tests/tiny.toml", "--relay", relay,
+                  "--run-dir", str(tmp_path / "r")],
+        "ctl": ["tetriszmq", "ctl", "status"],
+        "ctl --relay": ["tetriszmq", "ctl", "runs", "--relay", relay],
+        "viewer --relay": ["viewer", "--relay", relay, "--port", "0"],
+    }
+    for name, (module, *args) in commands.items():
+        for options, said in (
+            (swapped, f"--curve-server-key {tmp_path}/relay.key_secret is a secret key file: give the public key "
+                      "file (relay.key) instead"),
+            (public_only, f"--curve-secret-key {tmp_path}/client.key holds no secret key (use the .key_secret file "
+                          f"of the pair ({tmp_path}/client.key_secret))"),
+        ):
+            result = subprocess.run([sys.executable, "-m", module, *args, *options], cwd=ROOT, capture_output=True,
+                                    text=True, timeout=60)
+            assert result.returncode == 2 and said in result.stderr, (name, result.stderr)
+            assert "Traceback" not in result.stderr
+    relay_public = subprocess.run([sys.executable, "-m", "tetriszmq", "relay", "--curve-secret-key",
+                                   str(tmp_path / "relay.key"), "--curve-allow", str(tmp_path / "allowed"),
+                                   "--curve-allow-trainers", str(tmp_path / "allowed-trainers")],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert relay_public.returncode == 2 and f"--curve-secret-key {tmp_path}/relay.key holds no secret key" in \
+        relay_public.stderr, relay_public.stderr
+    assert not (tmp_path / "r").exists()

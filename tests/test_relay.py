@@ -515,6 +515,30 @@ def relay_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
                           timeout=timeout)
 
 
+def test_ctl_without_run_uses_the_relays_only_run_and_lists_several(trainers, loopback):
+    """`--run` is needed only when the relay routes more than one run; the error says which there are."""
+    control = loopback.viewers.split(",")[1]
+    nobody = relay_cli("ctl", "status", "--relay", loopback.viewers)
+    assert nobody.returncode == 1 and "routes no run yet" in nobody.stderr, nobody.stderr
+    first = trainers(*LONG, "--relay", loopback.trainers)
+    wait_for(lambda: len(request(control, "runs")["runs"]) == 1, 120, what="the first trainer's hello",
+             alive=lambda: first.proc.poll() is None)
+    run = orjson.loads((first.run_dir / "run.json").read_bytes())["run"]
+    only = relay_cli("ctl", "status", "--relay", loopback.viewers)
+    assert only.returncode == 0, only.stderr
+    assert f"tetriszmq ctl: the relay routes one run, {run}: status goes to it" in only.stderr
+    assert orjson.loads(only.stdout)["ok"] is True
+    second = trainers(*LONG, "--relay", loopback.trainers)
+    wait_for(lambda: len(request(control, "runs")["runs"]) == 2, 120, what="the second trainer's hello",
+             alive=lambda: second.proc.poll() is None)
+    other = orjson.loads((second.run_dir / "run.json").read_bytes())["run"]
+    several = relay_cli("ctl", "stop", "--relay", loopback.viewers)
+    assert several.returncode == 2, several.stderr
+    assert "the relay routes 2 runs; give --run RUN, one of: " in several.stderr
+    assert run in several.stderr and other in several.stderr and "Traceback" not in several.stderr
+    assert first.proc.poll() is None and second.proc.poll() is None  # nobody was stopped
+
+
 def test_a_request_for_an_unknown_run_gets_a_clear_error(loopback):
     viewers = loopback.viewers
     unknown = relay_cli("ctl", "status", "--relay", viewers, "--run", "nobody-123456")
@@ -538,7 +562,6 @@ def test_a_request_for_an_unknown_run_gets_a_clear_error(loopback):
      "cannot read CURVE key"),
     (["relay", "--curve-secret-key", "k", "--curve-allow", ".", "--curve-allow-trainers", "nowhere"],
      "--curve-allow-trainers nowhere: not a folder"),
-    (["ctl", "status", "--relay", "tcp://127.0.0.1:6001"], "--relay needs --run"),
     (["ctl", "runs"], "go with --relay"),
     (["ctl", "status", "--curve-server-key", "missing.key", "--curve-secret-key", "missing.key_secret"],
      "cannot read CURVE key"),  # bad input, not the trainer's silence (exit 3)

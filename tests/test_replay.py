@@ -174,6 +174,27 @@ def test_the_readmes_replay_commands_work_as_written(placement_run, tmp_path):
         assert result.returncode == 0, f"{line}\n{result.stderr}"
 
 
+def sweep_folder(study: Path) -> Path:
+    """A study's folder as `tetriszmq sweep` leaves it: its journal and a run directory per trial."""
+    for number in (0, 1, 10, 2):
+        (study / f"trial-{number}").mkdir(parents=True)
+        shutil.copy(TINY_PLACEMENT, study / f"trial-{number}" / "config.toml")
+    (study / "optuna.journal").write_text("")
+    return study
+
+
+def test_a_sweep_folder_is_named_as_one_with_the_runs_to_replay(tmp_path):
+    study = sweep_folder(tmp_path / "study")
+    result = tetriszmq("replay", study)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert (f"{study} is a sweep folder; its runs are trial-0, trial-1, trial-2, trial-10: replay one of them, "
+            f"such as `tetriszmq replay {study / 'trial-0'}`") in result.stderr
+    eval_result = tetriszmq("eval", "--checkpoint", study)
+    assert eval_result.returncode == 2 and "Traceback" not in eval_result.stderr, eval_result.stderr
+    assert (f"--checkpoint {study} is a sweep folder; its runs are trial-0, trial-1, trial-2, trial-10: give a "
+            f"checkpoint file of one, such as {study / 'trial-0' / 'checkpoints' / 'final'}") in eval_result.stderr
+
+
 def test_a_record_whose_environment_cannot_be_built_is_a_clear_error(tmp_path):
     path = tmp_path / "future.rec"
     records.write(path, records.EpisodeRecord(seed=3, actions=bytes([1, 2]), lines=0, score=2.0, pieces=2, end="cut",

@@ -149,6 +149,16 @@ def test_a_resume_with_nothing_left_to_train_says_so_and_ends_stopped(trainers, 
     assert (last["state"], last["reason"]) == ("stopped", "max_timesteps 400 already reached")
 
 
+def test_max_timesteps_stops_at_the_first_step_at_or_past_it_and_says_the_real_count(trainers):
+    """tiny.toml's PPO collects 64 steps per env between updates: SB3 alone would run 2 envs to 128 for 101."""
+    trainer = trainers("--set", "train.max_timesteps=101", "--set", "env.n_envs=2")
+    assert trainer.wait(120) == 0, trainer.output()
+    last = orjson.loads((trainer.run_dir / "metrics.jsonl").read_bytes().splitlines()[-1])
+    assert (last["state"], last["timesteps"]) == ("stopped", 102)
+    assert last["reason"] == "max_timesteps 101 reached at 102 timesteps (2 envs step together)"
+    assert PPO.load(trainer.run_dir / "checkpoints" / "final.zip").num_timesteps == 102
+
+
 def test_pause_holds_timesteps_and_resume_continues(trainers):
     trainer = trainers(*LONG)
     wait_for(lambda: status(trainer)["timesteps"] > 0)
@@ -230,6 +240,8 @@ def test_train_quiet_on_a_one_cpu_machine_trains_the_default_agent(tmp_path):
     ("env.kind='hexagonal'", "env.kind: must be one of raw, placement"),
     ("env.reward='lines'", "env.reward: 'lines' needs env.kind = 'placement'"),
     ("agent.params.warp_speed=9", "agent.params: warp_speed"),
+    ("agent.params.gamma=2", "agent.params.gamma: must be between 0 and 1, got 2"),
+    ('agent.params.learning_rate="abc"', "agent.params.learning_rate: expected a number, got str 'abc'"),
     ("env.features=['holes']", "env.features: only the placement env"),
 ])
 def test_bad_config_values_fail_before_training_naming_the_key(tmp_path, override, message):

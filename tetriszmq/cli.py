@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import signal
 import sys
 from pathlib import Path
@@ -11,8 +12,10 @@ from pathlib import Path
 import orjson
 
 from tetriszmq.stream.protocol import Command, is_run_id
-from tetriszmq.stream.relay import EXPIRE, RUNS, side
+from tetriszmq.stream.relay import EXPIRE, MAX_LISTED, RUNS, side
 from tetriszmq.stream.security import ALLOWED, ALLOWED_TRAINERS, ClientCurve, SecurityError, make_keys
+
+TRIAL_DIR = re.compile(r"trial-\d+")  # a sweep trial's run directory (tetriszmq.sweep.trial)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ctl.add_argument("--ctl", default="tcp://127.0.0.1:5556", help="the trainer's control endpoint")
     ctl.add_argument("--relay", metavar="STREAM[,CONTROL]",
                      help="ask through this relay's viewers side instead (CONTROL: STREAM's port + 1)")
-    ctl.add_argument("--run", help="with --relay: the run (process run id or lineage) the command is for")
+    ctl.add_argument("--run", help="with --relay: the run (process run id or lineage) the command is for; "
+                     "without it, the relay's one run (several: an error listing them)")
     ctl.add_argument("--timeout", type=float, default=3.0, help="seconds to wait per attempt")
     ctl.add_argument("--retries", type=int, default=2)
     client_curve_arguments(ctl)
@@ -172,10 +176,18 @@ def _ctl(args: argparse.Namespace) -> int:
         print(f"tetriszmq ctl: {exc}", file=sys.stderr)
         return 2
     try:
+        if args.relay is not None and run is None and args.cmd != RUNS:
+            run = _only_run(endpoint, args, curve)
         reply = request(endpoint, args.cmd, timeout=args.timeout, retries=args.retries, curve=curve, run=run)
     except NoReply as exc:
         print(f"tetriszmq ctl: {exc}", file=sys.stderr)
         return 3
+    except ValueError as exc:  # several runs: the user must say which
+        print(f"tetriszmq ctl: {exc}", file=sys.stderr)
+        return 2
+    except LookupError as exc:  # none: as the relay answers for a run it does not know
+        print(f"tetriszmq ctl: {exc}", file=sys.stderr)
+        return 1
     sys.stdout.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0 if reply.get("ok") else 1
 
@@ -186,9 +198,31 @@ def _ctl_target(args: argparse.Namespace) -> tuple[str, str | None]:
         if args.run is not None or args.cmd == RUNS:
             raise ValueError(f"--run and `{RUNS}` go with --relay")
         return args.ctl, None
-    if args.run is None and args.cmd != RUNS:
-        raise ValueError(f"--relay needs --run RUN (a process run id or lineage; `ctl {RUNS} --relay ...` lists them)")
     return side(args.relay, "--relay").control, args.run
+
+
+def _only_run(endpoint: str, args: argparse.Namespace, curve: ClientCurve | None) -> str:
+    """Without ``--run``: the one run the relay routes (said on stderr), asked with the relay's own ``runs``.
+
+    A lineage counts once: a resumed run's old process lingers in the relay's table for ``--expire`` s, and
+    the lineage routes to its newest process. Several lineages raise `ValueError` naming them, none `LookupError`.
+    """
+    from tetriszmq.stream.control import request
+
+    reply = request(endpoint, RUNS, timeout=args.timeout, retries=args.retries, curve=curve)
+    if not reply.get("ok"):
+        raise ValueError(f"--relay needs --run RUN here: the relay did not list its runs ({reply.get('error')})")
+    lineages = {route["lineage"]: route["run"] for route in reply["runs"]}
+    if not lineages:
+        raise LookupError(f"the relay at {endpoint} routes no run yet: no trainer connected with --relay has said "
+                          "hello (see `ctl runs --relay ...`)")
+    if len(lineages) > 1:
+        listed = ", ".join(f"{run} (lineage {lineage})" for lineage, run in sorted(lineages.items())[:MAX_LISTED])
+        raise ValueError(f"the relay routes {len(lineages)} runs; give --run RUN, one of: {listed}")
+    (lineage, run), = lineages.items()
+    chosen = run if sum(route["lineage"] == lineage for route in reply["runs"]) == 1 else lineage
+    print(f"tetriszmq ctl: the relay routes one run, {chosen}: {args.cmd} goes to it", file=sys.stderr)
+    return chosen
 
 
 def _relay(args: argparse.Namespace) -> int:
@@ -248,6 +282,10 @@ def _player(args: argparse.Namespace):
 
     path = args.checkpoint
     if path.is_dir():  # a run directory, most likely: say which file it holds
+        runs = _runs_inside(path)
+        if runs:
+            raise cfg.ConfigError(f"--checkpoint {_what_folder(path, runs)}: give a checkpoint file of one, such as "
+                                  f"{runs[0] / 'checkpoints' / 'final'}")
         final = path / "checkpoints" / "final" if (path / "checkpoints").is_dir() else "RUN_DIR/checkpoints/final"
         raise cfg.ConfigError(f"--checkpoint {path} is a folder: give a checkpoint file, such as {final}")
     run_config = path.resolve().parent.parent / "config.toml"
@@ -309,7 +347,7 @@ def _replay(args: argparse.Namespace) -> int:
     from tetriszmq.tetris import records
 
     try:
-        _refuse_raw_run(args.path)
+        _refuse_what_keeps_no_records(args.path)
         path = records.locate(args.path, args.episode)
         record = records.read(path)
         if args.check:
@@ -327,11 +365,38 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_raw_run(path: Path) -> None:
-    """A raw-board run keeps no records: its episodes are thousands of key presses (see docs/REPLAY.md)."""
+def _runs_inside(path: Path) -> list[Path]:
+    """The run directories (those with a ``config.toml``) right inside ``path``, when ``path`` is not one itself:
+    a sweep's study folder (``trial-0``, ``trial-1``, ...) or a ``runs/`` folder. Sorted by the number in the name."""
+    if not path.is_dir() or (path / "config.toml").is_file():
+        return []
+    return sorted((child for child in path.iterdir() if (child / "config.toml").is_file()), key=_numbered_name)
+
+
+def _numbered_name(path: Path) -> tuple[str, int]:
+    """``trial-10`` after ``trial-9``."""
+    stem = path.name.rstrip("0123456789")
+    return stem, int(path.name[len(stem):] or -1)
+
+
+def _what_folder(path: Path, runs: list[Path]) -> str:
+    """``path`` and what it holds, for an error: ``runs/study is a sweep folder; its runs are trial-0, ...``."""
+    sweep = all(TRIAL_DIR.fullmatch(run.name) for run in runs)
+    names = ", ".join(run.name for run in runs[:MAX_LISTED]) + (", ..." if len(runs) > MAX_LISTED else "")
+    return f"{path} is {'a sweep folder' if sweep else 'a folder of runs'}; its runs are {names}"
+
+
+def _refuse_what_keeps_no_records(path: Path) -> None:
+    """A raw-board run keeps no records: its episodes are thousands of key presses (see docs/REPLAY.md).
+
+    A folder of runs (a sweep's) is no run either: say which runs it holds.
+    """
     from tetriszmq import config as cfg
     from tetriszmq.tetris.records import RecordError
 
+    runs = _runs_inside(path)
+    if runs and not (path / "episodes").is_dir():
+        raise RecordError(f"{_what_folder(path, runs)}: replay one of them, such as `tetriszmq replay {runs[0]}`")
     try:
         kind = cfg.load(path / "config.toml").env.kind if (path / "config.toml").is_file() else "placement"
     except cfg.ConfigError as exc:

@@ -70,7 +70,9 @@ class AgentSection:
 
 @dataclass
 class TrainSection:
-    max_timesteps: int = setting(5_000_000, min=1, doc="total environment steps, counting those before --resume")
+    max_timesteps: int = setting(5_000_000, min=1, doc="total environment steps, counting those before --resume; "
+                                                       "training stops at the first step at or past it (n_envs "
+                                                       "envs step together: the next multiple of n_envs)")
     max_minutes: float = setting(0.0, min=0, doc="wall-clock limit of this process; 0: none")
     target_lines: int = setting(0, min=0,
                                doc="stop after the first episode that clears at least this many lines; 0: never")
@@ -141,10 +143,91 @@ def from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError(f"unknown section [{sorted(unknown)[0]}]; known: {', '.join(hints)}")
     sections = {name: read_section(name, hints[name], data.get(name, {})) for name in hints}
     config = Config(**sections)
+    _check_params(config.agent.params)
     _check_security(config)
     if not (is_run_id(config.run.name) and len(config.run.name) <= RUN_NAME_MAX):  # "-<8 hex>" must still fit
         raise ConfigError(f"run.name: {config.run.name[:100]!r} must be 1 to {RUN_NAME_MAX} letters, digits, . _ -")
     return config
+
+
+@dataclass(frozen=True)
+class Param:
+    """What one SB3 keyword argument takes from a config: its kind and, for numbers, its bounds.
+
+    ``kind``: int, float (an int too, as SB3 does), bool, str, dict (a table) or list (of ints >= 1).
+    ``above``: a strict lower bound, where SB3 divides by the value or a zero makes no sense (a zero
+    learning rate learns nothing; a zero ``exploration_fraction`` is a ZeroDivisionError in SB3's
+    linear schedule at the first step).
+    """
+
+    kind: type
+    min: float | None = None
+    max: float | None = None
+    above: float | None = None
+
+
+def _fraction(*, above: float | None = None) -> Param:
+    return Param(float, min=None if above is not None else 0, max=1, above=above)
+
+
+# The `agent.params` whose type and range the algorithms' signatures and docs fix (SB3 2.x's PPO, A2C, DQN
+# and `AfterstateDQN`): checked with the rest of the config, before the run directory is made, instead
+# of when the model is built (or never: SB3 takes gamma = 2 and diverges). Others reach the constructor as given.
+PARAMS: dict[str, Param] = {
+    "learning_rate": Param(float, above=0),
+    "gamma": _fraction(), "gae_lambda": _fraction(), "tau": _fraction(),
+    "exploration_initial_eps": _fraction(), "exploration_final_eps": _fraction(),
+    "exploration_fraction": _fraction(above=0),
+    **{name: Param(int, min=1) for name in ("buffer_size", "batch_size", "n_steps", "n_epochs",
+                                            "target_update_interval", "stats_window_size")},
+    "learning_starts": Param(int, min=0), "exploration_steps": Param(int, min=0),
+    "gradient_steps": Param(int, min=-1), "sde_sample_freq": Param(int, min=-1),  # -1: SB3's "as many as steps"
+    **{name: Param(float, above=0) for name in ("clip_range", "clip_range_vf", "target_kl", "max_grad_norm",
+                                                "rms_prop_eps")},
+    **{name: Param(float) for name in ("ent_coef", "vf_coef", "game_over_penalty")},
+    **{name: Param(bool) for name in ("normalize_advantage", "use_sde", "use_rms_prop", "optimize_memory_usage",
+                                      "learner_thread")},
+    **{name: Param(dict) for name in ("policy_kwargs", "replay_buffer_kwargs", "rollout_buffer_kwargs")},
+    "net_arch": Param(list), "tensorboard_log": Param(str),
+    "train_freq": Param(int, min=1),  # or [n, "step" | "episode"]: `_check_train_freq`
+}
+TRAIN_FREQ_UNITS = ("step", "episode")
+
+
+def _check_params(params: dict[str, Any]) -> None:
+    """The values of `PARAMS` in ``agent.params``; a `ConfigError` names the key, its range and the value."""
+    for name, value in params.items():
+        key = f"agent.params.{name}"
+        if name == "train_freq" and isinstance(value, list):
+            _check_train_freq(key, value)
+        elif name in PARAMS:
+            _check_param(key, PARAMS[name], value)
+
+
+def _check_param(key: str, param: Param, value: Any) -> None:
+    kind = param.kind
+    if kind is list:
+        if not (isinstance(value, list) and all(type(v) is int and v >= 1 for v in value)):
+            raise ConfigError(f"{key}: expected a list of layer sizes (integers >= 1), got {value!r}")
+        return
+    if not (type(value) is kind or kind is float and type(value) is int):
+        expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a table"}
+        raise ConfigError(f"{key}: expected {expected[kind]}, got {type(value).__name__} {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    if param.above is not None and value <= param.above:
+        upper = f" and <= {param.max:g}" if param.max is not None else ""
+        raise ConfigError(f"{key}: must be > {param.above:g}{upper}, got {value!r}")
+    if (param.min is not None and value < param.min) or (param.max is not None and value > param.max):
+        bounds = f"between {param.min:g} and {param.max:g}" if param.max is not None else f">= {param.min:g}"
+        raise ConfigError(f"{key}: must be {bounds}, got {value!r}")
+
+
+def _check_train_freq(key: str, value: list[Any]) -> None:
+    """SB3's ``(frequency, unit)`` form of ``train_freq``, a list in TOML."""
+    if not (len(value) == 2 and type(value[0]) is int and value[0] >= 1 and value[1] in TRAIN_FREQ_UNITS):
+        raise ConfigError(f"{key}: expected an integer >= 1 or [integer >= 1, \"step\" or \"episode\"], "
+                          f"got {value!r}")
 
 
 def _check_security(config: Config) -> None:

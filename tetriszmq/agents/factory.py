@@ -38,7 +38,8 @@ ALGOS: dict[str, Algo] = {
 
 def check_pairing(agent: AgentSection, env: EnvSection) -> None:
     """Refuse, before a run starts, an algorithm that is unknown or cannot play the configured env,
-    or ``agent.params`` it does not take (a value it rejects is found only when the model is built)."""
+    or ``agent.params`` it does not take. The values of `config.PARAMS` are checked when the config is
+    loaded; a value of another parameter that the algorithm rejects is found only when the model is built."""
     kinds = _algo(agent.algo).env_kinds
     if env.kind not in kinds:
         raise ConfigError(f"agent.algo = {agent.algo!r} cannot play env.kind = {env.kind!r}; "
@@ -85,8 +86,11 @@ def build_model(agent: AgentSection, env: VecEnv, seed: int) -> BaseAlgorithm:
     """A fresh model; a bad hyper-parameter is a `ConfigError` naming ``agent.params``."""
     cls = algo_class(agent.algo)
     policy = agent.policy or _algo(agent.algo).policy
+    params = dict(agent.params)
+    if isinstance(params.get("train_freq"), list):  # SB3's (n, unit) tuple: TOML, hence the config, has lists only
+        params["train_freq"] = tuple(params["train_freq"])
     try:
-        model = cls(policy, env, seed=seed, device=agent.device, verbose=0, **agent.params)
+        model = cls(policy, env, seed=seed, device=agent.device, verbose=0, **params)
     except (TypeError, ValueError, KeyError, AssertionError) as exc:
         raise ConfigError(f"agent.params / agent.policy rejected by {cls.__name__}: {exc}") from None
     return _with_silent_logger(model)

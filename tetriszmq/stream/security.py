@@ -80,13 +80,27 @@ def is_loopback(endpoint: str) -> bool:
         return False  # "*", an interface name or a host name: not provably loopback
 
 
-def _load(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
+SECRET_SUFFIX = "_secret"  # `make_keys`' (and zmq.auth's) pair: NAME.key public, NAME.key_secret both halves
+
+
+def _load(path: Path, option: str, *, secret: bool) -> tuple[bytes, bytes | None]:
+    """The key pair in ``path``, given as ``option``: a secret key where one is needed, and only there.
+
+    zmq.auth reads the public half of a secret key file as readily as a public key file, so a server's
+    secret file given where its public key goes would work, and the secret would be copied around as
+    if it were public: refused, as is a public file where the caller's own secret key goes.
+    """
     try:
         public, secret_key = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
-        raise SecurityError(f"cannot read CURVE key {path}: {exc}") from None
+        raise SecurityError(f"{option}: cannot read CURVE key {path}: {exc}") from None
     if secret and secret_key is None:
-        raise SecurityError(f"{path} holds no secret key (use the .key_secret file)")
+        pair = f" ({path}{SECRET_SUFFIX})" if path.name.endswith(".key") else ""
+        raise SecurityError(f"{option} {path} holds no secret key (use the .key_secret file of the pair{pair})")
+    if not secret and secret_key is not None:
+        public_file = f" ({path.name.removesuffix(SECRET_SUFFIX)})" if path.name.endswith(SECRET_SUFFIX) else ""
+        raise SecurityError(f"{option} {path} is a secret key file: give the public key file{public_file} instead; "
+                            "a secret key stays on the machine it belongs to")
     return public, secret_key
 
 
@@ -110,7 +124,7 @@ class ServerCurve:
         """
         if not self.allow_dir.is_dir():
             raise SecurityError(f"{self.option} {self.allow_dir}: not a folder of client public keys")
-        self.public, self.secret = _load(self.secret_key_file, secret=True)
+        self.public, self.secret = _load(self.secret_key_file, "--curve-secret-key", secret=True)
 
     def start(self, ctx: zmq.Context, auth: ThreadAuthenticator | None = None) -> ThreadAuthenticator:
         """Start the ZAP authenticator that admits only the allowed client keys (or add this domain to ``auth``)."""
@@ -163,8 +177,8 @@ class ClientCurve:
     secret_key_file: Path
 
     def __post_init__(self) -> None:
-        self.server_public, _ = _load(self.server_key_file, secret=False)
-        self.public, self.secret = _load(self.secret_key_file, secret=True)
+        self.server_public, _ = _load(self.server_key_file, "--curve-server-key", secret=False)
+        self.public, self.secret = _load(self.secret_key_file, "--curve-secret-key", secret=True)
 
     def apply(self, sock: zmq.Socket) -> None:
         sock.curve_serverkey = self.server_public

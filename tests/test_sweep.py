@@ -148,7 +148,7 @@ def test_a_trial_whose_stream_cannot_be_followed_is_stopped_with_a_final_checkpo
     assert "following its stream failed: OSError: the storage went away" in record["error"]
     assert (failed / "checkpoints" / "final.zip").exists()
     assert last_status(failed)["state"] == "stopped" and last_status(failed)["reason"] == "stop requested"
-    assert last_status(runs / "watch" / "trial-1")["reason"] == "max_timesteps 3000 reached"
+    assert last_status(runs / "watch" / "trial-1")["reason"].startswith("max_timesteps 3000 reached")
 
 
 def test_a_trainer_that_outlives_its_stop_is_signalled_then_killed() -> None:

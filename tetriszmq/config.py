@@ -70,9 +70,7 @@ class AgentSection:
 
 @dataclass
 class TrainSection:
-    max_timesteps: int = setting(5_000_000, min=1, doc="total environment steps, counting those before --resume; "
-                                                       "training stops at the first step at or past it (n_envs "
-                                                       "envs step together: the next multiple of n_envs)")
+    max_timesteps: int = setting(5_000_000, min=1, doc="total environment steps, counting those before --resume")
     max_minutes: float = setting(0.0, min=0, doc="wall-clock limit of this process; 0: none")
     target_lines: int = setting(0, min=0,
                                doc="stop after the first episode that clears at least this many lines; 0: never")

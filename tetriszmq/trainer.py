@@ -49,22 +49,15 @@ class RunOptions:
 
 
 class StopConditions(BaseCallback):
-    """Ends ``learn()`` on ``train.max_timesteps``, ``train.max_minutes`` or ``train.target_lines``.
+    """Ends ``learn()`` on ``train.max_minutes`` or ``train.target_lines``.
 
-    ``max_timesteps``: SB3 compares its total only between rollouts (PPO's ``n_steps`` x ``n_envs``
-    steps, a DQN's ``train_freq``), so on its own a run overshoots by up to a rollout (128 steps for
-    100 with n_steps = 64); this stops at the first step at or past the limit. Each step counts one
-    timestep per env, so with ``n_envs`` envs that is the next multiple of ``n_envs``, and the reason
-    says the real count. As with the other stops, the steps since the agent's last update are not
-    learnt from (an off-policy agent keeps them in its replay buffer).
     ``target_lines``: stop once any single episode (in any env) has cleared at
     least that many lines; the episode is counted when it ends.
     """
 
-    def __init__(self, state: TrainerState, max_timesteps: int, max_minutes: float, target_lines: int) -> None:
+    def __init__(self, state: TrainerState, max_minutes: float, target_lines: int) -> None:
         super().__init__()
         self.state = state
-        self.max_timesteps = max_timesteps
         self.deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
         self.target_lines = target_lines or math.inf
 
@@ -76,17 +69,15 @@ class StopConditions(BaseCallback):
         if time.monotonic() >= self.deadline:
             state.stop_reason = "max_minutes reached"
             return False
-        if self.num_timesteps >= self.max_timesteps:
-            state.stop_reason = max_timesteps_reason(self.max_timesteps, self.num_timesteps, self.model.n_envs)
-            return False
         return True
 
 
-def max_timesteps_reason(limit: int, timesteps: int, n_envs: int) -> str:
-    """Why a run stopped at ``timesteps``, the first step at or past ``limit``: past it only by n_envs' rounding."""
+def max_timesteps_reason(limit: int, timesteps: int) -> str:
+    """Why ``learn()`` returned by itself. SB3 checks its total between rollouts and ends the one it is in
+    (PPO: ``n_steps`` x ``n_envs`` steps), rather than throw its steps away: the reason says by how much."""
     if timesteps == limit:
         return f"max_timesteps {limit} reached"
-    return f"max_timesteps {limit} reached at {timesteps} timesteps ({n_envs} envs step together)"
+    return f"max_timesteps {limit} reached at {timesteps} timesteps (the agent ends the rollout it is in)"
 
 
 def resolve_run_dir(config: cfg.Config, options: RunOptions) -> Path:
@@ -224,7 +215,7 @@ def _learn(model: BaseAlgorithm, config: cfg.Config, state: TrainerState, stream
     remaining = config.train.max_timesteps - model.num_timesteps
     if remaining <= 0:
         return _nothing_to_train(model, config, stream)
-    stops = StopConditions(state, config.train.max_timesteps, config.train.max_minutes, config.train.target_lines)
+    stops = StopConditions(state, config.train.max_minutes, config.train.target_lines)
     if progress is not None:
         progress.start()
     try:
@@ -235,7 +226,7 @@ def _learn(model: BaseAlgorithm, config: cfg.Config, state: TrainerState, stream
         return 1
     finally:
         model.get_env().close()
-    why = state.stop_reason  # `StopConditions` or a stop request ended learn(): SB3 checks its total too late
+    why = state.stop_reason or max_timesteps_reason(config.train.max_timesteps, model.num_timesteps)
     stream.set_state(State.STOPPING, why)
     try:
         stream.save(final=True)

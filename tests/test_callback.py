@@ -198,8 +198,9 @@ def test_an_envs_own_episode_numbers_go_along_with_its_episode_and_never_overrid
         assert "name" not in episode and "pieces" not in episode
 
 
-def test_on_training_end_twice_as_rl_zoo3_calls_it_is_harmless(script, tmp_path):
+def test_on_training_end_twice_as_rl_zoo3_calls_it_is_harmless_and_the_switch_interval_is_restored(script, tmp_path):
     run = script(f"""
+        sys.setswitchinterval(0.005)
         callback = streaming(StreamCallback(pub=PUB, ctl=CTL))
         model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
         try:
@@ -207,32 +208,75 @@ def test_on_training_end_twice_as_rl_zoo3_calls_it_is_harmless(script, tmp_path)
         finally:
             callback.on_training_end()  # rl_zoo3's ExperimentManager.learn does this
         print("saved", model.save({str(tmp_path / "model")!r}) is None)
+        print("interval", sys.getswitchinterval())
     """)
     assert run.finish() == 0, run.output()
     assert "saved True" in run.output()
     assert [s for s in run.statuses() if s[0] == "stopped"] == [("stopped", "training ended")]
+    assert "interval 0.005" in run.output(), "learn() hands back the switch interval it found"
+    assert SWITCH_INTERVAL < 0.005
 
 
 def journal(run_dir: Path) -> list[dict]:
     return [orjson.loads(line) for line in (run_dir / "metrics.jsonl").read_bytes().splitlines()]
 
 
-def test_one_callback_serves_several_learn_calls_each_a_run_that_ends(script, tmp_path):
-    """Read from the run directory's journal: a subscriber reconnecting to each new run misses its start."""
+def test_learn_call_after_learn_call_each_callback_journals_runs_that_end(script, tmp_path):
+    """Three sequences of learn() calls, one after another in one interpreter (one SB3 start-up), each with
+    its own callback, ports and run directory. Read from the journals: a subscriber reconnecting to each new
+    run misses its start.
+
+    - several: one callback serves several learn() calls, each a run that ends;
+    - raised: learn() raising, then a second learn() with the same callback on the same ports;
+    - bound: `bind` comes before the learn() it is for: afresh for a learn() that resets the timesteps,
+      carried on for one that continues them.
+    """
+    several, raised, bound = (tmp_path / name for name in ("several", "raised", "bound"))
+    ports = [f"tcp://127.0.0.1:{free_port()}" for _ in range(4)]
     run = script(f"""
-        callback = StreamCallback(pub=PUB, ctl=CTL, run_name="cartpole", run_dir={str(tmp_path / "runs")!r})
+        PUB2, CTL2, PUB3, CTL3 = sys.argv[3:7]
+
         model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
+        callback = StreamCallback(pub=PUB, ctl=CTL, run_name="cartpole", run_dir={str(several)!r})
         model.learn(256, callback=callback)
         model.learn(256, callback=callback, reset_num_timesteps=False)
         model.learn(256, callback=callback)
-    """)
+
+        model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
+        callback = StreamCallback(pub=PUB2, ctl=CTL2, run_dir={str(raised)!r})
+        try:
+            model.learn(1024, callback=[callback, Fails(RuntimeError("boom"))])
+        except RuntimeError:
+            pass
+        model.learn(256, callback=callback)  # at once: the abandoned run is ended first
+        print("again", model.num_timesteps)
+
+        model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
+        callback = StreamCallback(pub=PUB3, ctl=CTL3, run_dir={str(bound)!r})
+        model.learn(256, callback=callback)
+        callback.bind()
+        model.learn(256, callback=callback)
+        callback.bind()
+        model.learn(256, callback=callback, reset_num_timesteps=False)
+    """, args=tuple(ports))
     assert run.finish() == 0, run.output()
-    stopped = [m for m in journal(tmp_path / "runs") if m["topic"] == "status" and m["state"] == "stopped"]
-    assert [m["timesteps"] for m in stopped] == [256, 512, 256]
+
+    stopped = [m for m in journal(several) if m["topic"] == "status" and m["state"] == "stopped"]
+    assert [m["timesteps"] for m in stopped] == [256, 512, 256], "several"
     runs = [m["run"] for m in stopped]
-    assert len(set(runs)) == 3 and all(r.startswith("cartpole-") for r in runs)
-    assert stopped[1]["episodes"] > stopped[0]["episodes"], "a continued learn() continues the counters"
-    assert stopped[2]["episodes"] < stopped[1]["episodes"], "reset_num_timesteps starts them afresh"
+    assert len(set(runs)) == 3 and all(r.startswith("cartpole-") for r in runs), f"several: {runs}"
+    assert stopped[1]["episodes"] > stopped[0]["episodes"], "several: a continued learn() continues the counters"
+    assert stopped[2]["episodes"] < stopped[1]["episodes"], "several: reset_num_timesteps starts them afresh"
+
+    assert "again 256" in run.output()
+    ends = [(m["state"], m["reason"]) for m in journal(raised) if m.get("state") in ("error", "stopped")]
+    assert ends == [("error", ABANDONED), ("stopped", "training ended")], "raised: the exception was caught, unseen"
+    assert len({m["run"] for m in journal(raised)}) == 2, "raised: the second learn() is a run of its own"
+
+    messages = journal(bound)
+    runs = list(dict.fromkeys(m["run"] for m in messages))
+    episodes = [[m["episode"] for m in messages if m["topic"] == "episode" and m["run"] == r] for r in runs]
+    assert [e[0] for e in episodes] == [1, 1, episodes[1][-1] + 1], "bound: afresh, afresh, carried on"
 
 
 def test_learn_raising_in_a_notebook_publishes_error_and_frees_the_ports(script):
@@ -255,24 +299,6 @@ def test_learn_raising_in_a_notebook_publishes_error_and_frees_the_ports(script)
     wait_for(lambda: bindable(run.pub) and bindable(run.ctl), timeout=10)
     wait_for(lambda: "cell done" in run.output(), timeout=30)  # the cell may end just after the broker did
     assert run.proc.poll() is None, "the kernel lives on"
-
-
-def test_learn_raising_and_a_second_learn_in_the_same_process_on_the_same_ports(script, tmp_path):
-    run = script(f"""
-        callback = StreamCallback(pub=PUB, ctl=CTL, run_dir={str(tmp_path / "run")!r})
-        model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
-        try:
-            model.learn(1024, callback=[callback, Fails(RuntimeError("boom"))])
-        except RuntimeError:
-            pass
-        model.learn(256, callback=callback)  # at once: the abandoned run is ended first
-        print("again", model.num_timesteps)
-    """)
-    assert run.finish() == 0, run.output()
-    assert "again 256" in run.output()
-    ends = [(m["state"], m["reason"]) for m in journal(tmp_path / "run") if m.get("state") in ("error", "stopped")]
-    assert ends == [("error", ABANDONED), ("stopped", "training ended")], "the exception was caught, never shown"
-    assert len({m["run"] for m in journal(tmp_path / "run")}) == 2
 
 
 def test_context_manager_reports_the_exception_at_once(script):
@@ -300,25 +326,6 @@ def test_an_exception_caught_inside_the_with_block_still_ends_that_run_as_error(
     """)
     assert run.finish() == 0, run.output()
     assert run.statuses()[-1] == ("error", ABANDONED)
-
-
-def test_bind_before_learn_counts_episodes_as_that_learn_goes_on(script, tmp_path):
-    """`bind` comes before the learn() it is for: afresh for a learn() that resets the timesteps, carried
-    on for one that continues them."""
-    run = script(f"""
-        callback = StreamCallback(pub=PUB, ctl=CTL, run_dir={str(tmp_path / "run")!r})
-        model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
-        model.learn(256, callback=callback)
-        callback.bind()
-        model.learn(256, callback=callback)
-        callback.bind()
-        model.learn(256, callback=callback, reset_num_timesteps=False)
-    """)
-    assert run.finish() == 0, run.output()
-    messages = journal(tmp_path / "run")
-    runs = list(dict.fromkeys(m["run"] for m in messages))
-    episodes = [[m["episode"] for m in messages if m["topic"] == "episode" and m["run"] == r] for r in runs]
-    assert [e[0] for e in episodes] == [1, 1, episodes[1][-1] + 1]
 
 
 def test_a_script_that_dies_in_learn_publishes_error_with_the_exception(script):
@@ -394,17 +401,6 @@ def test_metrics_keep_their_cadence_through_a_long_update_and_while_paused(scrip
     assert paused and not any(t is Topic.STATUS for t, _ in paused)
     request(run.ctl, "resume")
     assert run.finish() == 0, run.output()
-
-
-def test_switch_interval_is_restored_after_learn(script):
-    run = script("""
-        sys.setswitchinterval(0.005)
-        PPO("MlpPolicy", "CartPole-v1", **SMALL).learn(128, callback=StreamCallback(pub=PUB, ctl=CTL))
-        print("interval", sys.getswitchinterval())
-    """)
-    assert run.finish() == 0, run.output()
-    assert "interval 0.005" in run.output()
-    assert SWITCH_INTERVAL < 0.005
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

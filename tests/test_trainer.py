@@ -7,13 +7,15 @@ import shutil
 import subprocess
 import sys
 import typing
+from collections.abc import Iterator
 
 import orjson
 import pytest
 import zmq
-from conftest import ROOT, TINY, wait_for
+from conftest import ROOT, TINY, TrainerProcess, reap, start_trainer, wait_for
 from stable_baselines3 import PPO
 
+from tetriszmq import cli
 from tetriszmq.agents.afterstate_dqn import AfterstateDQN
 from tetriszmq.stream import protocol
 from tetriszmq.stream.control import request
@@ -22,6 +24,16 @@ from tetriszmq.stream.protocol import Topic
 pytestmark = pytest.mark.slow  # real trainer processes
 
 LONG = ("--set", "train.max_timesteps=10000000")
+
+
+@pytest.fixture(scope="module")
+def training(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerProcess]:
+    """One long run shared by the tests that only watch it or poke it and leave it training: each trainer
+    start costs an interpreter, torch and a first episode. A test that stops, resumes or reconfigures a
+    trainer starts its own."""
+    trainer = start_trainer(tmp_path_factory.mktemp("training") / "run", *LONG)
+    yield trainer
+    reap([trainer.proc])
 
 
 def status(trainer, timeout: float = 5.0) -> dict:
@@ -35,9 +47,8 @@ def check_fields(topic: Topic, payload: dict) -> None:
     assert payload["topic"] == topic and payload["v"] == protocol.VERSION
 
 
-def test_stream_carries_every_topic_with_schema_and_gapless_seq(trainers, subscribe):
-    trainer = trainers(*LONG)
-    sub = subscribe(trainer.pub)
+def test_stream_carries_every_topic_with_schema_and_gapless_seq(training, subscribe):
+    sub = subscribe(training.pub)
     seen: dict[Topic, dict] = {}
     seqs: list[int] = []
 
@@ -60,9 +71,8 @@ def test_stream_carries_every_topic_with_schema_and_gapless_seq(trainers, subscr
     assert seen[Topic.EPISODE]["length"] > 0
 
 
-def test_topic_filter_receives_only_that_topic(trainers, subscribe):
-    trainer = trainers(*LONG)
-    sub = subscribe(trainer.pub, (protocol.TOPIC_FRAMES[Topic.EPISODE],))
+def test_topic_filter_receives_only_that_topic(training, subscribe):
+    sub = subscribe(training.pub, (protocol.TOPIC_FRAMES[Topic.EPISODE],))
     topics = {sub.recv(60)[0] for _ in range(3)}
     assert topics == {Topic.EPISODE}
 
@@ -119,12 +129,11 @@ MALFORMED: list[list[bytes]] = [
 ]
 
 
-def test_malformed_requests_get_error_replies_and_training_goes_on(trainers):
-    trainer = trainers(*LONG)
-    before = status(trainer, timeout=10)["timesteps"]
+def test_malformed_requests_get_error_replies_and_training_goes_on(training):
+    before = status(training, timeout=10)["timesteps"]
     sock = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(trainer.ctl)
+    sock.connect(training.ctl)
     try:
         for frames in MALFORMED:
             sock.send_multipart(frames)
@@ -133,8 +142,8 @@ def test_malformed_requests_get_error_replies_and_training_goes_on(trainers):
             assert reply["ok"] is False and reply["error"], reply
     finally:
         sock.close()
-    wait_for(lambda: status(trainer)["timesteps"] > before)
-    assert trainer.proc.poll() is None
+    wait_for(lambda: status(training)["timesteps"] > before)
+    assert training.proc.poll() is None
 
 
 def test_a_resume_with_nothing_left_to_train_says_so_and_ends_stopped(trainers, finished_run, tmp_path):
@@ -149,22 +158,21 @@ def test_a_resume_with_nothing_left_to_train_says_so_and_ends_stopped(trainers, 
     assert (last["state"], last["reason"]) == ("stopped", "max_timesteps 400 already reached")
 
 
-def test_pause_holds_timesteps_and_resume_continues(trainers):
-    trainer = trainers(*LONG)
-    wait_for(lambda: status(trainer)["timesteps"] > 0)
-    assert request(trainer.ctl, "pause")["state"] == "paused"
-    wait_for(lambda: status(trainer)["state"] == "paused")
-    held = status(trainer)["timesteps"]
+def test_pause_holds_timesteps_and_resume_continues(training):
+    wait_for(lambda: status(training)["timesteps"] > 0)
+    assert request(training.ctl, "pause")["state"] == "paused"
+    wait_for(lambda: status(training)["state"] == "paused")
+    held = status(training)["timesteps"]
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_FRAMES[Topic.HEARTBEAT])
-    sub.connect(trainer.pub)
+    sub.connect(training.pub)
     try:
         beats = [protocol.decode_message(sub.recv_multipart())[1] for _ in range(3)]
     finally:
         sub.close(linger=0)
     assert all(beat["state"] == "paused" and beat["timesteps"] == held for beat in beats)
-    request(trainer.ctl, "resume")
-    wait_for(lambda: status(trainer)["timesteps"] > held)
+    request(training.ctl, "resume")
+    wait_for(lambda: status(training)["timesteps"] > held)
 
 
 def test_save_writes_a_loadable_latest_checkpoint(trainers):
@@ -177,12 +185,11 @@ def test_save_writes_a_loadable_latest_checkpoint(trainers):
     assert PPO.load(latest).num_timesteps > 0
 
 
-def test_snapshot_covers_the_run_up_to_its_seq(trainers, subscribe):
-    trainer = trainers(*LONG)
-    sub = subscribe(trainer.pub, (protocol.TOPIC_FRAMES[Topic.EPISODE],))
+def test_snapshot_covers_the_run_up_to_its_seq(training, subscribe):
+    sub = subscribe(training.pub, (protocol.TOPIC_FRAMES[Topic.EPISODE],))
     sub.recv(60)
-    snap = request(trainer.ctl, "snapshot")
-    assert snap["ok"] and snap["run"] == status(trainer)["run"]
+    snap = request(training.ctl, "snapshot")
+    assert snap["ok"] and snap["run"] == status(training)["run"]
     episodes = [e["episode"] for e in snap["episodes"]]
     assert episodes == list(range(1, len(episodes) + 1)), "history starts at the first episode, no gaps"
     assert all(e["seq"] <= snap["seq"] for e in snap["episodes"])
@@ -235,14 +242,14 @@ def test_train_quiet_on_a_one_cpu_machine_trains_the_default_agent(tmp_path):
     ('agent.params.learning_rate="abc"', "agent.params.learning_rate: expected a number, got str 'abc'"),
     ("env.features=['holes']", "env.features: only the placement env"),
 ])
-def test_bad_config_values_fail_before_training_naming_the_key(tmp_path, override, message):
+def test_bad_config_values_fail_before_training_naming_the_key(tmp_path, capsys, override, message):
+    """`tetriszmq train` itself, called in this process: an interpreter importing torch per case would cost
+    seconds each; that `python -m tetriszmq` exits with what it returns is test_run_start.py's first test."""
     run_dir = tmp_path / "bad"
-    result = subprocess.run(
-        [sys.executable, "-m", "tetriszmq", "train", "--config", str(TINY), "--run-dir", str(run_dir),
-         "--pub", "tcp://127.0.0.1:0", "--ctl", "tcp://127.0.0.1:0", "--set", override],
-        cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
-    assert message in result.stderr
+    code = cli.main(["train", "--config", str(TINY), "--run-dir", str(run_dir), "--pub", "tcp://127.0.0.1:0",
+                     "--ctl", "tcp://127.0.0.1:0", "--set", override])
+    assert code == 2
+    assert message in capsys.readouterr().err
     assert not run_dir.exists(), "a run that never started leaves no run directory"
 
 

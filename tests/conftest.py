@@ -32,8 +32,8 @@ TINY = ROOT / "tests" / "tiny.toml"
 TINY_PLACEMENT = ROOT / "tests" / "tiny_placement.toml"
 TRAINING = ("running", "saving")  # states of a trainer that is training: tiny.toml checkpoints every 128 steps
 # A test that requests one of these (directly or through another fixture) starts real processes
-# (`script`: test_callback.py's SB3 script in a subprocess).
-SLOW_FIXTURES = frozenset({"trainers", "viewers", "placement_run", "script"})
+# (`finished_run`: one real training per session; `script`: test_callback.py's SB3 script in a subprocess).
+SLOW_FIXTURES = frozenset({"trainers", "viewers", "finished_run", "placement_run", "script"})
 NETNS_FIXTURES = frozenset({"hosts", "four_hosts"})
 
 

@@ -19,6 +19,7 @@ from tetriszmq.trainer import RunOptions, train
 ANY_PORTS = ["publish.pub='tcp://127.0.0.1:0'", "publish.ctl='tcp://127.0.0.1:0'"]
 
 
+@pytest.mark.slow  # a real `tetriszmq train` process: its exit status, as a shell sees it
 def test_afterstate_dqn_on_the_raw_board_is_refused_before_anything_starts(tmp_path: Path):
     run_dir = tmp_path / "never"
     result = subprocess.run(

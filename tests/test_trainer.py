@@ -244,7 +244,7 @@ def test_train_quiet_on_a_one_cpu_machine_trains_the_default_agent(tmp_path):
 ])
 def test_bad_config_values_fail_before_training_naming_the_key(tmp_path, capsys, override, message):
     """`tetriszmq train` itself, called in this process: an interpreter importing torch per case would cost
-    seconds each; that `python -m tetriszmq` exits with what it returns is test_run_start.py's first test."""
+    seconds each; that `python -m tetriszmq` exits with what it returns is in test_run_start.py."""
     run_dir = tmp_path / "bad"
     code = cli.main(["train", "--config", str(TINY), "--run-dir", str(run_dir), "--pub", "tcp://127.0.0.1:0",
                      "--ctl", "tcp://127.0.0.1:0", "--set", override])

@@ -1,6 +1,6 @@
 """Fixtures that start real trainers on free ports and always reap them; the suite's markers.
 
-Shared fixtures reach test modules only through this file: its own (`trainers`, `subscribe`) and
+Shared fixtures reach test modules only through this file: its own (`trainers`, `subscribe`, `tetriszmq_here`) and
 those of the plugins named in `pytest_plugins` (`viewers` from viewer_support.py; `hosts`, `keys`,
 `secured_trainer` from netns.py). Free ports and waits come from bench/harness/processes.py, one
 definition for tests and benches (pyproject puts bench/ on the tests' path).
@@ -153,6 +153,23 @@ def train_to_end(run_dir: Path, *extra: str, config: Path = TINY) -> Path:
         reap([trainer.proc])
     assert code == 0, trainer.output()
     return run_dir
+
+
+@pytest.fixture
+def tetriszmq_here(capsys: pytest.CaptureFixture[str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``tetriszmq_here(*args)``: `tetriszmq ARGS` called in this process and read like a finished process, for
+    the cases a command settles before it starts anything (bad input, checks): no interpreter and torch import
+    per call. An uncaught exception, the traceback a user would see, fails the test. Each command keeps tests
+    that run it as a real process."""
+    from tetriszmq import cli
+
+    def run(*args: object) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()
+        code = cli.main([*map(str, args)])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -22,27 +22,29 @@ def tetriszmq(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[s
                           timeout=timeout)
 
 
-def test_eval_is_reproducible_and_reports_the_lines_table():
+def test_eval_is_reproducible_and_reports_the_lines_table(tetriszmq_here):
+    """The first evaluation is a real process, the second (and the table) run in this one: the same games
+    either way."""
     args = ("eval", "--agent", "dellacherie", "--games", "2", "--max-pieces", "300", "--seed", "5")
-    first, second = tetriszmq(*args, "--json"), tetriszmq(*args, "--json")
+    first, second = tetriszmq(*args, "--json"), tetriszmq_here(*args, "--json")
     assert first.returncode == 0, first.stderr
     result = orjson.loads(first.stdout)
     assert result == orjson.loads(second.stdout), "same seeds, same games"
     assert len(result["lines"]) == 2 and result["min"] > 0
     assert result["capped"] == sum(p >= 300 for p in result["pieces"])
-    table = tetriszmq(*args)
+    table = tetriszmq_here(*args)
     assert "lines per game: mean" in table.stdout and "reached the piece cap:" in table.stdout
 
 
-def test_eval_of_a_missing_checkpoint_is_a_clear_error(tmp_path):
-    result = tetriszmq("eval", "--checkpoint", str(tmp_path / "nothing.zip"), "--algo", "afterstate-dqn")
+def test_eval_of_a_missing_checkpoint_is_a_clear_error(tmp_path, tetriszmq_here):
+    result = tetriszmq_here("eval", "--checkpoint", str(tmp_path / "nothing.zip"), "--algo", "afterstate-dqn")
     assert result.returncode == 2
     assert "no such checkpoint" in result.stderr
 
 
-def test_eval_of_a_run_directory_names_the_checkpoint_to_give(tmp_path):
+def test_eval_of_a_run_directory_names_the_checkpoint_to_give(tmp_path, tetriszmq_here):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    result = tetriszmq("eval", "--checkpoint", str(tmp_path / "run"), "--algo", "afterstate-dqn")
+    result = tetriszmq_here("eval", "--checkpoint", str(tmp_path / "run"), "--algo", "afterstate-dqn")
     assert result.returncode == 2 and "Errno" not in result.stderr
     assert (f"--checkpoint {tmp_path / 'run'} is a folder: give a checkpoint file, such as "
             f"{tmp_path / 'run' / 'checkpoints' / 'final'}") in result.stderr

@@ -11,7 +11,6 @@ import orjson
 import pytest
 from conftest import ROOT, TINY_PLACEMENT, free_port, reap, train_to_end
 
-from tetriszmq import cli
 from tetriszmq.stream.protocol import Topic
 from tetriszmq.tetris import records
 
@@ -19,16 +18,6 @@ from tetriszmq.tetris import records
 def tetriszmq(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tetriszmq", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def tetriszmq_here(capsys: pytest.CaptureFixture[str], *args: object) -> subprocess.CompletedProcess[str]:
-    """`tetriszmq ARGS` called in this process, read like `tetriszmq()`: no interpreter and torch import per call
-    (an uncaught exception, the traceback a user would see, fails the test). Each command keeps one test that
-    runs it as a real process."""
-    capsys.readouterr()
-    code = cli.main([*map(str, args)])
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def train(run_dir: Path, *extra: str) -> Path:
@@ -52,12 +41,12 @@ def test_the_best_episode_of_a_training_replays_to_the_same_lines_score_and_piec
         k: streamed[best.episode - 1][k] for k in ("lines", "length")}, "numbered as the stream numbers episodes"
 
 
-def test_a_run_keeps_its_last_20_episodes_and_each_replays(placement_run, capsys):
+def test_a_run_keeps_its_last_20_episodes_and_each_replays(placement_run, tetriszmq_here):
     kept = records.numbered(placement_run / "episodes")
     total = len(episodes_streamed(placement_run))
     assert kept == list(range(total - 19, total + 1))
     for which in ("last", str(kept[0])):
-        result = tetriszmq_here(capsys, "replay", placement_run, "--episode", which, "--check")
+        result = tetriszmq_here("replay", placement_run, "--episode", which, "--check")
         assert result.returncode == 0 and orjson.loads(result.stdout)["ok"], result.stdout + result.stderr
 
 
@@ -96,7 +85,7 @@ def test_a_replay_streams_like_a_run_to_a_subscriber(placement_run, subscribe):
     assert orjson.loads(out) == {"lines": best.lines, "pieces": best.pieces, "score": best.score, "end": best.end}
 
 
-def test_a_corrupt_or_truncated_record_is_a_clear_error(placement_run, tmp_path, capsys):
+def test_a_corrupt_or_truncated_record_is_a_clear_error(placement_run, tmp_path, tetriszmq_here):
     run = Path(shutil.copytree(placement_run, tmp_path / "run"))
     best = run / "episodes" / "best.rec"
     best.write_bytes(best.read_bytes()[:-9])
@@ -108,7 +97,7 @@ def test_a_corrupt_or_truncated_record_is_a_clear_error(placement_run, tmp_path,
                           (["--episode", "999999"], "no episode '999999'"),
                           (["--from-piece", "100000", "--episode", records.numbered(run / "episodes")[0]],
                            "--from-piece 100000")):
-        result = tetriszmq_here(capsys, "replay", run, *args, "--pub", f"tcp://127.0.0.1:{free_port()}",
+        result = tetriszmq_here("replay", run, *args, "--pub", f"tcp://127.0.0.1:{free_port()}",
                                 "--ctl", f"tcp://127.0.0.1:{free_port()}")
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
@@ -131,7 +120,7 @@ def test_a_raw_board_run_is_refused_with_a_clear_message(finished_run):
 
 
 @pytest.mark.slow  # a real `tetriszmq eval` process
-def test_eval_records_every_game_and_each_replays_to_its_reported_lines(tmp_path, capsys):
+def test_eval_records_every_game_and_each_replays_to_its_reported_lines(tmp_path, tetriszmq_here):
     folder = tmp_path / "eval"
     result = tetriszmq("eval", "--agent", "dellacherie", "--games", "3", "--max-pieces", "80", "--seed", "4",
                        "--json", "--record", folder)
@@ -139,7 +128,7 @@ def test_eval_records_every_game_and_each_replays_to_its_reported_lines(tmp_path
     reported = orjson.loads(result.stdout)
     assert records.numbered(folder) == [1, 2, 3]
     for game in (1, 2, 3):
-        check = tetriszmq_here(capsys, "replay", folder, "--episode", game, "--check")
+        check = tetriszmq_here("replay", folder, "--episode", game, "--check")
         assert check.returncode == 0, check.stdout + check.stderr
         replayed = orjson.loads(check.stdout)["replayed"]
         assert (replayed["lines"], replayed["pieces"]) == (reported["lines"][game - 1], reported["pieces"][game - 1])
@@ -195,33 +184,33 @@ def sweep_folder(study: Path) -> Path:
     return study
 
 
-def test_a_sweep_folder_is_named_as_one_with_the_runs_to_replay(tmp_path):
+def test_a_sweep_folder_is_named_as_one_with_the_runs_to_replay(tmp_path, tetriszmq_here):
     study = sweep_folder(tmp_path / "study")
-    result = tetriszmq("replay", study)
+    result = tetriszmq_here("replay", study)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert (f"{study} is a sweep folder; its runs are trial-0, trial-1, trial-2, trial-10: replay one of them, "
             f"such as `tetriszmq replay {study / 'trial-0'}`") in result.stderr
-    eval_result = tetriszmq("eval", "--checkpoint", study)
+    eval_result = tetriszmq_here("eval", "--checkpoint", study)
     assert eval_result.returncode == 2 and "Traceback" not in eval_result.stderr, eval_result.stderr
     assert (f"--checkpoint {study} is a sweep folder; its runs are trial-0, trial-1, trial-2, trial-10: give a "
             f"checkpoint file of one, such as {study / 'trial-0' / 'checkpoints' / 'final'}") in eval_result.stderr
 
 
-def test_a_record_whose_environment_cannot_be_built_is_a_clear_error(tmp_path, capsys):
+def test_a_record_whose_environment_cannot_be_built_is_a_clear_error(tmp_path, tetriszmq_here):
     path = tmp_path / "future.rec"
     records.write(path, records.EpisodeRecord(seed=3, actions=bytes([1, 2]), lines=0, score=2.0, pieces=2, end="cut",
                                               features=("a_feature_of_a_later_version",), max_pieces=10, episode=4))
-    result = tetriszmq_here(capsys, "replay", path, "--check")
+    result = tetriszmq_here("replay", path, "--check")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "episode 4: its environment cannot be built here: unknown or no features" in result.stderr
 
 
-def test_an_episode_named_in_other_than_ascii_digits_is_a_clear_error(tmp_path, capsys):
+def test_an_episode_named_in_other_than_ascii_digits_is_a_clear_error(tmp_path, tetriszmq_here):
     for name in ("episode-3.rec", "episode-٣.rec"):  # the second is no numbered record: "\d" would read it as 3
         records.write(tmp_path / name, records.EpisodeRecord(seed=3, actions=bytes([1, 2]), lines=0, score=2.0,
                                                              pieces=2, end="cut", features=(), max_pieces=10))
     assert records.numbered(tmp_path) == [3]
     for episode in ("²", "٣"):  # str.isdigit() takes both; int() refuses the first and reads the second as 3
-        result = tetriszmq_here(capsys, "replay", tmp_path, "--episode", episode, "--check")
+        result = tetriszmq_here("replay", tmp_path, "--episode", episode, "--check")
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert f"no episode '{episode}' (best, last, or one of the kept numbers: 3..3)" in result.stderr

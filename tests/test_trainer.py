@@ -15,7 +15,6 @@ import zmq
 from conftest import ROOT, TINY, TrainerProcess, reap, start_trainer, wait_for
 from stable_baselines3 import PPO
 
-from tetriszmq import cli
 from tetriszmq.agents.afterstate_dqn import AfterstateDQN
 from tetriszmq.stream import protocol
 from tetriszmq.stream.control import request
@@ -24,16 +23,6 @@ from tetriszmq.stream.protocol import Topic
 pytestmark = pytest.mark.slow  # real trainer processes
 
 LONG = ("--set", "train.max_timesteps=10000000")
-
-
-@pytest.fixture(scope="module")
-def training(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerProcess]:
-    """One long run shared by the tests that only watch it or poke it and leave it training: each trainer
-    start costs an interpreter, torch and a first episode. A test that stops, resumes or reconfigures a
-    trainer starts its own."""
-    trainer = start_trainer(tmp_path_factory.mktemp("training") / "run", *LONG)
-    yield trainer
-    reap([trainer.proc])
 
 
 def status(trainer, timeout: float = 5.0) -> dict:
@@ -45,36 +34,6 @@ def check_fields(topic: Topic, payload: dict) -> None:
     missing = set(typing.get_type_hints(protocol.Envelope)) | set(expected)
     assert missing <= set(payload), f"{topic} lacks {missing - set(payload)}"
     assert payload["topic"] == topic and payload["v"] == protocol.VERSION
-
-
-def test_stream_carries_every_topic_with_schema_and_gapless_seq(training, subscribe):
-    sub = subscribe(training.pub)
-    seen: dict[Topic, dict] = {}
-    seqs: list[int] = []
-
-    def record(topic: Topic, payload: dict) -> bool:
-        seen[topic] = payload
-        seqs.append(payload["seq"])
-        return {Topic.BOARD, Topic.EPISODE, Topic.METRICS, Topic.HEARTBEAT, Topic.STATUS} <= set(seen) \
-            and "train/loss" in seen[Topic.METRICS]["scalars"]
-
-    sub.until(record, timeout=90)
-    for topic, payload in seen.items():
-        check_fields(topic, payload)
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "seq must rise by exactly 1 per message"
-    board = seen[Topic.BOARD]["board"]
-    assert len(board) == protocol.BOARD_ROWS and all(len(row) == protocol.BOARD_COLS for row in board)
-    assert {cell for row in board for cell in row} <= {0, *protocol.PIECE_KINDS}
-    assert any(cell for row in board for cell in row), "the falling piece is drawn"
-    assert all(kind in protocol.PIECE_KINDS for kind in seen[Topic.BOARD]["next"])
-    assert seen[Topic.METRICS]["timesteps"] > 0 and "time/fps" in seen[Topic.METRICS]["scalars"]
-    assert seen[Topic.EPISODE]["length"] > 0
-
-
-def test_topic_filter_receives_only_that_topic(training, subscribe):
-    sub = subscribe(training.pub, (protocol.TOPIC_FRAMES[Topic.EPISODE],))
-    topics = {sub.recv(60)[0] for _ in range(3)}
-    assert topics == {Topic.EPISODE}
 
 
 def test_stop_acknowledges_saves_and_exits_zero(trainers, subscribe):
@@ -113,39 +72,6 @@ def test_resume_continues_timesteps_and_episodes(trainers):
     assert resumed.tetriszmq_counters["episodes"] >= episodes_before
 
 
-MALFORMED: list[list[bytes]] = [
-    [b"not json"],
-    [b"[1, 2, 3]"],
-    [b'"stop"'],
-    [b"{}"],
-    [b'{"cmd": 7}'],
-    [b'{"cmd": "launch-missiles"}'],
-    [b'{"cmd": "stop", "extra": 1}'],
-    [b'{"cmd": "stop", "v": 99}'],
-    [b"\xff\xfe\x00garbage"],
-    [b'{"cmd": "' + b"x" * 100_000 + b'"}'],
-    [b"[" * 5000 + b"]" * 5000],
-    [b'{"cmd": "stop"}', b"second frame"],
-]
-
-
-def test_malformed_requests_get_error_replies_and_training_goes_on(training):
-    before = status(training, timeout=10)["timesteps"]
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(training.ctl)
-    try:
-        for frames in MALFORMED:
-            sock.send_multipart(frames)
-            assert sock.poll(5000), f"no reply to {frames[0][:30]!r}"
-            reply = orjson.loads(sock.recv())
-            assert reply["ok"] is False and reply["error"], reply
-    finally:
-        sock.close()
-    wait_for(lambda: status(training)["timesteps"] > before)
-    assert training.proc.poll() is None
-
-
 def test_a_resume_with_nothing_left_to_train_says_so_and_ends_stopped(trainers, finished_run, tmp_path):
     run_dir = tmp_path / "done"
     shutil.copytree(finished_run, run_dir)
@@ -158,23 +84,6 @@ def test_a_resume_with_nothing_left_to_train_says_so_and_ends_stopped(trainers, 
     assert (last["state"], last["reason"]) == ("stopped", "max_timesteps 400 already reached")
 
 
-def test_pause_holds_timesteps_and_resume_continues(training):
-    wait_for(lambda: status(training)["timesteps"] > 0)
-    assert request(training.ctl, "pause")["state"] == "paused"
-    wait_for(lambda: status(training)["state"] == "paused")
-    held = status(training)["timesteps"]
-    sub = zmq.Context.instance().socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_FRAMES[Topic.HEARTBEAT])
-    sub.connect(training.pub)
-    try:
-        beats = [protocol.decode_message(sub.recv_multipart())[1] for _ in range(3)]
-    finally:
-        sub.close(linger=0)
-    assert all(beat["state"] == "paused" and beat["timesteps"] == held for beat in beats)
-    request(training.ctl, "resume")
-    wait_for(lambda: status(training)["timesteps"] > held)
-
-
 def test_save_writes_a_loadable_latest_checkpoint(trainers):
     trainer = trainers(*LONG, "--set", "train.checkpoint_every=0")
     latest = trainer.run_dir / "checkpoints" / "latest.zip"
@@ -183,18 +92,6 @@ def test_save_writes_a_loadable_latest_checkpoint(trainers):
     assert request(trainer.ctl, "save") == {"ok": True, "state": "saving"}
     wait_for(latest.exists)
     assert PPO.load(latest).num_timesteps > 0
-
-
-def test_snapshot_covers_the_run_up_to_its_seq(training, subscribe):
-    sub = subscribe(training.pub, (protocol.TOPIC_FRAMES[Topic.EPISODE],))
-    sub.recv(60)
-    snap = request(training.ctl, "snapshot")
-    assert snap["ok"] and snap["run"] == status(training)["run"]
-    episodes = [e["episode"] for e in snap["episodes"]]
-    assert episodes == list(range(1, len(episodes) + 1)), "history starts at the first episode, no gaps"
-    assert all(e["seq"] <= snap["seq"] for e in snap["episodes"])
-    assert snap["status"]["state"] in {"running", "saving"}
-    assert len(snap["board"]["board"]) == protocol.BOARD_ROWS
 
 
 def test_headless_run_finishes_and_journals_every_episode(tmp_path):
@@ -242,14 +139,12 @@ def test_train_quiet_on_a_one_cpu_machine_trains_the_default_agent(tmp_path):
     ('agent.params.learning_rate="abc"', "agent.params.learning_rate: expected a number, got str 'abc'"),
     ("env.features=['holes']", "env.features: only the placement env"),
 ])
-def test_bad_config_values_fail_before_training_naming_the_key(tmp_path, capsys, override, message):
-    """`tetriszmq train` itself, called in this process: an interpreter importing torch per case would cost
-    seconds each; that `python -m tetriszmq` exits with what it returns is in test_run_start.py."""
+def test_bad_config_values_fail_before_training_naming_the_key(tmp_path, tetriszmq_here, override, message):
     run_dir = tmp_path / "bad"
-    code = cli.main(["train", "--config", str(TINY), "--run-dir", str(run_dir), "--pub", "tcp://127.0.0.1:0",
-                     "--ctl", "tcp://127.0.0.1:0", "--set", override])
-    assert code == 2
-    assert message in capsys.readouterr().err
+    result = tetriszmq_here("train", "--config", TINY, "--run-dir", run_dir, "--pub", "tcp://127.0.0.1:0",
+                            "--ctl", "tcp://127.0.0.1:0", "--set", override)
+    assert result.returncode == 2
+    assert message in result.stderr
     assert not run_dir.exists(), "a run that never started leaves no run directory"
 
 
@@ -270,3 +165,109 @@ def test_a_port_in_use_is_a_clear_error(trainers):
     second = trainers(*LONG, pub=first.pub)
     assert second.wait(60) == 2
     assert "cannot bind" in second.output()
+
+
+# --- tests that share one long run ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def training(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerProcess]:
+    """One long run shared by the tests below, which only watch it or poke it and leave it training: each
+    trainer start costs an interpreter, torch and a first episode. A test that stops, resumes or reconfigures
+    a trainer starts its own. These tests come last, so that this run trains only while they run and takes
+    no CPU from the others."""
+    trainer = start_trainer(tmp_path_factory.mktemp("training") / "run", *LONG)
+    yield trainer
+    reap([trainer.proc])
+
+
+def test_stream_carries_every_topic_with_schema_and_gapless_seq(training, subscribe):
+    sub = subscribe(training.pub)
+    seen: dict[Topic, dict] = {}
+    seqs: list[int] = []
+
+    def record(topic: Topic, payload: dict) -> bool:
+        seen[topic] = payload
+        seqs.append(payload["seq"])
+        return {Topic.BOARD, Topic.EPISODE, Topic.METRICS, Topic.HEARTBEAT, Topic.STATUS} <= set(seen) \
+            and "train/loss" in seen[Topic.METRICS]["scalars"]
+
+    sub.until(record, timeout=90)
+    for topic, payload in seen.items():
+        check_fields(topic, payload)
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "seq must rise by exactly 1 per message"
+    board = seen[Topic.BOARD]["board"]
+    assert len(board) == protocol.BOARD_ROWS and all(len(row) == protocol.BOARD_COLS for row in board)
+    assert {cell for row in board for cell in row} <= {0, *protocol.PIECE_KINDS}
+    assert any(cell for row in board for cell in row), "the falling piece is drawn"
+    assert all(kind in protocol.PIECE_KINDS for kind in seen[Topic.BOARD]["next"])
+    assert seen[Topic.METRICS]["timesteps"] > 0 and "time/fps" in seen[Topic.METRICS]["scalars"]
+    assert seen[Topic.EPISODE]["length"] > 0
+
+
+def test_topic_filter_receives_only_that_topic(training, subscribe):
+    sub = subscribe(training.pub, (protocol.TOPIC_FRAMES[Topic.EPISODE],))
+    topics = {sub.recv(60)[0] for _ in range(3)}
+    assert topics == {Topic.EPISODE}
+
+
+MALFORMED: list[list[bytes]] = [
+    [b"not json"],
+    [b"[1, 2, 3]"],
+    [b'"stop"'],
+    [b"{}"],
+    [b'{"cmd": 7}'],
+    [b'{"cmd": "launch-missiles"}'],
+    [b'{"cmd": "stop", "extra": 1}'],
+    [b'{"cmd": "stop", "v": 99}'],
+    [b"\xff\xfe\x00garbage"],
+    [b'{"cmd": "' + b"x" * 100_000 + b'"}'],
+    [b"[" * 5000 + b"]" * 5000],
+    [b'{"cmd": "stop"}', b"second frame"],
+]
+
+
+def test_malformed_requests_get_error_replies_and_training_goes_on(training):
+    before = status(training, timeout=10)["timesteps"]
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(training.ctl)
+    try:
+        for frames in MALFORMED:
+            sock.send_multipart(frames)
+            assert sock.poll(5000), f"no reply to {frames[0][:30]!r}"
+            reply = orjson.loads(sock.recv())
+            assert reply["ok"] is False and reply["error"], reply
+    finally:
+        sock.close()
+    wait_for(lambda: status(training)["timesteps"] > before)
+    assert training.proc.poll() is None
+
+
+def test_pause_holds_timesteps_and_resume_continues(training):
+    wait_for(lambda: status(training)["timesteps"] > 0)
+    assert request(training.ctl, "pause")["state"] == "paused"
+    wait_for(lambda: status(training)["state"] == "paused")
+    held = status(training)["timesteps"]
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_FRAMES[Topic.HEARTBEAT])
+    sub.connect(training.pub)
+    try:
+        beats = [protocol.decode_message(sub.recv_multipart())[1] for _ in range(3)]
+    finally:
+        sub.close(linger=0)
+    assert all(beat["state"] == "paused" and beat["timesteps"] == held for beat in beats)
+    request(training.ctl, "resume")
+    wait_for(lambda: status(training)["timesteps"] > held)
+
+
+def test_snapshot_covers_the_run_up_to_its_seq(training, subscribe):
+    sub = subscribe(training.pub, (protocol.TOPIC_FRAMES[Topic.EPISODE],))
+    sub.recv(60)
+    snap = request(training.ctl, "snapshot")
+    assert snap["ok"] and snap["run"] == status(training)["run"]
+    episodes = [e["episode"] for e in snap["episodes"]]
+    assert episodes == list(range(1, len(episodes) + 1)), "history starts at the first episode, no gaps"
+    assert all(e["seq"] <= snap["seq"] for e in snap["episodes"])
+    assert snap["status"]["state"] in {"running", "saving"}
+    assert len(snap["board"]["board"]) == protocol.BOARD_ROWS

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, TINY
 
 
 def keys(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -44,9 +44,11 @@ def test_half_a_key_pair_is_a_clear_error_and_nothing_is_replaced(tmp_path):
     assert contents(tmp_path) == before
 
 
-def test_a_key_file_given_in_the_other_halfs_place_is_refused_by_every_command(tmp_path):
+def test_a_key_file_given_in_the_other_halfs_place_is_refused_by_every_command(tmp_path, tetriszmq_here):
     """A server's secret file where its public key goes would work (zmq reads its public half) and spread the
-    secret: refused, as is a public file where the caller's own secret key goes; exit 2, nothing started."""
+    secret: refused, as is a public file where the caller's own secret key goes; exit 2, nothing started.
+    `tetriszmq train` and `ctl` are called in this process (a refusal starts nothing: no torch import per case);
+    the viewer and the relay, which would serve on if they did not refuse, run as processes."""
     assert keys(tmp_path, "--names", "relay,client", "--trainers", "node").returncode == 0
     swapped = ["--curve-server-key", str(tmp_path / "relay.key_secret"), "--curve-secret-key",
                str(tmp_path / "client.key_secret")]
@@ -54,7 +56,7 @@ def test_a_key_file_given_in_the_other_halfs_place_is_refused_by_every_command(t
                    str(tmp_path / "client.key")]
     relay = "tcp://127.0.0.1:6001"
     commands = {
-        "train": ["tetriszmq", "train", "--config", "tests/tiny.toml", "--relay", relay,
+        "train": ["tetriszmq", "train", "--config", str(TINY), "--relay", relay,
                   "--run-dir", str(tmp_path / "r")],
         "ctl": ["tetriszmq", "ctl", "status"],
         "ctl --relay": ["tetriszmq", "ctl", "runs", "--relay", relay],
@@ -67,8 +69,11 @@ def test_a_key_file_given_in_the_other_halfs_place_is_refused_by_every_command(t
             (public_only, f"--curve-secret-key {tmp_path}/client.key holds no secret key (use the .key_secret file "
                           f"of the pair ({tmp_path}/client.key_secret))"),
         ):
-            result = subprocess.run([sys.executable, "-m", module, *args, *options], cwd=ROOT, capture_output=True,
-                                    text=True, timeout=60)
+            if module == "tetriszmq":
+                result = tetriszmq_here(*args, *options)
+            else:
+                result = subprocess.run([sys.executable, "-m", module, *args, *options], cwd=ROOT,
+                                        capture_output=True, text=True, timeout=60)
             assert result.returncode == 2 and said in result.stderr, (name, result.stderr)
             assert "Traceback" not in result.stderr
     relay_public = subprocess.run([sys.executable, "-m", "tetriszmq", "relay", "--curve-secret-key",

@@ -269,8 +269,10 @@ class Runs:
         run.feed = feed
         if feed.remote and ident not in self.catalogue.entries:
             run.remote = _remote_entry(ident, feed)
-            if feed.hub.run is not None:
-                self.load(ident)  # no file to read later: keep its history from now on
+        if ident in self.catalogue.entries or (run.remote is not None and feed.hub.run is not None):
+            # Live runs are what a page opens on: their history is read now, not when the first browser
+            # asks. A remote run has no file to read later: its history is kept from now on.
+            self.load(ident)
         self._fed = frozenset(f.run for f in self.feeds)
         self.fanout.resync(ident)
 

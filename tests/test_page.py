@@ -83,6 +83,12 @@ EDGES = CELLS.replace("size * 0.8", "size - 2")  # the bottom edge of each cell,
 KIND_COLOURS = {2: "0,240,240", 3: "240,240,0", 4: "160,0,240", 5: "0,240,0", 6: "240,0,0", 7: "0,0,240",
                 8: "240,160,0"}
 GHOST = "200,200,200"
+# The x range a chart shows, and whether its plot is the one `PLOT_MARK` marked (not rebuilt since).
+X_RANGE = """(key) => {
+  const plot = viewerCharts.charts.get(key).plot;
+  return { min: plot.scales.x.min, max: plot.scales.x.max, marked: !!plot.root.marked };
+}"""
+PLOT_MARK = "(key) => { viewerCharts.charts.get(key).plot.root.marked = true; }"
 NEXT_FRAMES = "(n) => new Promise((done) => { const f = () => (n-- > 0 ? requestAnimationFrame(f) : done()); f(); })"
 
 
@@ -122,6 +128,21 @@ def row(page: sync_api.Page, ident: str) -> sync_api.Locator:
     return page.locator(f"#run-table tr[data-id='{ident}']")
 
 
+def zoom(page: sync_api.Page, key: str) -> dict[str, float]:
+    """Drag across the middle of a chart, as a user zooms in; the x range it then shows, its plot marked."""
+    box = page.locator(f"[data-chart='{key}'] .u-over").bounding_box()
+    assert box is not None
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.3, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, y, steps=5)
+    page.mouse.up()
+    page.evaluate(NEXT_FRAMES, 2)
+    assert page.evaluate("(key) => viewerCharts.charts.get(key).zoomed", key)
+    page.evaluate(PLOT_MARK, key)
+    return page.evaluate(X_RANGE, key)
+
+
 def test_the_page_lists_runs_overlays_the_selected_focuses_one_and_stops_only_it(
         tmp_path, trainers, viewers, finished_run):
     root = tmp_path / "runs"
@@ -135,8 +156,10 @@ def test_the_page_lists_runs_overlays_the_selected_focuses_one_and_stops_only_it
         assert page.evaluate(CHECKED) == ["a", "b"]  # live runs are overlaid by default
         page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 2, 6], timeout=60_000)
         page.wait_for_function(CHART_SHOWS, arg=["episodes:lines", 2, 6])
+        zoomed = zoom(page, "episodes:reward")
         row(page, "done").locator("input").check()
         page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 3, 9], timeout=30_000)
+        assert page.evaluate(X_RANGE, "episodes:reward") == zoomed  # a run joined: same plot, same zoom
         assert "seed" in page.locator("#run-table thead").inner_text()
 
         row(page, "b").locator("td.name").click()

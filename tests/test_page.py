@@ -219,6 +219,31 @@ def test_a_run_of_an_sb3_script_on_another_env_is_shown_without_board_or_lines(v
         assert "lines" not in page.locator("#run-table thead").inner_text()
 
 
+# Pixels of a chart's canvas in one colour ("r,g,b").
+PIXELS_OF = """([key, colour]) => {
+  const canvas = document.querySelector(`[data-chart="${key}"] canvas`);
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let n = 0;
+  for (let i = 0; i < data.length; i += 4) if (`${data[i]},${data[i + 1]},${data[i + 2]}` === colour) n++;
+  return n;
+}"""
+FORMAT = "async (values) => { const { format } = await import('/static/charts.js'); return values.map(format); }"
+
+
+def test_a_run_of_one_episode_is_a_dot_and_numbers_read_as_numbers(viewers, tmp_path, finished_run):
+    root = tmp_path / "runs"
+    shutil.copytree(finished_run, root / "one")
+    journal = root / "one" / "metrics.jsonl"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if orjson.loads(line).get("topic") == "episode")
+    journal.write_bytes(b"".join(lines[:first + 1]))
+    with open_page(viewers(None, None, "--runs", str(root)).url + "/") as page:
+        page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 1, 1], timeout=60_000)
+        page.wait_for_function(PIXELS_OF, arg=["episodes:reward", "0,200,240"])  # the run's colour (#00c8f0)
+        # What a smoothed run of zeros after a one decays to, a learning rate, a loss, a count.
+        assert page.evaluate(FORMAT, [2.9e-47, -1e-12, 1e-4, 0.25, 3]) == ["0", "0", "1.0e-4", "0.25", "3"]
+
+
 def ghosts_where_the_frame_says(page: sync_api.Page) -> bool:
     """The focused board shows ghost cells exactly at its frame's candidates' cells."""
     seen = page.evaluate(CELLS, "board")

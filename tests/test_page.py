@@ -465,10 +465,16 @@ def test_a_long_replay_fetches_only_where_the_scrubber_rests_cancels_the_rest_an
 
 
 def test_a_long_note_stays_on_one_short_line_and_the_run_table_fits_its_panel(viewers, tmp_path):
-    # A --trainer nobody answers is listed at once, with its note (a remote trainer's files are not here).
+    # A --trainer nobody answers is listed at once, with a note that is information, not a warning (a remote
+    # trainer's files are not here).
     viewer = viewers(free_endpoint(), free_endpoint(), "--runs", str(tmp_path / "none"))
+    [entry] = viewer.get("/api/runs")["runs"]
+    assert entry["note"] is None and "its files are not under --runs" in entry["about"]
     with open_page(viewer.url + "/") as page:
         page.wait_for_function("() => document.querySelector('#run-table tbody tr .note')")
+        shown = page.evaluate("""() => { const note = document.querySelector('.note');
+          return [note.classList.contains('about'), note.textContent.includes('⚠'), getComputedStyle(note).color]; }""")
+        assert shown == [True, False, "rgb(138, 147, 166)"]  # --muted, not --warn
         assert page.locator("#summary").inner_text().startswith("1 run, ")  # not "1 runs"
         for width, height in SCREENS:
             page.set_viewport_size({"width": width, "height": height})

@@ -470,7 +470,7 @@ def _remote_entry(ident: str, feed: Feed) -> dict[str, Any]:
             "reason": "", "algo": None, "seed": None, "episodes": 0, "timesteps": 0, "best_lines": None,
             "best_lines_exact": True, "mean_lines": None, "sps": None, "started": None, "ended": None,
             "process": feed.hub.run, "endpoints": {"pub": feed.pub, "ctl": feed.ctl}, "config": {},
-            "note": f"a remote trainer ({where}): its files are not under --runs", "link": None}
+            "note": None, "about": f"a remote trainer ({where}): its files are not under --runs", "link": None}
 
 
 def _placeholder(pub: str) -> str:

@@ -244,6 +244,33 @@ def test_a_run_of_one_episode_is_a_dot_and_numbers_read_as_numbers(viewers, tmp_
         assert page.evaluate(FORMAT, [2.9e-47, -1e-12, 1e-4, 0.25, 3]) == ["0", "0", "1.0e-4", "0.25", "3"]
 
 
+# The values drawCandidates writes (text, x, y, width) on a 200x400 board (cells of 20 px).
+LABELS_DRAWN = """async (candidates) => {
+  const { drawCandidates } = await import('/static/board.js');
+  const canvas = document.createElement('canvas');
+  canvas.width = 200;
+  canvas.height = 400;
+  const ctx = canvas.getContext('2d'), drawn = [], fill = ctx.fillText.bind(ctx);
+  ctx.fillText = (text, x, y) => { drawn.push([text, x, y, ctx.measureText(text).width]); fill(text, x, y); };
+  drawCandidates(canvas, candidates, candidates[0].action);
+  return drawn;
+}"""
+
+
+def test_values_of_close_placements_do_not_print_over_each_other(viewers, tmp_path):
+    # Three placements of an I piece on the floor, a cell apart: each value is wider than a cell.
+    candidates = [{"action": a, "score": score, "cells": [[19, a + c] for c in range(4)]}
+                  for a, score in ((0, 12.345), (1, 11.9), (2, -3.25))]
+    with open_page(viewers(None, None, "--runs", str(tmp_path / "none")).url + "/") as page:
+        drawn = page.evaluate(LABELS_DRAWN, candidates)
+    height = 20 * 0.6
+    boxes = [(x, y, x + w, y + height) for _, x, y, w in drawn]
+    assert all(a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+               for i, a in enumerate(boxes) for b in boxes[i + 1:]), drawn
+    assert drawn[0][:3] == ["12.3", 2, 382]  # the best's value on its top-left cell, as before
+    assert {text for text, *_ in drawn} <= {"12.3", "11.9", "-3.25"} and len(drawn) >= 2
+
+
 def ghosts_where_the_frame_says(page: sync_api.Page) -> bool:
     """The focused board shows ghost cells exactly at its frame's candidates' cells."""
     seen = page.evaluate(CELLS, "board")

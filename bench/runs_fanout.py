@@ -35,7 +35,7 @@ def main() -> None:
     print(legend())
     print(f"{trainers} trainers: every client watches every run and board ({trainers} x 30 boards/s)")
     table = Table(TRAINERS, MODE, tables.CLIENTS, tables.SHARES, tables.CLOSED, tables.SOCKET, tables.CPU,
-                  tables.RSS, tables.WAITED, tables.MACHINE, tables.LOAD)
+                  tables.CLIENTS_CPU, tables.RSS, tables.WAITED, tables.MACHINE, tables.LOAD)
     table.header()
     table.row(run_case("viewer", clients, seconds, **pauses))
     many = run_case("viewer", clients, seconds, publishers=trainers, watch=True, **pauses)

@@ -83,6 +83,12 @@ EDGES = CELLS.replace("size * 0.8", "size - 2")  # the bottom edge of each cell,
 KIND_COLOURS = {2: "0,240,240", 3: "240,240,0", 4: "160,0,240", 5: "0,240,0", 6: "240,0,0", 7: "0,0,240",
                 8: "240,160,0"}
 GHOST = "200,200,200"
+# The x range a chart shows, and whether its plot is the one `PLOT_MARK` marked (not rebuilt since).
+X_RANGE = """(key) => {
+  const plot = viewerCharts.charts.get(key).plot;
+  return { min: plot.scales.x.min, max: plot.scales.x.max, marked: !!plot.root.marked };
+}"""
+PLOT_MARK = "(key) => { viewerCharts.charts.get(key).plot.root.marked = true; }"
 NEXT_FRAMES = "(n) => new Promise((done) => { const f = () => (n-- > 0 ? requestAnimationFrame(f) : done()); f(); })"
 
 
@@ -122,6 +128,21 @@ def row(page: sync_api.Page, ident: str) -> sync_api.Locator:
     return page.locator(f"#run-table tr[data-id='{ident}']")
 
 
+def zoom(page: sync_api.Page, key: str) -> dict[str, float]:
+    """Drag across the middle of a chart, as a user zooms in; the x range it then shows, its plot marked."""
+    box = page.locator(f"[data-chart='{key}'] .u-over").bounding_box()
+    assert box is not None
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.3, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, y, steps=5)
+    page.mouse.up()
+    page.evaluate(NEXT_FRAMES, 2)
+    assert page.evaluate("(key) => viewerCharts.charts.get(key).zoomed", key)
+    page.evaluate(PLOT_MARK, key)
+    return page.evaluate(X_RANGE, key)
+
+
 def test_the_page_lists_runs_overlays_the_selected_focuses_one_and_stops_only_it(
         tmp_path, trainers, viewers, finished_run):
     root = tmp_path / "runs"
@@ -135,8 +156,10 @@ def test_the_page_lists_runs_overlays_the_selected_focuses_one_and_stops_only_it
         assert page.evaluate(CHECKED) == ["a", "b"]  # live runs are overlaid by default
         page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 2, 6], timeout=60_000)
         page.wait_for_function(CHART_SHOWS, arg=["episodes:lines", 2, 6])
+        zoomed = zoom(page, "episodes:reward")
         row(page, "done").locator("input").check()
         page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 3, 9], timeout=30_000)
+        assert page.evaluate(X_RANGE, "episodes:reward") == zoomed  # a run joined: same plot, same zoom
         assert "seed" in page.locator("#run-table thead").inner_text()
 
         row(page, "b").locator("td.name").click()
@@ -194,6 +217,58 @@ def test_a_run_of_an_sb3_script_on_another_env_is_shown_without_board_or_lines(v
         assert page.locator("#game").is_hidden()
         assert page.locator("[data-chart='episodes:lines']:not([hidden])").count() == 0
         assert "lines" not in page.locator("#run-table thead").inner_text()
+
+
+# Pixels of a chart's canvas in one colour ("r,g,b").
+PIXELS_OF = """([key, colour]) => {
+  const canvas = document.querySelector(`[data-chart="${key}"] canvas`);
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let n = 0;
+  for (let i = 0; i < data.length; i += 4) if (`${data[i]},${data[i + 1]},${data[i + 2]}` === colour) n++;
+  return n;
+}"""
+FORMAT = "async (values) => { const { format } = await import('/static/charts.js'); return values.map(format); }"
+
+
+def test_a_run_of_one_episode_is_a_dot_and_numbers_read_as_numbers(viewers, tmp_path, finished_run):
+    root = tmp_path / "runs"
+    shutil.copytree(finished_run, root / "one")
+    journal = root / "one" / "metrics.jsonl"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if orjson.loads(line).get("topic") == "episode")
+    journal.write_bytes(b"".join(lines[:first + 1]))
+    with open_page(viewers(None, None, "--runs", str(root)).url + "/") as page:
+        page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 1, 1], timeout=60_000)
+        page.wait_for_function(PIXELS_OF, arg=["episodes:reward", "0,200,240"])  # the run's colour (#00c8f0)
+        # What a smoothed run of zeros after a one decays to, a learning rate, a loss, a count.
+        assert page.evaluate(FORMAT, [2.9e-47, -1e-12, 1e-4, 0.25, 3]) == ["0", "0", "1.0e-4", "0.25", "3"]
+
+
+# The values drawCandidates writes (text, x, y, width) on a 200x400 board (cells of 20 px).
+LABELS_DRAWN = """async (candidates) => {
+  const { drawCandidates } = await import('/static/board.js');
+  const canvas = document.createElement('canvas');
+  canvas.width = 200;
+  canvas.height = 400;
+  const ctx = canvas.getContext('2d'), drawn = [], fill = ctx.fillText.bind(ctx);
+  ctx.fillText = (text, x, y) => { drawn.push([text, x, y, ctx.measureText(text).width]); fill(text, x, y); };
+  drawCandidates(canvas, candidates, candidates[0].action);
+  return drawn;
+}"""
+
+
+def test_values_of_close_placements_do_not_print_over_each_other(viewers, tmp_path):
+    # Three placements of an I piece on the floor, a cell apart: each value is wider than a cell.
+    candidates = [{"action": a, "score": score, "cells": [[19, a + c] for c in range(4)]}
+                  for a, score in ((0, 12.345), (1, 11.9), (2, -3.25))]
+    with open_page(viewers(None, None, "--runs", str(tmp_path / "none")).url + "/") as page:
+        drawn = page.evaluate(LABELS_DRAWN, candidates)
+    height = 20 * 0.6
+    boxes = [(x, y, x + w, y + height) for _, x, y, w in drawn]
+    assert all(a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+               for i, a in enumerate(boxes) for b in boxes[i + 1:]), drawn
+    assert drawn[0][:3] == ["12.3", 2, 382]  # the best's value on its top-left cell, as before
+    assert {text for text, *_ in drawn} <= {"12.3", "11.9", "-3.25"} and len(drawn) >= 2
 
 
 def ghosts_where_the_frame_says(page: sync_api.Page) -> bool:
@@ -417,10 +492,16 @@ def test_a_long_replay_fetches_only_where_the_scrubber_rests_cancels_the_rest_an
 
 
 def test_a_long_note_stays_on_one_short_line_and_the_run_table_fits_its_panel(viewers, tmp_path):
-    # A --trainer nobody answers is listed at once, with its note (a remote trainer's files are not here).
+    # A --trainer nobody answers is listed at once, with a note that is information, not a warning (a remote
+    # trainer's files are not here).
     viewer = viewers(free_endpoint(), free_endpoint(), "--runs", str(tmp_path / "none"))
+    [entry] = viewer.get("/api/runs")["runs"]
+    assert entry["note"] is None and "its files are not under --runs" in entry["about"]
     with open_page(viewer.url + "/") as page:
         page.wait_for_function("() => document.querySelector('#run-table tbody tr .note')")
+        shown = page.evaluate("""() => { const note = document.querySelector('.note');
+          return [note.classList.contains('about'), note.textContent.includes('⚠'), getComputedStyle(note).color]; }""")
+        assert shown == [True, False, "rgb(138, 147, 166)"]  # --muted, not --warn
         assert page.locator("#summary").inner_text().startswith("1 run, ")  # not "1 runs"
         for width, height in SCREENS:
             page.set_viewport_size({"width": width, "height": height})

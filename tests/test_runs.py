@@ -16,6 +16,7 @@ from conftest import TRAINING, free_endpoint, wait_for
 from viewer_support import Browser, ViewerProcess, connect
 
 from tetriszmq.stream.control import request
+from viewer.series import sidecar
 
 LONG = ("--set", "train.max_timesteps=10000000")
 
@@ -89,6 +90,24 @@ def test_every_run_in_the_folder_is_listed_new_ones_appear_and_stop_acts_on_the_
     runs = listed(viewer)
     assert all(runs[k]["live"] and runs[k]["state"] in TRAINING for k in ("seed-0", "seed-2", "late")), {
         k: (runs[k]["live"], runs[k]["state"]) for k in ("seed-0", "seed-2", "late")}
+
+
+def test_a_live_runs_history_is_read_when_its_trainer_is_followed_a_finished_ones_when_watched(
+        tmp_path, trainers, viewers, finished_run):
+    """The page opens on the live runs: their history must be ready before it asks, so their first charts
+    wait for no journal read. A finished run is read only when wanted (listing stays cheap)."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    copy_run(finished_run, root / "done")
+    trainers(*LONG, run_dir=root / "live")
+    wait_for(lambda: (root / "live" / "metrics.jsonl").exists(), timeout=120, what="the trainer's journal")
+    viewer = viewers(None, None, "--runs", str(root))
+    wait_for(lambda: listed(viewer)["live"]["link"] == "online", timeout=60, what="the live run followed")
+    # The read leaves its cache beside the journal: no browser has asked for anything yet.
+    wait_for(lambda: sidecar(root / "live" / "metrics.jsonl").exists(), timeout=30, what="the live run's history read")
+    assert not sidecar(root / "done" / "metrics.jsonl").exists()
+    viewer.get("/api/runs/done")
+    assert sidecar(root / "done" / "metrics.jsonl").exists()
 
 
 def test_a_resumed_run_is_one_run_whose_episodes_continue(tmp_path, trainers, viewers, finished_run):

@@ -86,7 +86,7 @@ class RunEntry:
             "timesteps": self.timesteps, "best_lines": self.best_lines, "best_lines_exact": self.best_lines_exact,
             "mean_lines": self.mean_lines, "sps": self.sps, "started": self.started, "ended": self.ended,
             "process": self.process, "endpoints": self.endpoints, "config": self.config,
-            "note": "; ".join(self.notes) or None,
+            "note": "; ".join(self.notes) or None, "about": None,
         }
 
 

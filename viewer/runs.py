@@ -269,8 +269,10 @@ class Runs:
         run.feed = feed
         if feed.remote and ident not in self.catalogue.entries:
             run.remote = _remote_entry(ident, feed)
-            if feed.hub.run is not None:
-                self.load(ident)  # no file to read later: keep its history from now on
+        if ident in self.catalogue.entries or (run.remote is not None and feed.hub.run is not None):
+            # Live runs are what a page opens on: their history is read now, not when the first browser
+            # asks. A remote run has no file to read later: its history is kept from now on.
+            self.load(ident)
         self._fed = frozenset(f.run for f in self.feeds)
         self.fanout.resync(ident)
 
@@ -468,7 +470,7 @@ def _remote_entry(ident: str, feed: Feed) -> dict[str, Any]:
             "reason": "", "algo": None, "seed": None, "episodes": 0, "timesteps": 0, "best_lines": None,
             "best_lines_exact": True, "mean_lines": None, "sps": None, "started": None, "ended": None,
             "process": feed.hub.run, "endpoints": {"pub": feed.pub, "ctl": feed.ctl}, "config": {},
-            "note": f"a remote trainer ({where}): its files are not under --runs", "link": None}
+            "note": None, "about": f"a remote trainer ({where}): its files are not under --runs", "link": None}
 
 
 def _placeholder(pub: str) -> str:

@@ -86,13 +86,26 @@ export function drawCandidates(canvas, candidates, chosen) {
   ctx.lineWidth = Math.max(2, size / 8);
   ctx.strokeStyle = "#0a0c11";
   ctx.fillStyle = CHOSEN;
-  for (const { cells, score } of [...candidates].reverse()) {  // the best's label drawn last, on top
-    if (!cells.length) continue;
-    const [r, c] = cells.reduce((a, b) => (b[0] < a[0] || (b[0] === a[0] && b[1] < a[1]) ? b : a));
-    const text = String(Number(score.toPrecision(3)));
-    ctx.strokeText(text, c * size + inset, r * size + inset);
-    ctx.fillText(text, c * size + inset, r * size + inset);
+  for (const { text, x, y } of labels(candidates, size, (t) => ctx.measureText(t).width)) {
+    ctx.strokeText(text, x, y);
+    ctx.fillText(text, x, y);
   }
+}
+
+// Where each candidate's value goes: on the top half of one of its cells (its top-left one if free),
+// clear of the labels of better candidates; a value with no clear cell is left out rather than drawn
+// over another (close placements would otherwise print their values on top of each other).
+export function labels(candidates, size, width) {
+  const inset = Math.max(1, size / 10), height = size * 0.6, placed = [];
+  const clear = (a) => placed.every((b) => a.x + a.w <= b.x || b.x + b.w <= a.x || a.y + a.h <= b.y || b.y + b.h <= a.y);
+  for (const { cells, score } of candidates) {
+    const text = String(Number(score.toPrecision(3))), w = width(text);
+    const spots = [...cells].sort((a, b) => a[0] - b[0] || a[1] - b[1])
+      .map(([r, c]) => ({ text, x: c * size + inset, y: r * size + inset, w, h: height }));
+    const spot = spots.find(clear);
+    if (spot) placed.push(spot);
+  }
+  return placed;
 }
 
 // A board sent as one string of 200 digits, row by row from the top (the replay route's frames).

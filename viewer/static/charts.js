@@ -15,6 +15,7 @@
 const MIN_INTERVAL = 250;
 const FRAME_BUDGET = 3;
 const COSTS_KEPT = 600;
+const TINY = 1e-9;  // shown as 0: no scalar is logged that small on purpose; a smoothed run of zeros decays there
 
 // TensorBoard's smoothing: an exponential moving average divided by its weights' sum so far,
 // so that the first points are not pulled towards zero.
@@ -34,6 +35,7 @@ function usable(xs, ys, i, previous) {
   return Number.isFinite(x) && Number.isFinite(ys[i]) && !(x < previous);
 }
 
+// A value for a person: "2.9e-47" is what a smoothed curve of zeros after a one decays to, and means 0.
 export function format(v) {
   if (v === null || v === undefined || !Number.isFinite(v)) return "–";
   const a = Math.abs(v);
@@ -41,7 +43,8 @@ export function format(v) {
   if (a >= 1e4) return (v / 1e3).toFixed(1) + "k";
   if (a >= 100 || Number.isInteger(v)) return v.toFixed(0);
   if (a >= 1) return v.toFixed(2);
-  if (a === 0) return "0";
+  if (a < TINY) return "0";
+  if (a < 1e-3) return v.toExponential(1);  // a learning rate: 1.0e-4, not 0.00010
   return v.toPrecision(2);
 }
 
@@ -131,6 +134,9 @@ class Chart {
     holder.appendChild(this.el);
     this.plot = null;
     this.shape = null;   // what the uPlot instance was built for: rebuilt when it changes
+    this.ids = null;     // the runs its series are for, in order: swapped in place when they change
+    this.data = null;    // the arrays uPlot draws from (`buffers`)
+    this.lone = [];      // per uPlot series: its run has one point, a line of nothing, so it is drawn as a dot
     this.lines = [];     // per drawn run: {run, xs, ys, smoothed}
     this.dirty = true;
     this.urgent = true;
@@ -176,15 +182,18 @@ class Chart {
     this.el.dataset.points = String(points);
     this.logScale = this.log ?? (/loss/.test(this.column) && positive);
     this.logButton.classList.toggle("on", this.logScale);
-    const shape = [this.charts.axis, smoothing, this.logScale, positive, ...lines.map((l) => l.run.id)].join("|");
+    const shape = [this.charts.axis, smoothing, this.logScale, positive].join("|");
+    const ids = lines.map((l) => l.run.id).join("|");
     if (shape !== this.shape) {
       this.destroy();
       this.shape = shape;
       this.zoomed = false;
       this.plot = new uPlot(this.options(lines, smoothing, positive, width), data, this.plotEl);
     } else {
+      if (ids !== this.ids) this.reseries(lines, smoothing);
       this.plot.setData(data, !this.zoomed);
     }
+    this.ids = ids;
     this.showLatest();
     this.cost = performance.now() - started;
   }
@@ -195,29 +204,52 @@ class Chart {
     if (this.zoomed && this.plot) ({ min: lo, max: hi } = this.plot.scales.x);
     if (!(hi > lo)) hi = lo + 1;
     const buckets = Math.max(50, Math.round(width)), step = (hi - lo) / buckets;
-    const xs = new Array(2 * buckets);
+    const data = this.buffers(2 * buckets, 1 + lines.length * (smoothing ? 2 : 1)), xs = data[0];
     for (let b = 0; b < buckets; b++) { xs[2 * b] = lo + b * step; xs[2 * b + 1] = lo + (b + 0.5) * step; }
-    const data = [xs];
-    let positive = true, points = 0;
+    let positive = true, points = 0, k = 1;
+    this.lone.length = 0;
     for (const l of lines) {
-      const raw = new Array(2 * buckets).fill(null), smoothed = smoothing ? new Array(2 * buckets).fill(null) : null;
+      const raw = data[k++].fill(null), smoothed = smoothing ? data[k++].fill(null) : null;
       const folded = fold(l, this.charts.weight, lo, hi, step, buckets, raw, smoothed);
       l.latest = folded.latest;
       positive &&= folded.positive;
       points += folded.points;
-      data.push(raw);
-      if (smoothing) data.push(smoothed);
+      this.lone[k - 1] = this.lone[k - (smoothing ? 2 : 1)] = folded.points === 1;
     }
     return { data, positive, points };
   }
 
-  options(lines, smoothing, positive, width) {
-    const series = [{}];
-    for (const { run } of lines) {
-      series.push({ label: run.id, stroke: smoothing ? rgba(run.colour, 0.22) : run.colour, width: 1, spanGaps: true,
-        points: { show: false } });
-      if (smoothing) series.push({ label: run.id, stroke: run.colour, width: 1.6, spanGaps: true, points: { show: false } });
+  // The arrays uPlot draws from, kept from one redraw to the next: a redraw four times a second of
+  // 17 arrays of 2,000 values each would otherwise leave megabytes a second for the garbage
+  // collector, whose pauses land in whatever frame is running.
+  buffers(size, count) {
+    if (this.data?.length !== count || this.data[0].length !== size) {
+      this.data = Array.from({ length: count }, () => new Array(size).fill(null));
     }
+    return this.data;
+  }
+
+  // uPlot's series after the x values: per run, the raw line (faint when smoothing), then the smoothed one.
+  series(lines, smoothing) {
+    const series = [];
+    const line = (run, stroke, width) => ({ label: run.id, stroke, width, spanGaps: true,
+      points: { show: (u, i) => this.lone[i], size: 6, stroke, fill: stroke } });
+    for (const { run } of lines) {
+      series.push(line(run, smoothing ? rgba(run.colour, 0.22) : run.colour, 1));
+      if (smoothing) series.push(line(run, run.colour, 1.6));
+    }
+    return series;
+  }
+
+  // Runs joined or left the chart: swap its series in place. A new uPlot (DOM, canvases, axes) costs a
+  // frame 5-15 ms; runs start and reach a chart at any time, so that would land in a frame of the stream.
+  reseries(lines, smoothing) {
+    for (let i = this.plot.series.length - 1; i > 0; i--) this.plot.delSeries(i);
+    for (const series of this.series(lines, smoothing)) this.plot.addSeries(series);
+  }
+
+  options(lines, smoothing, positive, width) {
+    const series = [{}, ...this.series(lines, smoothing)];
     const axisStyle = { stroke: "#8a93a6", grid: { stroke: "#262c3a", width: 1 }, ticks: { stroke: "#262c3a" },
       font: "11px system-ui, sans-serif" };
     return {
@@ -264,7 +296,7 @@ class Chart {
 
   destroy() {
     if (this.plot) { this.plot.destroy(); this.plot = null; }
-    this.shape = null;
+    this.shape = this.ids = null;
   }
 }
 

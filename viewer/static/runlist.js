@@ -142,7 +142,8 @@ export class RunList {
         return `<td><span class="pill ${STATE_CLASS[e.state] || ""}">${value}${live}</span></td>`;
       }
       if (key === "name") {
-        const note = e.note ? ` <span class="note" title="${escape(e.note)}">⚠ ${escape(e.note)}</span>` : "";
+        const note = e.note ? ` <span class="note" title="${escape(e.note)}">⚠ ${escape(e.note)}</span>`
+          : e.about ? ` <span class="note about" title="${escape(e.about)}">${escape(e.about)}</span>` : "";
         return `<td class="name"><span class="swatch" style="background:${run.colour}"></span>${value}${note}</td>`;
       }
       if (key.startsWith("config:")) return `<td title="${escape(configText((e.config || {})[key.slice(7)]))}">${value}</td>`;

@@ -25,7 +25,9 @@ from tetriszmq.stream.protocol import StatusFields, Topic
 from tetriszmq.stream.security import ClientCurve, SecurityError, make_keys
 
 PRELUDE = """
+import faulthandler
 import sys
+faulthandler.enable()  # a script the test gives up on is sent SIGABRT: its threads' stacks go to its log
 import gymnasium as gym
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
@@ -86,10 +88,14 @@ class Script:
         """Wait for the exit, then read what is left of the stream."""
         try:
             code = self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler: where it hangs, in the log
+            try:
+                self.proc.wait(10)
+            finally:
                 self.proc.kill()
                 self.proc.wait(10)
+            raise AssertionError(f"the script did not exit within {timeout}s; its log:\n{self.output()}") from None
         while self.sub.sock.poll(500):
             self.messages.append(self.sub.recv())
         self.sub.close()

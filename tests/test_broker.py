@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 import orjson
-import pytest
 import zmq
 from conftest import free_port, wait_for
 
@@ -88,15 +86,3 @@ def test_an_idle_broker_wakes_about_once_per_heartbeat_instead_of_spinning_befor
         broker.close()
     assert wakes <= 3 * beats, f"{wakes} polls for {beats} heartbeats: the thread spins before its deadlines"
 
-
-@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="scheduling policies are Linux's")
-def test_the_broker_thread_runs_as_a_batch_thread_so_a_hand_off_does_not_preempt_training():
-    pub, ctl = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    broker = Broker(TrainerState(run="batch"), pub, ctl)
-    broker.start()
-    try:
-        policy = os.sched_getscheduler(broker._thread.native_id)
-    finally:
-        broker.close()
-    assert policy == os.SCHED_BATCH
-    assert os.sched_getscheduler(0) == os.SCHED_OTHER, "the training thread keeps its own policy"

@@ -6,9 +6,8 @@ as one frame on an inproc PUSH socket (`Outbox.flush`, a few microseconds,
 never blocking). Each hand-off wakes the broker thread, and every ZMQ call it
 then makes releases and retakes the GIL, taking it back from the training
 thread each time. So the callback flushes on a fixed cadence (30 per second)
-rather than per message, and a batch travels as a single frame; the broker
-thread runs as a batch thread (Linux's ``SCHED_BATCH``), so its wake-up does
-not preempt the training thread. The broker thread, fed by the matching PULL socket:
+rather than per message, and a batch travels as a single frame. The broker
+thread, fed by the matching PULL socket:
 
 - stamps each message with the envelope and the run's next ``seq`` (one
   thread assigns ``seq``, so it is gap-free and ordered across topics),
@@ -32,7 +31,6 @@ not preempt the training thread. The broker thread, fed by the matching PULL soc
 from __future__ import annotations
 
 import math
-import os
 import struct
 import sys
 import threading
@@ -63,7 +61,7 @@ _BATCH = 256  # hand-offs drained per wake-up before the REP socket gets a turn
 _NOT_TRAINING = frozenset({State.STARTING, State.STOPPED, State.ERROR})
 _JOURNALED = frozenset({Topic.STATUS, Topic.METRICS, Topic.EPISODE})
 SWITCH_INTERVAL = 0.001  # s; with CPython's 5 ms a real trainer's board p99 was 19.8 ms on a busy 2-core box, now 9.5
-_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)  # plain ints: pyzmq's flag enums cost more per send than the send's own Python
+_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)  # plain ints: send_multipart's flag-enum arithmetic was 1/3 of a send
 _NOW = int(zmq.NOBLOCK)
 
 SocketSetup = Callable[[zmq.Socket, str], None]
@@ -204,7 +202,6 @@ class Broker:
         self._switch_interval = 0.0
 
     def _run(self) -> None:
-        _yield_on_wakeup()
         try:
             sockets = self._bind()
         except BaseException as exc:  # reported to start() in the caller's thread
@@ -437,23 +434,6 @@ def _poll_ms(seconds: float) -> int:
     spun until the deadline, and every call released and retook the GIL from the training thread.
     """
     return max(0, math.ceil(seconds * 1000))
-
-
-def _yield_on_wakeup() -> None:
-    """Run the calling thread as ``SCHED_BATCH`` where the OS allows it (Linux); otherwise leave it be.
-
-    Each hand-off wakes the broker thread, and the scheduler let the woken thread preempt the training
-    thread, which was inside the hand-off's ``send`` with the GIL released: the broker took the GIL and
-    training waited for both (the flush's median was ~0.5 ms on a loaded 2-core box, 48 us with this).
-    A batch thread never preempts on waking; it takes the next free core or slice, with the same share.
-    """
-    set_policy = getattr(os, "sched_setscheduler", None)
-    if set_policy is None:
-        return
-    try:
-        set_policy(0, os.SCHED_BATCH, os.sched_param(0))
-    except OSError:
-        pass
 
 
 def _send_now(sock: zmq.Socket, frames: list[bytes]) -> None:

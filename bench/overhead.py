@@ -25,7 +25,7 @@ A last line isolates the callback's own per-step cost.
   e  the design this project replaces: a callback putting metrics and board dicts on a
      multiprocessing.Queue read by another process, at the same caps as ours (e) and on every step (e*)
 
-Usage: python bench/overhead.py [--config configs/default.toml] [--steps N] [--rounds R] [--quick]
+Usage: python bench/overhead.py [--config configs/default.toml] [--steps N] [--rounds R] [--variants a,b,c1,t] [--quick]
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ from tetriszmq import config as cfg
 from tetriszmq.recorder import placement_callbacks
 from tetriszmq.stream.callback import StreamCallback
 from tetriszmq.tetris.envs import make_vec_env
+
+Variant = Callable[[], tuple[object, Callable[[], None]]]  # makes a run's callback (None: none) and its cleanup
 
 
 def subscriber(endpoint: str, ready: mp.Event, stop: mp.Event) -> None:
@@ -163,7 +165,7 @@ class Run:
         return self.in_callback + self.gil_cpu
 
 
-def run_once(config: cfg.Config, steps: int, make_callback: Callable[[], tuple[object, Callable[[], None]]]) -> Run:
+def run_once(config: cfg.Config, steps: int, make_callback: Variant) -> Run:
     """Train a fresh model for ``steps``, timing ``learn`` alone and booking the callback's costs."""
     env = make_vec_env(config.env, config.run.seed)
     model = agents.build_model(config.agent, env, config.run.seed)
@@ -179,7 +181,7 @@ def run_once(config: cfg.Config, steps: int, make_callback: Callable[[], tuple[o
 
 
 def stream(board_fps: float, subscribers: int,
-           placement: bool = False) -> Callable[[], tuple[object, Callable[[], None]]]:
+           placement: bool = False) -> Variant:
     """StreamCallback with ``subscribers`` reading it; with ``placement``, next to the trainer's placement
     callbacks (records in a temporary folder, board stats, candidates)."""
     def make() -> tuple[object, Callable[[], None]]:
@@ -205,7 +207,7 @@ def stream(board_fps: float, subscribers: int,
     return make
 
 
-def queue_design(board_fps: float) -> Callable[[], tuple[object, Callable[[], None]]]:
+def queue_design(board_fps: float) -> Variant:
     def make() -> tuple[object, Callable[[], None]]:
         queue: mp.Queue = mp.Queue()
         ready = mp.Event()
@@ -253,12 +255,22 @@ def callback_cost(config: cfg.Config, calls: int) -> dict[str, float]:
     return costs
 
 
+def chosen(variants: dict[str, Variant], keys: list[str]) -> dict[str, Variant]:
+    """The variants named by their keys (``c1``, ``e*``), with (a) first: the others' ratios are to it."""
+    known = {name.split()[0]: name for name in variants}
+    unknown = sorted(set(keys) - set(known))
+    if unknown:
+        raise SystemExit(f"unknown variants {', '.join(unknown)}; known: {', '.join(known)}")
+    return {name: make for name, make in variants.items() if name.split()[0] in {"a", *keys}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.toml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--steps", type=int, default=20_000, help="training steps per run")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--variants", default="", help="comma-separated keys (b,c1,t...): only these, and (a)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     args = parser.parse_args()
     if args.quick:
@@ -276,6 +288,8 @@ def main() -> None:
         f"e  mp.Queue, boards at {fps:g}/s": queue_design(fps),
         "e* mp.Queue, board every step": queue_design(math.inf),
     }
+    if args.variants:
+        variants = chosen(variants, args.variants.split(","))
     runs: dict[str, list[Run]] = {name: [] for name in variants}
     run_once(config, min(args.steps, 500), no_callback)  # warm-up: imports, allocator, caches
     names = list(variants)

@@ -6,7 +6,8 @@ import threading
 from pathlib import Path
 
 import orjson
-from conftest import free_port
+import zmq
+from conftest import free_port, wait_for
 
 from tetriszmq.stream.broker import Broker, Outbox
 from tetriszmq.stream.control import request
@@ -61,3 +62,27 @@ def test_close_returns_even_when_the_broker_thread_has_died():
     closer.start()
     closer.join(30)
     assert not closer.is_alive(), "close() hung on a dead broker thread"
+
+
+def test_an_idle_broker_wakes_about_once_per_heartbeat_instead_of_spinning_before_each(monkeypatch):
+    """pyzmq truncated the float timeout: less than 1 ms before each deadline the thread spun on poll(0),
+    taking the GIL back from the training thread at every call."""
+    polls = []
+    poll = zmq.Poller.poll
+
+    def counted(poller: zmq.Poller, timeout: int | None = None) -> list[tuple[object, int]]:
+        if threading.current_thread().name == "tetriszmq-broker":
+            polls.append(timeout)
+        return poll(poller, timeout)
+
+    monkeypatch.setattr(zmq.Poller, "poll", counted)
+    pub, ctl = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    broker = Broker(TrainerState(run="idle"), pub, ctl, heartbeat_every=0.0205, metrics_every=3600)  # between two ms
+    broker.start()
+    try:
+        wait_for(lambda: broker.history.seq >= 30, timeout=30, what="30 heartbeats")
+        beats, wakes = broker.history.seq, len(polls)
+    finally:
+        broker.close()
+    assert wakes <= 3 * beats, f"{wakes} polls for {beats} heartbeats: the thread spins before its deadlines"
+

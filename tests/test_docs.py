@@ -56,11 +56,11 @@ def free_pair() -> tuple[str, str]:
 def test_the_readmes_commands_show_two_seeds_under_runs_and_two_remote_trainers(tmp_path):
     """README "Using it", shortened: tiny runs, a free port for the viewers, gpu-a/gpu-b as local trainers."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}  # this checkout's code, run in tmp_path
-    train_a, train_b, viewer_all, viewer_remote = commands("README.md", "## Using it")
+    train_a, train_b, viewer_all, viewer_remote, stop_one = commands("README.md", "## Using it")
     started: list[subprocess.Popen[bytes]] = []
 
     def run(line: str, *extra: str, cwd: Path = tmp_path) -> subprocess.Popen[bytes]:
-        args = shlex.split(line.removesuffix("&"))
+        args = shlex.split(line.removesuffix("&").replace("runs/default", "runs/tiny"))
         program = {"tetriszmq": "tetriszmq", "tetriszmq-viewer": "viewer"}[args[0].removeprefix(".venv/bin/")]
         args = [sys.executable, "-m", program, *args[1:], *extra]
         with open(tmp_path / f"{len(started)}.log", "wb") as out:
@@ -84,6 +84,9 @@ def test_the_readmes_commands_show_two_seeds_under_runs_and_two_remote_trainers(
         wait_for(lambda: {(r["seed"], r["link"]) for r in listed(every).values()} == {(1, "online"), (2, "online")},
                  timeout=120, what="both seeds listed and followed")
         assert set(listed(every)) == {"tiny", "tiny-2"}  # runs/<run.name>, never overwritten
+        assert run(stop_one).wait(60) == 0, "ctl found the trainer of runs/tiny-2 by its run.json"
+        wait_for(lambda: listed(every)["tiny-2"]["state"] == "stopped", timeout=60, what="tiny-2 stopped")
+        assert listed(every)["tiny"]["state"] in ("running", "saving"), "the other seed trains on"
 
         (pub_a, ctl_a), (pub_b, ctl_b) = free_pair(), (free_endpoint(), free_endpoint())
         elsewhere = tmp_path / "elsewhere"  # "gpu-a" and "gpu-b": trainers whose run directories are not under runs/
@@ -94,15 +97,15 @@ def test_the_readmes_commands_show_two_seeds_under_runs_and_two_remote_trainers(
         line = viewer_remote.replace("tcp://gpu-a:5555", pub_a).replace("tcp://gpu-b:5555,tcp://gpu-b:7000",
                                                                          f"{pub_b},{ctl_b}")
         both = viewer(line)
-        wait_for(lambda: sum(r["link"] == "online" for r in listed(both).values()) == 4, timeout=120,
-                 what="two runs under runs/ and two remote trainers")
+        wait_for(lambda: sum(r["link"] == "online" for r in listed(both).values()) == 3, timeout=120,
+                 what="the run under runs/ still training and two remote trainers")
         assert len(listed(both)) == 4 and sum(r["dir"] is None for r in listed(both).values()) == 2
 
         plain, folders = commands("docs/VIEWER.md", "# tetriszmq viewer")  # the same, from docs/VIEWER.md
         assert plain == viewer_all.removeprefix(".venv/bin/")
         two = viewer(folders.replace("tcp://gpu-a:5555", pub_a).replace("tcp://gpu-b:5555,tcp://gpu-b:7000",
                                                                         f"{pub_b},{ctl_b}"))
-        wait_for(lambda: sum(r["link"] == "online" for r in listed(two).values()) == 4, timeout=120,
+        wait_for(lambda: sum(r["link"] == "online" for r in listed(two).values()) == 3, timeout=120,
                  what="runs/ and the remote trainers again, sweeps/ not there yet")
         assert {i for i in listed(two) if not i.startswith("trainer~")} == {"runs~tiny", "runs~tiny-2"}
     finally:

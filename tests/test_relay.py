@@ -326,6 +326,23 @@ def test_ctl_says_why_a_curve_relay_does_not_answer(relay_keys, curve_loopback, 
     assert "is the trainer running?" not in result.stderr
 
 
+@pytest.mark.parametrize(("keys", "said"), [
+    (("--curve-server-key", "relay.key", "--curve-secret-key", "client.key_secret"),
+     "refused this trainer's CURVE key: is its public key in the relay's --curve-allow-trainers?"),
+    ((), "failed the handshake: a relay that uses CURVE needs --curve-server-key (its public key) and "
+         "--curve-secret-key"),
+])
+def test_a_trainer_the_relay_refuses_says_so_and_trains_on(relay_keys, curve_loopback, trainers, keys, said):
+    """Otherwise it trains in silence while no viewer of the relay sees it."""
+    options = [option if option.startswith("--") else str(relay_keys / option) for option in keys]
+    trainer = trainers("--set", "train.max_timesteps=10000000", "--relay", curve_loopback.trainers, *options)
+    wait_for(lambda: said in trainer.output(), 120, what="the trainer saying the relay refused it",
+             alive=lambda: trainer.proc.poll() is None)
+    trained = request(trainer.ctl, "status")["timesteps"]
+    wait_for(lambda: request(trainer.ctl, "status")["timesteps"] > trained + 500, 120, what="training on")
+    assert trainer.output().count(said) == 1, "said once, not at every retry of the handshake"
+
+
 def test_ctl_to_a_relay_that_is_not_there_says_it_could_not_connect():
     nowhere = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
     result = subprocess.run([sys.executable, "-m", "tetriszmq", "ctl", "runs", "--relay", nowhere,

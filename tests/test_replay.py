@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import select
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import orjson
 import pytest
 from conftest import ROOT, TINY_PLACEMENT, free_port, reap, train_to_end
 
+from tetriszmq.stream.control import request
 from tetriszmq.stream.protocol import Topic
 from tetriszmq.tetris import records
 
@@ -83,6 +86,26 @@ def test_a_replay_streams_like_a_run_to_a_subscriber(placement_run, subscribe):
     assert (episode["episode"], episode["lines"], episode["length"]) == (best.episode, best.lines, best.pieces)
     assert {"holes", "max_height", "bumpiness"} <= set(episode)
     assert orjson.loads(out) == {"lines": best.lines, "pieces": best.pieces, "score": best.score, "end": best.end}
+
+
+def test_a_replay_on_any_free_port_says_which_and_obeys_control_there(placement_run, subscribe):
+    """``--pub tcp://127.0.0.1:*``: the line it prints is the only way to find the stream (no run.json)."""
+    replay = subprocess.Popen([sys.executable, "-m", "tetriszmq", "replay", str(placement_run), "--pps", "2",
+                               "--pub", "tcp://127.0.0.1:*", "--ctl", "tcp://127.0.0.1:*"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert select.select([replay.stderr], [], [], 120)[0], "replay printed nothing"
+        said = replay.stderr.readline()
+        found = re.search(r"streaming on (tcp://127\.0\.0\.1:\d+), control on (tcp://127\.0\.0\.1:\d+)$", said)
+        assert found, said
+        sub = subscribe(found.group(1))
+        assert sub.until(lambda t, p: t is Topic.BOARD, timeout=60)
+        assert request(found.group(2), "stop")["ok"]
+        out, err = replay.communicate(timeout=60)
+    finally:
+        reap([replay])
+    assert replay.returncode == 0, err
+    assert orjson.loads(out)["end"] == "stop requested"
 
 
 def test_a_corrupt_or_truncated_record_is_a_clear_error(placement_run, tmp_path, tetriszmq_here):

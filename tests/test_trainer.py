@@ -165,6 +165,7 @@ def test_a_port_in_use_is_a_clear_error(trainers):
     second = trainers(*LONG, pub=first.pub)
     assert second.wait(60) == 2
     assert "cannot bind" in second.output()
+    assert not second.run_dir.exists(), "a run that never started leaves no folder for viewers to list"
 
 
 # --- tests that share one long run ---------------------------------------------------------------------
@@ -271,3 +272,16 @@ def test_snapshot_covers_the_run_up_to_its_seq(training, subscribe):
     assert all(e["seq"] <= snap["seq"] for e in snap["episodes"])
     assert snap["status"]["state"] in {"running", "saving"}
     assert len(snap["board"]["board"]) == protocol.BOARD_ROWS
+
+
+def test_ctl_finds_a_trainer_by_its_run_directory(training, tmp_path, tetriszmq_here):
+    """What a user does with trainers started on ``*`` ports: their run.json says where they listen."""
+    wait_for(lambda: (training.run_dir / "run.json").exists(), 60, what="run.json")
+    asked = subprocess.run([sys.executable, "-m", "tetriszmq", "ctl", "status", "--run-dir", str(training.run_dir)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert asked.returncode == 0, asked.stderr
+    assert orjson.loads(asked.stdout)["run"] == orjson.loads((training.run_dir / "run.json").read_bytes())["run"]
+    nowhere = tetriszmq_here("ctl", "status", "--run-dir", tmp_path)
+    assert nowhere.returncode == 2 and f"--run-dir {tmp_path}: no run.json there" in nowhere.stderr
+    both = tetriszmq_here("ctl", "status", "--run-dir", training.run_dir, "--relay", "tcp://127.0.0.1:5559")
+    assert both.returncode == 2 and "--relay asks the relay: give it --run RUN, not --ctl or --run-dir" in both.stderr

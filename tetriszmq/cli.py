@@ -7,6 +7,7 @@ import importlib.util
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -45,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     ctl = commands.add_parser("ctl", help="send a control request to a running trainer, directly or via a relay")
     ctl.add_argument("cmd", choices=[*(str(c) for c in Command), RUNS],
                      help=f"a trainer's command; {RUNS}: the runs a --relay routes to")
-    ctl.add_argument("--ctl", default="tcp://127.0.0.1:5556", help="the trainer's control endpoint")
+    where = ctl.add_mutually_exclusive_group()
+    where.add_argument("--ctl", help="the trainer's control endpoint (default tcp://127.0.0.1:5556)")
+    where.add_argument("--run-dir", type=Path, metavar="DIR",
+                       help="the trainer training in DIR, at the control endpoint its run.json names (for a "
+                            "trainer started on a * port)")
     ctl.add_argument("--relay", metavar="STREAM[,CONTROL]",
                      help="ask through this relay's viewers side instead (CONTROL: STREAM's port + 1)")
     ctl.add_argument("--run", help="with --relay: the run (process run id or lineage) the command is for; "
@@ -166,6 +171,9 @@ def client_curve(args: argparse.Namespace) -> ClientCurve | None:
     return ClientCurve(args.curve_server_key, args.curve_secret_key) if args.curve_server_key else None
 
 
+DEFAULT_CTL = "tcp://127.0.0.1:5556"
+
+
 def _ctl(args: argparse.Namespace) -> int:
     from tetriszmq.stream.control import NoReply, request
 
@@ -197,8 +205,24 @@ def _ctl_target(args: argparse.Namespace) -> tuple[str, str | None]:
     if args.relay is None:
         if args.run is not None or args.cmd == RUNS:
             raise ValueError(f"--run and `{RUNS}` go with --relay")
-        return args.ctl, None
+        return (args.ctl or DEFAULT_CTL) if args.run_dir is None else _run_dir_control(args.run_dir), None
+    if args.ctl is not None or args.run_dir is not None:
+        raise ValueError("--relay asks the relay: give it --run RUN, not --ctl or --run-dir")
     return side(args.relay, "--relay").control, args.run
+
+
+def _run_dir_control(run_dir: Path) -> str:
+    """The control endpoint the trainer in ``run_dir`` wrote in its ``run.json`` (the real port of a ``*``)."""
+    try:
+        endpoint = orjson.loads((run_dir / "run.json").read_bytes())["endpoints"]["ctl"]
+    except FileNotFoundError:
+        raise ValueError(f"--run-dir {run_dir}: no run.json there: is it a run directory, and has its trainer "
+                         "started?") from None
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"--run-dir {run_dir}: run.json names no control endpoint ({exc})") from None
+    if not isinstance(endpoint, str):
+        raise ValueError(f"--run-dir {run_dir}: run.json names no control endpoint")
+    return endpoint
 
 
 def _only_run(endpoint: str, args: argparse.Namespace, curve: ClientCurve | None) -> str:
@@ -332,8 +356,8 @@ def _play(args: argparse.Namespace) -> int:
         policy = _player(args)
         env = PlacementTetris(features=policy.feature_names, max_pieces=args.max_pieces)
         env.set_scorer(getattr(policy, "scores", None))  # frames show the candidates it weighs
-        print(f"tetriszmq play: streaming on {args.pub}, control on {args.ctl}", file=sys.stderr)
-        result = play(policy, env, pub=args.pub, ctl=args.ctl, seed=args.seed, pps=args.pps)
+        result = play(policy, env, pub=args.pub, ctl=args.ctl, seed=args.seed, pps=args.pps,
+                      on_bound=_say_where("tetriszmq play: "))
     except (ConfigError, SecurityError, OSError, ValueError) as exc:
         print(f"tetriszmq play: {exc}", file=sys.stderr)
         return 2
@@ -355,14 +379,20 @@ def _replay(args: argparse.Namespace) -> int:
             print(orjson.dumps({"file": str(path), **result}).decode())
             return 0 if result["ok"] else 1
         check_exposure([args.pub, args.ctl], secured=False, insecure=args.insecure)
-        print(f"tetriszmq replay: episode {record.episode} of {path}, streaming on {args.pub}, "
-              f"control on {args.ctl}", file=sys.stderr)
-        result = replay(record, pub=args.pub, ctl=args.ctl, pps=args.pps, from_piece=args.from_piece)
+        result = replay(record, pub=args.pub, ctl=args.ctl, pps=args.pps, from_piece=args.from_piece,
+                        on_bound=_say_where(f"tetriszmq replay: episode {record.episode} of {path}, "))
     except (records.RecordError, SecurityError, OSError) as exc:
         print(f"tetriszmq replay: {exc}", file=sys.stderr)
         return 2
     print(orjson.dumps(result).decode())
     return 0
+
+
+def _say_where(prefix: str) -> Callable[[dict[str, str]], None]:
+    """Print where a game streams, once bound: the real ports, also for a ``*`` or ``0`` port."""
+    def say(endpoints: dict[str, str]) -> None:
+        print(f"{prefix}streaming on {endpoints['pub']}, control on {endpoints['ctl']}", file=sys.stderr, flush=True)
+    return say
 
 
 def _runs_inside(path: Path) -> list[Path]:

@@ -24,15 +24,20 @@ MIN_FRAME_GAP = 1 / 60  # board frames at most 60/s when playing flat out
 Policy = Callable[[dict[str, np.ndarray]], int | None]  # None: no more moves (a replay's record ran out)
 
 
+Bound = Callable[[dict[str, str]], None]  # told the endpoints once bound (a port given as * or 0 is known then)
+
+
 def play(policy: Policy, env: PlacementTetris, *, pub: str, ctl: str, seed: int, pps: float,
-         setup_socket: Callable | None = None) -> dict[str, object]:
+         setup_socket: Callable | None = None, on_bound: Bound | None = None) -> dict[str, object]:
     """Play one game at ``pps`` placements per second (0: flat out); returns lines, pieces, score, end."""
     obs, _ = env.reset(seed=seed)
-    return stream_game(policy, env, obs, pub=pub, ctl=ctl, pps=pps, run="play", setup_socket=setup_socket)
+    return stream_game(policy, env, obs, pub=pub, ctl=ctl, pps=pps, run="play", setup_socket=setup_socket,
+                       on_bound=on_bound)
 
 
 def stream_game(policy: Policy, env: PlacementTetris, obs: dict[str, np.ndarray], *, pub: str, ctl: str,
-                pps: float, run: str, episode: int = 1, setup_socket: Callable | None = None) -> dict[str, object]:
+                pps: float, run: str, episode: int = 1, setup_socket: Callable | None = None,
+                on_bound: Bound | None = None) -> dict[str, object]:
     """Stream a game from ``obs`` on, as a run named ``run-<random>`` with one episode, numbered ``episode``.
 
     Frames go out before each placement, naming it (``chosen``) when the env shows candidates.
@@ -40,6 +45,8 @@ def stream_game(policy: Policy, env: PlacementTetris, obs: dict[str, np.ndarray]
     state = TrainerState(run=f"{run}-{secrets.token_hex(3)}")
     broker = Broker(state, pub, ctl, setup_socket=setup_socket)
     broker.start()
+    if on_bound is not None:
+        on_bound(state.endpoints)
     outbox = broker.outbox
     period = 1.0 / pps if pps else 0.0
     broker.set_state(State.RUNNING)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -80,21 +81,38 @@ def max_timesteps_reason(limit: int, timesteps: int) -> str:
     return f"max_timesteps {limit} reached at {timesteps} timesteps (the agent ends the rollout it is in)"
 
 
-def resolve_run_dir(config: cfg.Config, options: RunOptions) -> Path:
-    """The run's folder. Without --run-dir a new run never overwrites an old one."""
-    if options.run_dir is not None:
-        run_dir = options.run_dir
-        if not options.resume and (run_dir / "checkpoints" / "latest.zip").exists():
-            raise RunError(f"{run_dir} already holds a run: add --resume to continue it, or pick another --run-dir")
-    else:
-        run_dir = Path(config.run.dir) / config.run.name
-        suffix = 1
-        while not options.resume and run_dir.exists():
-            suffix += 1
-            run_dir = Path(config.run.dir) / f"{config.run.name}-{suffix}"
+def resolve_run_dir(config: cfg.Config, options: RunOptions) -> tuple[Path, bool]:
+    """The run's folder, made if need be, and whether this process made it.
+
+    Without --run-dir a new run never overwrites an old one: ``runs/<name>``, else ``<name>-2``, ...
+    """
+    if options.run_dir is None and not options.resume:
+        return claim_new_run_dir(Path(config.run.dir), config.run.name), True
+    run_dir = options.run_dir or Path(config.run.dir) / config.run.name
+    if not options.resume and (run_dir / "checkpoints" / "latest.zip").exists():
+        raise RunError(f"{run_dir} already holds a run: add --resume to continue it, or pick another --run-dir")
     if options.resume and not (run_dir / "checkpoints" / "latest.zip").exists():
         raise RunError(f"--resume: no checkpoint at {run_dir / 'checkpoints' / 'latest.zip'}")
-    return run_dir
+    fresh = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, fresh
+
+
+def claim_new_run_dir(parent: Path, name: str) -> Path:
+    """The first of ``parent/name``, ``name-2``, ... that does not exist, made by this process.
+
+    Made by ``mkdir``, which fails if the folder exists: of trainers started together (seeds in a
+    shell loop), each gets its own folder, where a look then a make could give two the same.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    suffix = 1
+    while True:
+        run_dir = parent / (name if suffix == 1 else f"{name}-{suffix}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            suffix += 1
 
 
 def train(config: cfg.Config, options: RunOptions) -> int:
@@ -102,8 +120,7 @@ def train(config: cfg.Config, options: RunOptions) -> int:
     agents.check_pairing(config.agent, config.env)
     check_env(config.env)
     curve, relay = _security(config)
-    run_dir = resolve_run_dir(config, options)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir, fresh = resolve_run_dir(config, options)
     (run_dir / "config.toml").write_text(cfg.to_toml(config))
     torch.set_num_threads(config.agent.torch_threads)
 
@@ -117,6 +134,8 @@ def train(config: cfg.Config, options: RunOptions) -> int:
     try:
         broker.start()
     except OSError as exc:
+        if fresh:  # nothing ran: no folder left for a viewer to list as a run
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise RunError(str(exc)) from None
     checkpoints = Checkpoints(run_dir / "checkpoints", config.train.checkpoint_every, config.train.save_replay)
     stream = StreamCallback(broker, checkpoints=checkpoints, board_fps=publish.board_fps)

@@ -41,12 +41,13 @@ from typing import IO, Any
 
 import orjson
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from tetriszmq.stream import protocol
 from tetriszmq.stream.history import RunHistory
 from tetriszmq.stream.journal import open_for_append
 from tetriszmq.stream.protocol import Command, ProtocolError, State, Topic
-from tetriszmq.stream.relay import HELLO, Uplink
+from tetriszmq.stream.relay import HANDSHAKE_FAILED, HELLO, Uplink
 from tetriszmq.stream.sockets import MAX_WIRE_REQUEST, bind
 from tetriszmq.stream.state import TrainerState
 
@@ -149,6 +150,8 @@ class Broker:
         self.setup_socket = setup_socket
         self.relay = relay
         self._uplink: zmq.Socket | None = None  # the DEALER to the relay's control side (broker thread)
+        self._uplink_monitor: zmq.Socket | None = None  # its failed handshakes, said once on stderr
+        self._refused = False
         self._hello = orjson.dumps({"run": state.run, "lineage": state.lineage or state.run, "started": time.time()})
         self.watch: Watch | None = None  # set by the owner of the training thread, read at heartbeats
         self.ctx = zmq.Context.instance()
@@ -214,7 +217,7 @@ class Broker:
             self._loop(pull, pub, rep, journal)
         finally:
             pub.setsockopt(zmq.LINGER, 1000)
-            for sock in (pull, rep, pub, self._uplink):
+            for sock in (pull, rep, pub, self._uplink, self._uplink_monitor):
                 if sock is not None:
                     sock.close()
             if journal is not None:
@@ -244,7 +247,7 @@ class Broker:
                 self.state.endpoints["relay"] = self.relay.side.stream
             journal = None if self.journal_path is None else open_for_append(self.journal_path)
         except BaseException:
-            for sock in (pull, pub, rep, self._uplink):
+            for sock in (pull, pub, rep, self._uplink, self._uplink_monitor):
                 if sock is not None:
                     sock.close(linger=0)
             raise
@@ -259,6 +262,7 @@ class Broker:
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.IMMEDIATE, 1)  # nothing queues for an absent relay: the next heartbeat says hello
         dealer.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_REQUEST)
+        self._uplink_monitor = dealer.get_monitor_socket(HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         relay.dial(pub, relay.side.stream)
         relay.dial(dealer, relay.side.control)
         return dealer
@@ -269,6 +273,7 @@ class Broker:
         poller.register(rep, zmq.POLLIN)
         if self._uplink is not None:
             poller.register(self._uplink, zmq.POLLIN)
+            poller.register(self._uplink_monitor, zmq.POLLIN)
         next_beat = time.monotonic()
         next_metrics = next_beat + self.metrics_every
         self._sps_mark = (self.state.timesteps, next_beat)
@@ -291,6 +296,18 @@ class Broker:
                 self._answer(rep)
             if self._uplink is not None and self._uplink in events:
                 self._answer_relayed(self._uplink)
+            if self._uplink_monitor is not None and self._uplink_monitor in events:
+                self._handshake(self._uplink_monitor)
+
+    def _handshake(self, monitor: zmq.Socket) -> None:
+        """Say on stderr, once until a handshake succeeds again, that the relay refused this trainer: it trains
+        on, journaling, but no viewer of the relay sees it (ZeroMQ retries the handshake by itself)."""
+        event = recv_monitor_message(monitor)["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._refused = False
+        elif not self._refused:
+            self._refused = True
+            print(f"tetriszmq: {self.relay.refusal(event)}", file=sys.stderr, flush=True)
 
     def _drain(self, pull: zmq.Socket, pub: zmq.Socket, journal: IO[bytes] | None) -> bool:
         """Forward up to `_BATCH` hand-offs of staged messages; False once the close sentinel arrives."""

@@ -396,3 +396,17 @@ class Uplink:
         else:
             sock.curve_server = False  # the mechanism of a later connect: NULL, even after a CURVE bind
         sock.connect(endpoint)
+
+    def refusal(self, event: int) -> str:
+        """What a failed handshake with the relay (a socket monitor's ``event``) tells the trainer's user."""
+        where = f"the relay at {self.side.control}"
+        if self.curve is None:
+            return (f"{where} failed the handshake: a relay that uses CURVE needs --curve-server-key (its public "
+                    "key) and --curve-secret-key (a key its --curve-allow-trainers folder lets in)")
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return f"{where} refused this trainer's CURVE key: is its public key in the relay's --curve-allow-trainers?"
+        return f"the handshake with {where} failed: is --curve-server-key the relay's public key?"
+
+
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)

@@ -537,18 +537,20 @@ def test_ctl_without_run_uses_the_relays_only_run_and_lists_several(trainers, lo
     control = loopback.viewers.split(",")[1]
     nobody = relay_cli("ctl", "status", "--relay", loopback.viewers)
     assert nobody.returncode == 1 and "routes no run yet" in nobody.stderr, nobody.stderr
-    first = trainers(*LONG, "--relay", loopback.trainers)
-    wait_for(lambda: len(request(control, "runs")["runs"]) == 1, 120, what="the first trainer's hello",
-             alive=lambda: first.proc.poll() is None)
-    run = orjson.loads((first.run_dir / "run.json").read_bytes())["run"]
+
+    def behind_the_relay(count: int) -> tuple[TrainerProcess, str]:
+        """Start a trainer that dials the relay; once the relay routes ``count`` runs, it and its run id."""
+        trainer = trainers(*LONG, "--relay", loopback.trainers)
+        wait_for(lambda: len(request(control, "runs")["runs"]) == count, 120, what=f"trainer {count}'s hello",
+                 alive=lambda: trainer.proc.poll() is None)
+        return trainer, orjson.loads((trainer.run_dir / "run.json").read_bytes())["run"]
+
+    first, run = behind_the_relay(1)
     only = relay_cli("ctl", "status", "--relay", loopback.viewers)
     assert only.returncode == 0, only.stderr
     assert f"tetriszmq ctl: the relay routes one run, {run}: status goes to it" in only.stderr
     assert orjson.loads(only.stdout)["ok"] is True
-    second = trainers(*LONG, "--relay", loopback.trainers)
-    wait_for(lambda: len(request(control, "runs")["runs"]) == 2, 120, what="the second trainer's hello",
-             alive=lambda: second.proc.poll() is None)
-    other = orjson.loads((second.run_dir / "run.json").read_bytes())["run"]
+    second, other = behind_the_relay(2)
     several = relay_cli("ctl", "stop", "--relay", loopback.viewers)
     assert several.returncode == 2, several.stderr
     assert "the relay routes 2 runs; give --run RUN, one of: " in several.stderr

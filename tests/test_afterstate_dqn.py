@@ -132,6 +132,15 @@ def test_per_episode_training_with_several_envs_is_refused_at_construction():
     AfterstateDQN(env=envs, train_freq=16)
 
 
+@pytest.mark.parametrize(("n_envs", "steps"), [(1, 128), (4, 32), (3, 42)])
+def test_the_default_update_frequency_counts_placements_whatever_the_number_of_envs(n_envs, steps):
+    """One update per 128 placements: 4 envs step 4 placements at a time, so every 32 of their steps."""
+    envs = DummyVecEnv([lambda: PlacementTetris(features=FEATURES)] * n_envs)
+    model = AfterstateDQN(env=envs, buffer_size=1_000)
+    assert (model.train_freq.frequency, model.train_freq.unit.value) == (steps, "step")
+    assert AfterstateDQN(env=envs, buffer_size=1_000, train_freq=[8, "step"]).train_freq.frequency == 8
+
+
 @pytest.mark.slow  # trains a model
 def test_the_policys_own_predict_chooses_what_sb3s_generic_predict_chooses(trained):
     """`AfterstatePolicy.predict` skips SB3's deep copy and mode switching, and nothing else."""

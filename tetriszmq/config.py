@@ -49,7 +49,8 @@ class RunSection:
 class EnvSection:
     kind: str = setting("placement", choices=("raw", "placement"),
                        doc="raw: tetris-gymnasium's 8 key actions; placement: one action places a piece")
-    n_envs: int = setting(1, min=1)
+    n_envs: int = setting(4, min=1, doc="envs stepped together in one process: one forward pass scores all their "
+                                           "candidates (4: 2.4x the placements/s of 1, docs/PERFORMANCE.md)")
     vec_env: str = setting("dummy", choices=("dummy", "subproc"))
     max_pieces: int = setting(2000, min=0, doc="truncate training episodes after this many pieces; 0: never")
     features: list[str] = setting([], doc="placement features by name; empty: the default set")

@@ -29,6 +29,7 @@ from stable_baselines3.common.buffers import BaseBuffer
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import create_mlp
 from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
+from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 from torch.nn import functional as F
 
@@ -241,6 +242,16 @@ class AfterstateReplayBuffer(BaseBuffer):
 
 # --- algorithm -------------------------------------------------------------------------------
 
+PLACEMENTS_PER_UPDATE = 128  # the measured default: more often collapsed mid-run (docs/PERFORMANCE.md)
+
+
+def _train_freq(train_freq: int | tuple[int, str] | list | None, env: GymEnv | str | None) -> int | tuple[int, str]:
+    """SB3's ``train_freq``; None: one update per `PLACEMENTS_PER_UPDATE` placements over all envs."""
+    if train_freq is None:
+        n_envs = env.num_envs if isinstance(env, VecEnv) else 1
+        return max(1, PLACEMENTS_PER_UPDATE // n_envs), "step"
+    return tuple(train_freq) if isinstance(train_freq, list) else train_freq  # a config gives lists
+
 
 class AfterstateDQN(DQN):
     """DQN over afterstate values with legal-only exploration and a game-over penalty.
@@ -248,8 +259,11 @@ class AfterstateDQN(DQN):
     Takes every `DQN` keyword argument (``learning_rate``, ``buffer_size``,
     ``batch_size``, ``gamma``, ``train_freq``, ``target_update_interval``,
     ``exploration_*``, ...) with defaults measured on placement Tetris
-    (docs/PERFORMANCE.md): one update of 512 afterstates every 128 placements,
-    the target network synced every 8,000, and a buffer of 1.5M steps (up to
+    (docs/PERFORMANCE.md): one update of 512 afterstates every 128 placements
+    (``train_freq`` None: ``128 // n_envs`` steps of the vectorised env, so that
+    changing ``n_envs`` keeps the updates per placement, as SB3 already does for
+    ``target_update_interval``), the target network synced every 8,000
+    placements, and a buffer of 1.5M placements (up to
     1.4 GB, all of a 10-minute run). With a 300k buffer the early game overs
     left it, the network learnt that taller boards were worth more, stacked and
     died; frequent updates then only made that collapse come sooner. Plus:
@@ -281,7 +295,7 @@ class AfterstateDQN(DQN):
         learning_starts: int = 1_000,
         batch_size: int = 512,
         gamma: float = 0.95,
-        train_freq: int | tuple[int, str] | list = (128, "step"),
+        train_freq: int | tuple[int, str] | list | None = None,
         gradient_steps: int = 1,
         target_update_interval: int = 8_000,
         exploration_fraction: float = 0.1,
@@ -298,7 +312,7 @@ class AfterstateDQN(DQN):
         super().__init__(
             policy, env, learning_rate=learning_rate, buffer_size=buffer_size, learning_starts=learning_starts,
             batch_size=batch_size, gamma=gamma, gradient_steps=gradient_steps,
-            train_freq=tuple(train_freq) if isinstance(train_freq, list) else train_freq,  # a config gives lists
+            train_freq=_train_freq(train_freq, env),
             target_update_interval=target_update_interval, exploration_fraction=exploration_fraction,
             exploration_initial_eps=exploration_initial_eps, exploration_final_eps=exploration_final_eps,
             replay_buffer_class=AfterstateReplayBuffer, policy_kwargs=dict(policy_kwargs or {}),

@@ -26,17 +26,19 @@ from tetriszmq.tetris.placement_env import PlacementTetris
 SMALL = dict(learning_starts=50, batch_size=16, train_freq=8, exploration_steps=100, net_arch=(8,))
 
 
-def model(buffer_size: int, seed: int = 1, features: tuple[str, ...] | None = ("holes", "lines")) -> AfterstateDQN:
-    env = DummyVecEnv([lambda: PlacementTetris(features=features, max_pieces=40)])
+def model(buffer_size: int, seed: int = 1, features: tuple[str, ...] | None = ("holes", "lines"),
+          n_envs: int = 1) -> AfterstateDQN:
+    env = DummyVecEnv([lambda: PlacementTetris(features=features, max_pieces=40)] * n_envs)
     env.seed(seed)
     made = AfterstateDQN(env=env, seed=seed, buffer_size=buffer_size, **SMALL)
     made.set_logger(Logger(folder=None, output_formats=[]))
     return made
 
 
-def load(path: Path, buffer_size: int, features: tuple[str, ...] | None = ("holes", "lines")) -> AfterstateDQN:
+def load(path: Path, buffer_size: int, features: tuple[str, ...] | None = ("holes", "lines"),
+         n_envs: int = 1) -> AfterstateDQN:
     """A checkpoint with an empty buffer of ``buffer_size``, on an env with the features it was trained on."""
-    env = model(buffer_size, features=features).get_env()
+    env = model(buffer_size, features=features, n_envs=n_envs).get_env()
     return AfterstateDQN.load(path, env=env, buffer_size=buffer_size)
 
 
@@ -46,16 +48,17 @@ def assert_same_buffer(a: AfterstateDQN, b: AfterstateDQN) -> None:
         assert np.array_equal(array, ring_arrays(b.replay_buffer)[name]), name
 
 
-@pytest.mark.parametrize("buffer_size, steps", [(1_000, [130, 170, 90]), (100, [130, 40, 250, 10])])
-def test_the_buffer_comes_back_row_for_row_after_saves_in_pieces_and_ring_wraps(tmp_path, buffer_size, steps):
-    """Three or four saves, each writing only its new rows; with a 100-row ring they also lap it."""
+@pytest.mark.parametrize("buffer_size, steps, n_envs", [(1_000, [130, 170, 90], 1), (100, [130, 40, 250, 10], 1),
+                                                        (300, [130, 170, 90, 250], 4)])
+def test_the_buffer_comes_back_row_for_row_after_saves_in_pieces_and_ring_wraps(tmp_path, buffer_size, steps, n_envs):
+    """Three or four saves, each writing only its new rows; with a small ring they also lap it (4 envs: the default)."""
     th.set_num_threads(1)
-    trained = model(buffer_size)
+    trained = model(buffer_size, n_envs=n_envs)
     checkpoints = Checkpoints(tmp_path / "checkpoints", every=0)
     for n in steps:
         trained.learn(n, reset_num_timesteps=False)
         checkpoints.save(trained, {"episodes": 1})
-    restored = load(checkpoints.latest, buffer_size)
+    restored = load(checkpoints.latest, buffer_size, n_envs=n_envs)
     Checkpoints(tmp_path / "checkpoints", every=0).restore(restored)
     assert buffer_rows(restored) == min(trained.num_timesteps, buffer_size) == buffer_rows(trained)
     assert_same_buffer(restored, trained)

@@ -73,7 +73,7 @@ def callback_parts(config: cfg.Config, model, steps: int) -> None:
             obs, _, terminated, truncated, info = env.step(int(np.flatnonzero(obs["mask"])[0]))
             if terminated or truncated:
                 break
-        recorder: EpisodeRecorder = callbacks.callbacks[0]
+        recorder: EpisodeRecorder = callbacks.callbacks[0].recorder
         done = {"dones": np.ones(1, bool), "infos": [info]}
         callbacks.update_locals(done)
         ended = per_call(lambda: recorder._episodes_ended(done["dones"], done["infos"]), 1_000)

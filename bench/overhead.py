@@ -334,5 +334,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    mp.set_start_method("spawn")
+    # Children make their own ZeroMQ contexts, so no plain fork. A fork server imports this script (torch, SB3) once
+    # and forks the 14 subscriber and queue-reader processes from it; spawn would import it again in each.
+    mp.set_start_method("forkserver")
     main()

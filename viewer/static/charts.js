@@ -310,7 +310,8 @@ export class Charts {
     this.weight = 0.6;
     this.charts = new Map();
     this.sections = new Map();
-    this.costs = [];  // ms of script spent here per animation frame that redrew (bench/page.py reads it)
+    this.costs = [];  // [performance.now() at its start, ms of script here] per animation frame that redrew
+                      // (bench/page.py reads them, and finds each frame in Chromium's trace by its start)
     this.frames = 0;
     this.turn = 0;    // the chart the next frame looks at first
     this.observer = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
@@ -398,7 +399,7 @@ export class Charts {
     }
     this.frames++;
     if (worked) {
-      this.costs.push(performance.now() - start);
+      this.costs.push([start, performance.now() - start]);
       if (this.costs.length > COSTS_KEPT) this.costs.splice(0, this.costs.length - COSTS_KEPT);
     }
   }

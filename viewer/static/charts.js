@@ -123,6 +123,7 @@ class Chart {
       <button class="log" title="logarithmic y axis">log</button></div><div class="plot"></div>`;
     this.el.querySelector(".chart-title").textContent = title;
     this.value = this.el.querySelector(".chart-value");
+    this.valueHtml = "";
     this.plotEl = this.el.querySelector(".plot");
     this.logButton = this.el.querySelector(".log");
     this.log = null;  // null: log scale for a loss that is always positive, linear otherwise, until clicked
@@ -144,7 +145,9 @@ class Chart {
     this.zoomed = false;
     this.visible = true;
     this.cost = 0;       // ms the last redraw took: the scheduler's guess of the next one
+    this.width = 0;      // the plot's width in px, as the ResizeObserver last said (0: not yet)
     charts.observer?.observe(this.el);
+    charts.sizes.observe(this.plotEl);
   }
 
   touch(urgent = false) { this.dirty = true; this.urgent ||= urgent; }
@@ -177,7 +180,9 @@ class Chart {
     if (!lines.length) { this.el.dataset.points = "0"; this.destroy(); this.showLatest(); return; }
     if (!performance.getEntriesByName("first chart paint").length) performance.mark("first chart paint");
     const smoothing = this.charts.weight > 0;
-    const width = this.plotEl.clientWidth || 300;
+    // Read once: asking the layout for a width at every redraw forces a layout of the page in the middle of
+    // the frame (whatever changed since the last one: the run list, value boxes), and again for each chart.
+    const width = this.width || (this.width = this.plotEl.clientWidth) || 300;
     const { data, positive, points } = this.grid(lines, smoothing, width);
     this.el.dataset.points = String(points);
     this.logScale = this.log ?? (/loss/.test(this.column) && positive);
@@ -190,8 +195,12 @@ class Chart {
       this.zoomed = false;
       this.plot = new uPlot(this.options(lines, smoothing, positive, width), data, this.plotEl);
     } else {
-      if (ids !== this.ids) this.reseries(lines, smoothing);
-      this.plot.setData(data, !this.zoomed);
+      // In a batch uPlot draws before it returns, not in a microtask after this frame's redraws: `cost` then
+      // counts the drawing, the larger part of a redraw, and the frame budget holds.
+      this.plot.batch(() => {
+        if (ids !== this.ids) this.reseries(lines, smoothing);
+        this.plot.setData(data, !this.zoomed);
+      });
     }
     this.ids = ids;
     this.showLatest();
@@ -287,11 +296,15 @@ class Chart {
     const shown = values.slice(0, 8).map(([colour, v]) => `<b style="color:${colour}">${format(v)}</b>`);
     if (values.length > 8) shown.push("…");
     const html = shown.join(" ");
-    if (this.value.innerHTML !== html) this.value.innerHTML = html;
+    if (this.valueHtml !== html) this.value.innerHTML = this.valueHtml = html;  // reading innerHTML serialises it
   }
 
-  resize() {
-    if (this.plot && this.plotEl.clientWidth) this.plot.setSize({ width: this.plotEl.clientWidth, height: this.plot.height });
+  // A new width (the ResizeObserver's, measured in the layout the frame does anyway): refold onto its columns.
+  resize(width) {
+    if (!width || width === this.width) return;
+    this.width = width;
+    if (this.plot) this.plot.setSize({ width, height: this.plot.height });
+    this.touch(true);
   }
 
   destroy() {
@@ -321,7 +334,10 @@ export class Charts {
       }
     }, { rootMargin: "200px" }) : null;
     this.byElement = new Map();
-    new ResizeObserver(() => this.charts.forEach((c) => c.resize())).observe(main.parentElement);
+    this.sizes = new ResizeObserver((entries) => {
+      for (const e of entries) this.byPlot.get(e.target)?.resize(Math.round(e.contentRect.width));
+    });
+    this.byPlot = new Map();
   }
 
   // The chart of one table column, made on first use in its namespace's group.
@@ -342,6 +358,7 @@ export class Charts {
     }
     chart = new Chart(this, key, title, source, column, holder, small);
     this.byElement.set(chart.el, chart);
+    this.byPlot.set(chart.plotEl, chart);
     this.charts.set(key, chart);
     this.sort(holder);
     return chart;

@@ -96,17 +96,29 @@ def trainers(root: Path, count: int) -> list[subprocess.Popen[bytes]]:
             for i in range(count)]
 
 
+def synthetic(count: int, stack: ExitStack) -> list[str]:
+    """``count`` synthetic publishers, stopped with ``stack``; the viewer's arguments that follow them."""
+    followed = []
+    for _ in range(count):
+        pub, ctl = free_endpoint(), free_endpoint()
+        _, pipe = stack.enter_context(spawned(publisher, pub, ctl, FPS))
+        wait_for(pipe.poll, 60, what="a publisher ready")
+        pipe.recv()
+        followed += ["--trainer", f"{pub},{ctl}"]
+    return followed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--finished", type=int, default=50)
     parser.add_argument("--episodes", type=int, default=100_000)
     parser.add_argument("--live", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0, help="the redraw cost window (default 20)")
-    parser.add_argument("--dir", type=Path, help="the runs folder (kept, and its finished runs reused)")
     parser.add_argument("--publishers", action="store_true",
                         help="the live runs are synthetic publishers at a trainer's rates, not trainers")
     parser.add_argument("--profile", action="store_true", help="then a CPU profile of the page as long as the window")
     parser.add_argument("--trace", type=Path, help="write Chromium's trace of the window here (DevTools, Perfetto)")
+    parser.add_argument("--dir", type=Path, help="the runs folder (kept, and its finished runs reused)")
     parser.add_argument("--quick", action="store_true", help="3 finished runs of 2,000 episodes, 2 live, 3 s")
     args = parser.parse_args()
     if args.quick:
@@ -121,16 +133,11 @@ def main() -> int:
             finished_runs(root, args.finished, args.episodes, workdir)
             for stale in root.glob("live-*"):
                 shutil.rmtree(stale)
-            followed: list[str] = []
             if args.publishers:
-                for _ in range(args.live):
-                    pub, ctl = free_endpoint(), free_endpoint()
-                    _, pipe = publishers.enter_context(spawned(publisher, pub, ctl, FPS))
-                    wait_for(pipe.poll, 60, what="a publisher ready")
-                    pipe.recv()
-                    followed += ["--trainer", f"{pub},{ctl}"]
+                followed = synthetic(args.live, publishers)
             else:
                 started += trainers(root, args.live)
+                followed = []
             port = free_port()
             started.append(subprocess.Popen([sys.executable, "-m", "viewer", "--runs", str(root), *followed,
                                              "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -153,8 +160,8 @@ def main() -> int:
         if args.dir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     kind = "synthetic publishers" if args.publishers else "tiny trainers"
-    print(f"\nlive runs: {args.live} {kind}")
-    print(f"{'figure (times in ms)':<72}{'value':>24}")
+    print(f"\nlive runs: {args.live} {kind}; times in ms")
+    print(f"{'figure':<72}{'value':>24}")
     for name, value in rows:
         print(f"{name:<72}{value:>24}")
     if profile:

@@ -166,7 +166,7 @@ export class RunList {
       tr.dataset.id = e.id;
       this.rows.set(e.id, tr);
     }
-    const box = `<input type="checkbox" aria-label="show ${escape(e.name)} in the charts"${run.selected ? " checked" : ""}>`;
+    const box = `<input type="checkbox" aria-label="show ${escape(e.name)} in the charts">`;
     const cells = [{ html: box }, ...columns.map((column) => this.cell(run, column))];
     if (tr.cells.length !== cells.length) tr.replaceChildren(...cells.map(() => document.createElement("td")));
     cells.forEach(({ html, cls = "", title = "" }, i) => {
@@ -175,6 +175,7 @@ export class RunList {
       if (td.className !== cls) td.className = cls;
       if (td.title !== title) td.title = title;
     });
+    tr.cells[0].firstChild.checked = run.selected;
     const cls = (e.live ? "live" : "") + (e.id === this.focused ? " focused" : "");
     if (tr.className !== cls) tr.className = cls;
     return tr;

@@ -10,7 +10,8 @@
 // also smooths, so a redraw allocates only the grid. Hover reads each run's own nearest point,
 // at full resolution. Redraws are scheduled (`Charts.frame`): a chart is redrawn at most every
 // MIN_INTERVAL ms, visible ones only, in turn; a frame starts no redraw that its chart's last
-// cost says would take it past FRAME_BUDGET ms, so many live runs never make a frame long.
+// cost (uPlot's drawing included) says would take it past FRAME_BUDGET ms, so many live runs never
+// make a frame long. A redraw reads nothing from the layout: widths come from a ResizeObserver.
 
 const MIN_INTERVAL = 250;
 const FRAME_BUDGET = 3;

@@ -528,3 +528,48 @@ def test_config_columns_are_the_keys_runs_with_a_config_differ_in_not_those_a_re
         assert "agent.device" not in head and "agent.torch_threads" not in head, head
         cell = row(page, "fast").locator("td").nth(5)  # checkbox, name, state, algo, seed, then the config column
         assert (cell.inner_text(), cell.get_attribute("title")) == ("0.0003661", "0.0003661138620693672")
+
+
+# The text a run's row shows in one column of the run list.
+CELL_TEXT = """([ident, key]) => {
+  const keys = [...document.querySelectorAll('#run-table thead th')].map((th) => th.dataset.key);
+  return document.querySelector(`#run-table tr[data-id="${ident}"]`).cells[keys.indexOf(key)].textContent;
+}"""
+
+
+def test_a_click_across_a_run_list_update_still_focuses_the_row_pressed(tmp_path, trainers, viewers, finished_run):
+    root = tmp_path / "runs"
+    shutil.copytree(finished_run, root / "done")
+    trainers(*LONG, run_dir=root / "live")
+    viewer = viewers(None, None, "--runs", str(root))
+    with open_page(viewer.url + "/") as page:
+        page.wait_for_function("() => document.getElementById('focus-name').textContent === 'live'", timeout=120_000)
+        page.evaluate("() => { window.doneRow = document.querySelector('#run-table tr[data-id=done]'); }")
+        box = row(page, "done").locator("td.name").bounding_box()
+        assert box is not None
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        shown = page.evaluate(CELL_TEXT, ["live", "episodes"])
+        page.wait_for_function(f"(seen) => ({CELL_TEXT})(['live', 'episodes']) !== seen", arg=shown, timeout=60_000)
+        page.mouse.up()  # the live run's counters were updated between the press and the release
+        page.wait_for_function("() => document.getElementById('focus-name').textContent === 'done'")
+        assert page.evaluate("() => document.querySelector('#run-table tr[data-id=done]') === window.doneRow")
+
+
+# Whether a chart is drawn at its plot's width, two points per pixel column, and that width.
+FOLDED = """(key) => {
+  const chart = viewerCharts.charts.get(key), width = chart.plotEl.clientWidth;
+  return chart.plot.width === width && chart.plot.data[0].length === 2 * width ? width : 0;
+}"""
+
+
+def test_a_chart_refolds_its_lines_onto_its_new_width_when_the_window_is_resized(viewers, tmp_path, finished_run):
+    root = tmp_path / "runs"
+    shutil.copytree(finished_run, root / "done")  # finished: nothing but the resize redraws its charts
+    viewer = viewers(None, None, "--runs", str(root))
+    with open_page(viewer.url + "/") as page:
+        page.wait_for_function(CHART_SHOWS, arg=["episodes:reward", 1, 2], timeout=60_000)
+        page.wait_for_function(FOLDED, arg="episodes:reward")
+        before = page.evaluate(FOLDED, "episodes:reward")
+        page.set_viewport_size({"width": 1920, "height": 1080})
+        page.wait_for_function(f"(before) => ![0, before].includes(({FOLDED})('episodes:reward'))", arg=before)

@@ -10,7 +10,8 @@
 // also smooths, so a redraw allocates only the grid. Hover reads each run's own nearest point,
 // at full resolution. Redraws are scheduled (`Charts.frame`): a chart is redrawn at most every
 // MIN_INTERVAL ms, visible ones only, in turn; a frame starts no redraw that its chart's last
-// cost says would take it past FRAME_BUDGET ms, so many live runs never make a frame long.
+// cost (uPlot's drawing included) says would take it past FRAME_BUDGET ms, so many live runs never
+// make a frame long. A redraw reads nothing from the layout: widths come from a ResizeObserver.
 
 const MIN_INTERVAL = 250;
 const FRAME_BUDGET = 3;
@@ -123,6 +124,7 @@ class Chart {
       <button class="log" title="logarithmic y axis">log</button></div><div class="plot"></div>`;
     this.el.querySelector(".chart-title").textContent = title;
     this.value = this.el.querySelector(".chart-value");
+    this.valueHtml = "";
     this.plotEl = this.el.querySelector(".plot");
     this.logButton = this.el.querySelector(".log");
     this.log = null;  // null: log scale for a loss that is always positive, linear otherwise, until clicked
@@ -144,7 +146,9 @@ class Chart {
     this.zoomed = false;
     this.visible = true;
     this.cost = 0;       // ms the last redraw took: the scheduler's guess of the next one
+    this.width = 0;      // the plot's width in px, as the ResizeObserver last said (0: not yet)
     charts.observer?.observe(this.el);
+    charts.sizes.observe(this.plotEl);
   }
 
   touch(urgent = false) { this.dirty = true; this.urgent ||= urgent; }
@@ -177,7 +181,9 @@ class Chart {
     if (!lines.length) { this.el.dataset.points = "0"; this.destroy(); this.showLatest(); return; }
     if (!performance.getEntriesByName("first chart paint").length) performance.mark("first chart paint");
     const smoothing = this.charts.weight > 0;
-    const width = this.plotEl.clientWidth || 300;
+    // Read once: asking the layout for a width at every redraw forces a layout of the page in the middle of
+    // the frame (whatever changed since the last one: the run list, value boxes), and again for each chart.
+    const width = this.width || (this.width = this.plotEl.clientWidth) || 300;
     const { data, positive, points } = this.grid(lines, smoothing, width);
     this.el.dataset.points = String(points);
     this.logScale = this.log ?? (/loss/.test(this.column) && positive);
@@ -190,8 +196,12 @@ class Chart {
       this.zoomed = false;
       this.plot = new uPlot(this.options(lines, smoothing, positive, width), data, this.plotEl);
     } else {
-      if (ids !== this.ids) this.reseries(lines, smoothing);
-      this.plot.setData(data, !this.zoomed);
+      // In a batch uPlot draws before it returns, not in a microtask after this frame's redraws: `cost` then
+      // counts the drawing, the larger part of a redraw, and the frame budget holds.
+      this.plot.batch(() => {
+        if (ids !== this.ids) this.reseries(lines, smoothing);
+        this.plot.setData(data, !this.zoomed);
+      });
     }
     this.ids = ids;
     this.showLatest();
@@ -287,11 +297,15 @@ class Chart {
     const shown = values.slice(0, 8).map(([colour, v]) => `<b style="color:${colour}">${format(v)}</b>`);
     if (values.length > 8) shown.push("…");
     const html = shown.join(" ");
-    if (this.value.innerHTML !== html) this.value.innerHTML = html;
+    if (this.valueHtml !== html) this.value.innerHTML = this.valueHtml = html;  // reading innerHTML serialises it
   }
 
-  resize() {
-    if (this.plot && this.plotEl.clientWidth) this.plot.setSize({ width: this.plotEl.clientWidth, height: this.plot.height });
+  // A new width (the ResizeObserver's, measured in the layout the frame does anyway): refold onto its columns.
+  resize(width) {
+    if (!width || width === this.width) return;
+    this.width = width;
+    if (this.plot) this.plot.setSize({ width, height: this.plot.height });
+    this.touch(true);
   }
 
   destroy() {
@@ -310,7 +324,8 @@ export class Charts {
     this.weight = 0.6;
     this.charts = new Map();
     this.sections = new Map();
-    this.costs = [];  // ms of script spent here per animation frame that redrew (bench/page.py reads it)
+    this.costs = [];  // [performance.now() at its start, ms of script here] per animation frame that redrew
+                      // (bench/page.py reads them, and finds each frame in Chromium's trace by its start)
     this.frames = 0;
     this.turn = 0;    // the chart the next frame looks at first
     this.observer = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
@@ -320,7 +335,10 @@ export class Charts {
       }
     }, { rootMargin: "200px" }) : null;
     this.byElement = new Map();
-    new ResizeObserver(() => this.charts.forEach((c) => c.resize())).observe(main.parentElement);
+    this.sizes = new ResizeObserver((entries) => {
+      for (const e of entries) this.byPlot.get(e.target)?.resize(Math.round(e.contentRect.width));
+    });
+    this.byPlot = new Map();
   }
 
   // The chart of one table column, made on first use in its namespace's group.
@@ -341,6 +359,7 @@ export class Charts {
     }
     chart = new Chart(this, key, title, source, column, holder, small);
     this.byElement.set(chart.el, chart);
+    this.byPlot.set(chart.plotEl, chart);
     this.charts.set(key, chart);
     this.sort(holder);
     return chart;
@@ -398,7 +417,7 @@ export class Charts {
     }
     this.frames++;
     if (worked) {
-      this.costs.push(performance.now() - start);
+      this.costs.push([start, performance.now() - start]);
       if (this.costs.length > COSTS_KEPT) this.costs.splice(0, this.costs.length - COSTS_KEPT);
     }
   }

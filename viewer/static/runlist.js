@@ -85,6 +85,9 @@ export class RunList {
     });
     this.runs = [];
     this.focused = null;
+    this.rows = new Map();  // run id -> its <tr>, kept from one render to the next
+    this.differ = null;     // the last `differing`: {configs, keys}
+    this.head = "";         // the header row's HTML as last written
   }
 
   update(runs, focused) {
@@ -95,11 +98,19 @@ export class RunList {
 
   // The config keys whose values differ between the runs listed that have a config: a remote
   // trainer's run has none, and would otherwise make every key look like a difference.
+  // Kept while the configs are the same objects: a run list update (once a second) changes counters, not
+  // configs, and comparing every key of every run's config as text took a few ms of the page's thread.
   differing(runs) {
     const configs = runs.map((r) => r.entry.config).filter((c) => c && Object.keys(c).length);
-    const keys = new Set(configs.flatMap((c) => Object.keys(c)));
-    return [...keys].filter((key) => !NOISE.test(key) &&
+    const known = this.differ;
+    if (known && known.configs.length === configs.length && known.configs.every((c, i) => c === configs[i])) {
+      return known.keys;
+    }
+    const all = new Set(configs.flatMap((c) => Object.keys(c)));
+    const keys = [...all].filter((key) => !NOISE.test(key) &&
       new Set(configs.map((c) => configText(c[key]))).size > 1).sort().slice(0, MAX_CONFIG_COLUMNS);
+    this.differ = { configs, keys };
+    return keys;
   }
 
   columns() {
@@ -126,33 +137,65 @@ export class RunList {
     const head = `<th></th>` + columns.map(([key, label]) =>
       `<th data-key="${key}" class="${key === column[0] ? (this.descending ? "desc" : "asc") : ""}">${escape(label)}</th>`)
       .join("");
-    const headRow = this.table.querySelector("thead tr");
-    if (headRow.innerHTML !== head) headRow.innerHTML = head;
-    this.table.querySelector("tbody").innerHTML = shown.map((r) => this.row(r, columns)).join("");
-    this.count.textContent = shown.length === this.runs.length ? countOf(this.runs.length)
+    if (this.head !== head) {
+      this.table.querySelector("thead tr").innerHTML = this.head = head;
+    }
+    this.place(shown.map((r) => this.row(r, columns)));
+    const count = shown.length === this.runs.length ? countOf(this.runs.length)
       : `${shown.length} of ${countOf(this.runs.length)}`;
+    if (this.count.textContent !== count) this.count.textContent = count;
   }
 
+  // The rows in this order, moving only those out of place. A list rebuilt from HTML at every update (once a
+  // second with live runs) cost the page a parse and a layout of the whole page in the next frame, and
+  // replaced the row under the pointer: a click whose press and release straddled an update was lost.
+  place(rows) {
+    const body = this.table.querySelector("tbody");
+    rows.forEach((tr, i) => { if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null); });
+    while (body.children.length > rows.length) body.lastElementChild.remove();
+    const ids = new Set(this.runs.map((r) => r.id));
+    for (const id of this.rows.keys()) if (!ids.has(id)) this.rows.delete(id);
+  }
+
+  // The run's row, its cells rewritten where what they show changed.
   row(run, columns) {
     const e = run.entry;
-    const cells = columns.map(([key, , , text]) => {
-      const value = escape(String(text(run)));
-      if (key === "state") {
-        const live = e.live ? (e.link === "offline" ? " (offline)" : "") : "";
-        return `<td><span class="pill ${STATE_CLASS[e.state] || ""}">${value}${live}</span></td>`;
-      }
-      if (key === "name") {
-        const note = e.note ? ` <span class="note" title="${escape(e.note)}">⚠ ${escape(e.note)}</span>`
-          : e.about ? ` <span class="note about" title="${escape(e.about)}">${escape(e.about)}</span>` : "";
-        return `<td class="name"><span class="swatch" style="background:${run.colour}"></span>${value}${note}</td>`;
-      }
-      if (key.startsWith("config:")) return `<td title="${escape(configText((e.config || {})[key.slice(7)]))}">${value}</td>`;
-      return `<td>${value}</td>`;
-    }).join("");
-    const focused = e.id === this.focused ? " focused" : "";
-    return `<tr data-id="${escape(e.id)}" class="${e.live ? "live" : ""}${focused}">` +
-      `<td><input type="checkbox" aria-label="show ${escape(e.name)} in the charts"${run.selected ? " checked" : ""}></td>` +
-      `${cells}</tr>`;
+    let tr = this.rows.get(e.id);
+    if (!tr) {
+      tr = document.createElement("tr");
+      tr.dataset.id = e.id;
+      this.rows.set(e.id, tr);
+    }
+    const box = `<input type="checkbox" aria-label="show ${escape(e.name)} in the charts">`;
+    const cells = [{ html: box }, ...columns.map((column) => this.cell(run, column))];
+    if (tr.cells.length !== cells.length) tr.replaceChildren(...cells.map(() => document.createElement("td")));
+    cells.forEach(({ html, cls = "", title = "" }, i) => {
+      const td = tr.cells[i];
+      if (td.made !== html) { td.innerHTML = html; td.made = html; }  // made: the HTML it was last given
+      if (td.className !== cls) td.className = cls;
+      if (td.title !== title) td.title = title;
+    });
+    tr.cells[0].firstChild.checked = run.selected;
+    const cls = (e.live ? "live" : "") + (e.id === this.focused ? " focused" : "");
+    if (tr.className !== cls) tr.className = cls;
+    return tr;
+  }
+
+  // One cell: {html, cls, title}.
+  cell(run, [key, , , text]) {
+    const e = run.entry;
+    const value = escape(String(text(run)));
+    if (key === "state") {
+      const live = e.live ? (e.link === "offline" ? " (offline)" : "") : "";
+      return { html: `<span class="pill ${STATE_CLASS[e.state] || ""}">${value}${live}</span>` };
+    }
+    if (key === "name") {
+      const note = e.note ? ` <span class="note" title="${escape(e.note)}">⚠ ${escape(e.note)}</span>`
+        : e.about ? ` <span class="note about" title="${escape(e.about)}">${escape(e.about)}</span>` : "";
+      return { html: `<span class="swatch" style="background:${run.colour}"></span>${value}${note}`, cls: "name" };
+    }
+    if (key.startsWith("config:")) return { html: value, title: configText((e.config || {})[key.slice(7)]) };
+    return { html: value };
   }
 }
 

@@ -42,3 +42,14 @@ def machine_busy() -> tuple[float, float]:
     with open("/proc/stat") as f:
         values = [int(v) for v in f.readline().split()[1:]]
     return sum(values) - values[3] - values[4], sum(values)
+
+
+def tcp_counters() -> dict[str, int]:
+    """The kernel's TCP extension counters of this network namespace (/proc/net/netstat ``TcpExt``).
+
+    Receive-queue drops, prunes and retransmission timeouts on loopback say whether a client's
+    buffer overflowed in the kernel, which the viewer cannot see.
+    """
+    with open("/proc/net/netstat") as f:
+        lines = [line.split() for line in f if line.startswith("TcpExt:")]
+    return {name: int(value) for name, value in zip(lines[0][1:], lines[1][1:], strict=True)}

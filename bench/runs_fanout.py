@@ -51,6 +51,7 @@ def diagnosis(result: Result) -> None:
         dropped = np.percentile([c["dropped"] for c in clients], (50, 95, 100))
         print(f"viewer clients at the end: {dict(kinds)}; boards dropped per client p50 / p95 / max "
               + " / ".join(f"{d:.0f}" for d in dropped))
+    print(f"viewer cpu {result.cpu:.0f}% of a core, of which {result.cpu_system:.0f}% in the kernel (its sends)")
     print("kernel TCP counters over the window: " + ", ".join(f"{k} {result.tcp.get(k, 0)}" for k in TCP))
 
 

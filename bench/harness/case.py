@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from harness.load import Results, clients, stalled
-from harness.machine import cpu_seconds, loadavg, machine_busy, rss_mb, run_delay, tcp_counters
+from harness.machine import cpu_seconds, cpu_split, loadavg, machine_busy, rss_mb, run_delay, tcp_counters
 from harness.processes import free_endpoint, free_port, spawned, wait_for
 from harness.servers import get_json, serving
 from harness.stream import FPS, publisher
@@ -51,6 +51,7 @@ class Result:
     at_read_ms: np.ndarray
     closed: int  # reading clients whose connection the server closed
     cpu: float  # server, % of one core over the window
+    cpu_system: float  # the part of ``cpu`` in the kernel (system calls: the sends), % of one core
     clients_cpu: float  # all client processes, % of one core
     machine: float  # all CPUs busy, % of one core (2 cores = 200)
     waited: float  # ms per second the server was runnable but waiting for a CPU (other processes ran)
@@ -121,7 +122,7 @@ def run_case(server: str, count: int, seconds: float, *, stalled_count: int = 0,
             pipe.send((t0, t1, t1 + grace))
         time.sleep(max(0.0, t0 - time.time()))
         pids = [proc.pid for proc, _ in readers]
-        cpu0, clients0, busy0, load = cpu_seconds(pid), sum(map(cpu_seconds, pids)), machine_busy(), loadavg()
+        cpu0, clients0, busy0, load = cpu_split(pid), sum(map(cpu_seconds, pids)), machine_busy(), loadavg()
         delay0, tcp0 = run_delay(pid), tcp_counters()
         rss: list[tuple[float, float]] = []
         slow: list[tuple[float, int, int]] = []
@@ -131,7 +132,7 @@ def run_case(server: str, count: int, seconds: float, *, stalled_count: int = 0,
                 clients_now = get_json(port, "/api/status")["clients"]
                 slow.append((now - t0, clients_now["slow"], clients_now["dropped"]))
             time.sleep(min(0.5, max(0.0, t1 - now)))
-        cpu1, clients1, busy1 = cpu_seconds(pid), sum(map(cpu_seconds, pids)), machine_busy()
+        cpu1, clients1, busy1 = cpu_split(pid), sum(map(cpu_seconds, pids)), machine_busy()
         delay1, tcp1 = run_delay(pid), tcp_counters()
         rss.append((seconds, rss_mb(pid)))
         path = "/api/status?clients=1" if diagnose else "/api/status"
@@ -156,7 +157,8 @@ def run_case(server: str, count: int, seconds: float, *, stalled_count: int = 0,
         shares=np.array(boards, dtype=float) / max(expected, 1), timed=np.array(timed, dtype=bool),
         at_socket_ms=np.array(timings["at_socket"]) * 1e3, at_read_ms=np.array(timings["at_read"]) * 1e3,
         sweeps_ms=np.array(timings["sweeps"]) * 1e3, light_read_kb=np.array(timings["light_reads"]) / 1024,
-        closed=closed, cpu=(cpu1 - cpu0) / seconds * 100, clients_cpu=(clients1 - clients0) / seconds * 100,
+        closed=closed, cpu=(sum(cpu1) - sum(cpu0)) / seconds * 100, cpu_system=(cpu1[1] - cpu0[1]) / seconds * 100,
+        clients_cpu=(clients1 - clients0) / seconds * 100,
         machine=(busy1[0] - busy0[0]) / ((busy1[1] - busy0[1]) or 1) * (os.cpu_count() or 1) * 100,
         waited=(delay1 - delay0) / seconds * 1e3, load=load, rss=rss, status=status, publishers=publishers,
         watch=watch, slow=slow, per_client=status.pop("per_client", []),

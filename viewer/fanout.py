@@ -306,22 +306,39 @@ class Client:
             self.fail("connection lost")
 
     async def _write_pending(self) -> None:
-        """Snapshots first (those whose history is still loading wait, without holding up other runs)."""
+        """What was kept for the runs the client has, then the snapshots due, until nothing is left.
+
+        While a snapshot waits for its turn in the byte budget (a crowd connecting at once waits
+        seconds), the client is on the fast path: the runs it already has stay live, and the due
+        one's messages are skipped (`takes`). A snapshot whose history is still loading waits
+        without holding up other runs.
+        """
         unready: set[str] = set()
         while True:
+            if self.queue or self.latest:
+                await self._write_kept()
+                continue
             due = next(iter(self.due - unready), None)
-            if due is not None:
-                parts = await self.fanout.budget.take(functools.partial(self._take_snapshot, due))
-                if parts is None:
-                    unready.add(due)
-                elif parts:
-                    await self._write_message(parts)
-            elif self.queue:
-                await self._write(self.queue.popleft().frame(self.legacy))
-            elif self.latest:
-                await self._write(self.latest.popitem()[1].frame(self.legacy))
-            else:
+            if due is None:
                 return
+            self.fast = True  # nothing kept: the broadcast may write, until the snapshot is taken
+            parts = await self.fanout.budget.take(functools.partial(self._take_snapshot, due))
+            if parts is None:
+                unready.add(due)
+            elif parts:
+                await self._write_message(parts)
+
+    async def _write_kept(self) -> None:
+        """Everything kept (the queue in order, then the newest board and heartbeat of each run) in one write.
+
+        One ``send`` per wake-up, as on the fast path, rather than one per message: a slow client
+        costs no more system calls than a fast one.
+        """
+        frames = [m.frame(self.legacy) for m in self.queue]
+        frames += [m.frame(self.legacy) for m in self.latest.values()]
+        self.queue.clear()
+        self.latest.clear()
+        await self._write(b"".join(frames), count=len(frames))
 
     def _take_snapshot(self, run: str) -> tuple[bytes, ...] | None:
         """The snapshot of ``run`` now; from now on its messages go to this client again."""
@@ -331,6 +348,8 @@ class Client:
         parts = self.fanout.source.snapshot(run, self.legacy)
         if parts is not None or run not in self.fanout.source.known():
             self.due.discard(run)
+        if parts:
+            self.fast = False  # the writer owns the transport until the snapshot's last fragment is out
         return parts
 
     async def _write_message(self, parts: tuple[bytes, ...]) -> None:
@@ -339,9 +358,10 @@ class Client:
         pieces = [memoryview(part)[i:i + chunk] for part in parts if part for i in range(0, len(part), chunk)]
         last = len(pieces) - 1
         for i, piece in enumerate(pieces):
-            await self._write(ws_frame(piece, TEXT if i == 0 else CONTINUATION, i == last), count=i == last)
+            await self._write(ws_frame(piece, TEXT if i == 0 else CONTINUATION, i == last), count=int(i == last))
 
-    async def _write(self, frame: bytes, count: bool = True) -> None:
+    async def _write(self, frame: bytes, count: int = 1) -> None:
+        """Write ``frame`` (``count`` messages), then wait until the client has read enough of what is buffered."""
         if self.ws.closed or self.transport.is_closing():
             raise ConnectionResetError("closed")
         self.transport.write(frame)
@@ -464,10 +484,12 @@ class Fanout:
                 client.resync(run)
 
     def ready(self, run: str) -> None:
-        """``run``'s history has loaded: wake the clients whose snapshot of it waited."""
+        """``run``'s history has loaded: wake the clients whose snapshot of it waited.
+
+        They stay on the fast path meanwhile: the writer task takes the transport only to write a snapshot.
+        """
         for client in self._all:
             if run in client.due:
-                client.fast = False
                 client.wake.set()
 
     def clients(self) -> tuple[Client, ...]:

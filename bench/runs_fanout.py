@@ -6,6 +6,11 @@ an episode every 0.5 s, metrics every second, heartbeats every 0.5 s). The clien
 boards a second each. The one-trainer row is bench/fanout.py's step at the same client count, in
 the same run, with one-run clients (plain ``/ws``). Frame share counts the boards of every trainer
 (received over posted in the window); latency is board ``t`` -> arrival at the client's socket.
+``sync s``: the start-up, from the last client connected to every client having its snapshots (the
+run list and each run's history, through the viewer's 8 MB/s snapshot budget); the 2 s warm-up and
+the window come after it. Until 2026-12-02 they came right after the last connection, and with 8
+runs the window held the end of the start-up: 71-98% of the boards for the slowest 5%, lost while
+clients still waited for snapshots (docs/PERFORMANCE.md section 6).
 Targets (issue 14): p99 < 50 ms and >= 95% of the frames with 8 trainers and 1,000 clients.
 
 ``--diagnose`` says which connections lose boards and why: the timed connections' shares next to the
@@ -28,6 +33,7 @@ from harness.tables import Column, Table, legend
 
 TRAINERS = Column("trainers", 8, lambda r: str(r.publishers))
 MODE = Column("mode", 7, lambda r: "runs" if r.watch else "one-run")
+SYNCED = Column("sync s", 6, lambda r: f"{r.synced:.1f}")
 TCP = ("TCPRcvQDrop", "PruneCalled", "RcvPruned", "TCPRcvCollapsed", "TCPBacklogDrop", "TCPTimeouts",
        "TCPZeroWindowDrop", "TCPToZeroWindowAdv", "TCPWantZeroWindowAdv")  # loopback trouble, if any
 
@@ -67,7 +73,7 @@ def main() -> None:
     pauses = {"warmup": 0.5, "grace": 0.5} if args.quick else {}
     print(legend())
     print(f"{trainers} trainers: every client watches every run and board ({trainers} x 30 boards/s)")
-    table = Table(TRAINERS, MODE, tables.CLIENTS, tables.SHARES, tables.CLOSED, tables.SOCKET, tables.CPU,
+    table = Table(TRAINERS, MODE, tables.CLIENTS, SYNCED, tables.SHARES, tables.CLOSED, tables.SOCKET, tables.CPU,
                   tables.CLIENTS_CPU, tables.RSS, tables.WAITED, tables.MACHINE, tables.LOAD)
     table.header()
     table.row(run_case("viewer", clients, seconds, **pauses))

@@ -499,7 +499,8 @@ class Fanout:
         clients = self._all
         slow = sum(not c.fast for c in clients)
         status: dict[str, Any] = {
-            "clients": len(clients), "slow": slow, "published": self.published,
+            "clients": len(clients), "slow": slow, "syncing": sum(bool(c.due) for c in clients),
+            "published": self.published,
             "sent": self.departed["sent"] + sum(c.sent for c in clients),
             "dropped": self.departed["dropped"] + sum(c.dropped for c in clients),
             "buffered": sum(c.transport.get_write_buffer_size() for c in clients),

@@ -66,6 +66,7 @@ class Result:
     slow: list[tuple[float, int, int]] = field(default_factory=list)  # viewer: (s since window start, slow, dropped)
     per_client: list[dict[str, Any]] = field(default_factory=list)  # the viewer's per-client status at the end
     tcp: dict[str, int] = field(default_factory=dict)  # the kernel's TCP counters over the window
+    synced: float = 0.0  # seconds from the last client connected to every client having its snapshots
 
     def pct(self, which: str, q: float) -> float:
         values = getattr(self, which)
@@ -90,6 +91,12 @@ def run_case(server: str, count: int, seconds: float, *, stalled_count: int = 0,
              publishers: int = 1, watch: bool = False, diagnose: bool = False) -> Result:
     """One measured run: ``count`` reading clients (+ ``stalled_count`` stalled) on ``server``.
 
+    The warm-up starts once every client has its snapshots (the viewer's ``syncing`` is 0): they
+    share the viewer's snapshot budget (8 MB/s), so 1,000 clients of 8 runs take seconds to get
+    theirs, and a run's boards reach a client only after its snapshot. Before 2026-12-02 the warm-up
+    started at the last connection, and with 8 runs the window held the end of that start-up
+    (docs/PERFORMANCE.md section 6).
+
     ``server``: "viewer" or "naive"; ``extra``: more viewer flags. About 250 connections are timed
     (every ``count // 250``-th), enough samples across the broadcast without the clients' own
     CPU crowding the viewer's. ``publishers``: live trainers the viewer follows (the frame share
@@ -112,6 +119,11 @@ def run_case(server: str, count: int, seconds: float, *, stalled_count: int = 0,
         for proc, pipe in readers:
             wait_for(pipe.poll, 120, 0.1, what="client process", alive=proc.is_alive)
             pipe.recv()
+        connected = time.monotonic()
+        if server == "viewer":  # the window measures the stream, not the crowd's start-up: see `Result.synced`
+            wait_for(lambda: get_json(port, "/api/status")["clients"]["syncing"] == 0, 300, 0.25,
+                     what="every client's snapshots")
+        synced = time.monotonic() - connected
         if stalled_count:
             proc, pipe = stack.enter_context(spawned(stalled, port, stalled_count))
             wait_for(pipe.poll, 120, 0.1, what="stalled clients", alive=proc.is_alive)
@@ -162,5 +174,5 @@ def run_case(server: str, count: int, seconds: float, *, stalled_count: int = 0,
         machine=(busy1[0] - busy0[0]) / ((busy1[1] - busy0[1]) or 1) * (os.cpu_count() or 1) * 100,
         waited=(delay1 - delay0) / seconds * 1e3, load=load, rss=rss, status=status, publishers=publishers,
         watch=watch, slow=slow, per_client=status.pop("per_client", []),
-        tcp={name: tcp1[name] - tcp0.get(name, 0) for name in tcp1})
+        tcp={name: tcp1[name] - tcp0.get(name, 0) for name in tcp1}, synced=synced)
 

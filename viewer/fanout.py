@@ -219,13 +219,15 @@ class Client:
             return True
         return self.watch.draws(run) if message.topic == "board" else self.watch.wants(run)
 
-    def key(self) -> int:
+    def key(self) -> int | tuple[int, frozenset[str]]:
         """Clients with the same key take the same messages: one joined write serves them all.
 
-        Equal watches are one object (`Fanout.interned`), so the key is an identity: no hashing
-        of run sets per client per broadcast.
+        Equal watches are one object (`Fanout.interned`), so with no snapshot due the key is an
+        identity: no hashing of run sets per client per broadcast. Clients waiting for the same
+        snapshots (a crowd connecting at once, all on the fast path meanwhile) share one too.
         """
-        return id(self if self.due else self.watch)
+        watch = id(self.watch)
+        return (watch, frozenset(self.due)) if self.due else watch
 
     def set_watch(self, watch: Watch) -> None:
         """Take a ``watch`` message: runs newly watched get a snapshot; the first one switches to runs mode."""

@@ -24,7 +24,8 @@ includes them. Clients that want the same thing share one joined write per burst
 Snapshots carry a run's whole history (hundreds of KB to megabytes), so
 they share one byte budget (`SnapshotBudget`): a crowd of browsers
 reconnecting at once is served one after another at `Limits.snapshot_rate`,
-not all at once.
+not all at once. A client waiting for its turn stays on the fast path for the
+runs it already has; its writer task takes the transport only to write a snapshot.
 
 Writing to the transport next to aiohttp's own `WebSocketWriter` is safe
 because, without compression, aiohttp writes every frame (including ping,

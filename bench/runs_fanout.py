@@ -73,7 +73,7 @@ def main() -> None:
     pauses = {"warmup": 0.5, "grace": 0.5} if args.quick else {}
     print(legend())
     print(f"{trainers} trainers: every client watches every run and board ({trainers} x 30 boards/s)")
-    table = Table(TRAINERS, MODE, tables.CLIENTS, SYNCED, tables.SHARES, tables.CLOSED, tables.SOCKET, tables.CPU,
+    table = Table(TRAINERS, MODE, tables.CLIENTS, tables.SHARES, tables.CLOSED, SYNCED, tables.SOCKET, tables.CPU,
                   tables.CLIENTS_CPU, tables.RSS, tables.WAITED, tables.MACHINE, tables.LOAD)
     table.header()
     table.row(run_case("viewer", clients, seconds, **pauses))

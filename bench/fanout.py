@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 from harness import tables
-from harness.case import Result, run_case
+from harness.case import QUICK_PAUSES, QUICK_SECONDS, Result, run_case
 from harness.tables import Table, legend
 
 LADDER = (250, 500, 1000, 2000, 3000)
@@ -35,12 +35,12 @@ def main() -> None:
     parser.add_argument("--stalled-seconds", type=float, default=30.0,
                         help="measured window with stalled clients (default 30: past the viewer's 10 s send timeout)")
     parser.add_argument("--max", type=int, default=LADDER[-1], help="highest step of the ladder")
-    parser.add_argument("--quick", action="store_true", help="a smoke test: 20 clients, 1 s per run")
+    parser.add_argument("--quick", action="store_true", help="a smoke test: 20 clients, 0.5 s per run")
     args = parser.parse_args()
     ladder = (20,) if args.quick else tuple(n for n in LADDER if n <= args.max)
     reading, stalled = (18, 2) if args.quick else (900, 100)
-    seconds, stalled_seconds = (1.0, 1.0) if args.quick else (args.seconds, args.stalled_seconds)
-    pauses = {"warmup": 0.5, "grace": 0.5} if args.quick else {}
+    seconds, stalled_seconds = (QUICK_SECONDS,) * 2 if args.quick else (args.seconds, args.stalled_seconds)
+    pauses = QUICK_PAUSES if args.quick else {}
     print(legend())
     print("min/p5/med %: boards received over boards posted in the window, per client: the slowest, the slowest "
           "5%'s best, the median; closed: connections the server closed")

@@ -17,7 +17,7 @@ import argparse
 import math
 
 from harness import tables
-from harness.case import Result, run_case
+from harness.case import QUICK_PAUSES, QUICK_SECONDS, Result, run_case
 from harness.tables import Table, legend
 
 TARGETS_MS = {100: 20.0, 1000: 50.0}  # p99
@@ -26,10 +26,10 @@ TARGETS_MS = {100: 20.0, 1000: 50.0}  # p99
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0, help="measured window per run (default 15)")
-    parser.add_argument("--quick", action="store_true", help="a smoke test: 1 and 20 clients, 1 s each")
+    parser.add_argument("--quick", action="store_true", help="a smoke test: 1 and 20 clients, 0.5 s each")
     args = parser.parse_args()
-    counts, seconds = ((1, 20), 1.0) if args.quick else ((1, 100, 1000), args.seconds)
-    pauses = {"warmup": 0.5, "grace": 0.5} if args.quick else {}
+    counts, seconds = ((1, 20), QUICK_SECONDS) if args.quick else ((1, 100, 1000), args.seconds)
+    pauses = QUICK_PAUSES if args.quick else {}
     print(legend())
     table = Table(tables.SERVER, tables.CLIENTS, tables.SAMPLES, tables.SOCKET, tables.READ, tables.SHARES[0],
                   tables.CPU, tables.WAITED, tables.CLIENTS_CPU, tables.MACHINE, tables.LOAD)

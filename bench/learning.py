@@ -145,16 +145,16 @@ def main() -> None:
     parser.add_argument("--curve-pieces", type=int, default=2_000, help="piece cap of each learning-curve game")
     parser.add_argument("--checkpoint-every", type=int, default=25_000, help="timesteps between periodic checkpoints")
     parser.add_argument("--no-resume-arm", action="store_true", help="skip the kill -9 and resume arm")
-    parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about half a minute")
     args = parser.parse_args()
     curve_every = 1.0
-    if args.quick:
-        args.minutes, args.seeds, args.games, args.max_pieces = 0.2, args.seeds[:1], 2, 200
-        args.curve_games, args.curve_pieces, args.checkpoint_every, curve_every = 1, 100, 200, 0.1
+    if args.quick:  # 6 s per arm still writes periodic checkpoints, a kill after the first, and several curve points
+        args.minutes, args.seeds, args.games, args.max_pieces = 0.1, args.seeds[:1], 2, 200
+        args.curve_games, args.curve_pieces, args.checkpoint_every, curve_every = 1, 100, 200, 0.05
     config = cfg.load(args.config, args.overrides)
     workers = default_workers(args.games, args.max_pieces)
 
-    speed = env_speed(2.0 if args.quick else 10.0)
+    speed = env_speed(0.5 if args.quick else 10.0)
     arm_names = ["straight"] if args.no_resume_arm else ["straight", "resumed"]
     with tempfile.TemporaryDirectory(prefix="tetriszmq-learning-") as tmp:
         arms = [Arm(name, seed, Path(tmp) / f"{name}-{seed}") for seed in args.seeds for name in arm_names]

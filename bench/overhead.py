@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing as mp
+import resource
 import statistics
 import tempfile
 import threading
@@ -54,7 +55,7 @@ from tetriszmq.recorder import placement_callbacks
 from tetriszmq.stream.callback import StreamCallback
 from tetriszmq.tetris.envs import make_vec_env
 
-Variant = Callable[[], tuple[object, Callable[[], None]]]  # makes a run's callback (None: none) and its cleanup
+Variant = Callable[[], tuple[list[BaseCallback], Callable[[], None]]]  # makes a run's callbacks and their cleanup
 
 
 def subscriber(endpoint: str, ready: mp.Event, stop: mp.Event) -> None:
@@ -122,19 +123,23 @@ class CostAccount(CallbackList):
     ``in_callback``: seconds the training thread spent in the callback's ``on_step``;
     ``gil_cpu`` and ``zmq_cpu``: CPU seconds of the process's other Python threads (broker,
     mp.Queue's feeder) and of libzmq's I/O threads while training ran, read before the
-    callback's own ``on_training_end`` stops them. Training can lose at most the callback's
+    callback's own ``on_training_end`` stops them; ``preempted``: the training thread's involuntary
+    context switches (another thread or process took its CPU: where a woken broker runs when the
+    other core is busy, see docs/PERFORMANCE.md). Training can lose at most the callback's
     time plus the Python threads' (they take the GIL from it); unlike the wall-clock ratios,
     these do not move with the machine's load.
     """
 
-    def __init__(self, callback: BaseCallback | None) -> None:
-        super().__init__([callback] if callback is not None else [])
+    def __init__(self, callbacks: list[BaseCallback]) -> None:
+        super().__init__(callbacks)  # one list, as the trainer's: a nested CallbackList costs ~0.3 us a step
         self.in_callback = self.gil_cpu = self.zmq_cpu = 0.0
+        self.preempted = 0
         self._cpu_at_start: dict[tuple[int, bool], float] = {}
 
     def _on_training_start(self) -> None:
         super()._on_training_start()
         self._cpu_at_start = other_threads_cpu()
+        self.preempted = -resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
 
     def _on_step(self) -> bool:
         start = time.perf_counter()
@@ -143,6 +148,7 @@ class CostAccount(CallbackList):
         return go_on
 
     def _on_training_end(self) -> None:
+        self.preempted += resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
         for key, seconds in other_threads_cpu().items():
             used = seconds - self._cpu_at_start.get(key, 0.0)
             if key[1]:
@@ -158,6 +164,7 @@ class Run:
     in_callback: float  # share of learn()'s wall time spent in the callback
     gil_cpu: float  # other Python threads' CPU time, as a share of learn()'s wall time
     zmq_cpu: float  # libzmq's I/O threads' CPU time, likewise
+    preempted: float  # the training thread's involuntary context switches per second
 
     @property
     def cost(self) -> float:
@@ -169,22 +176,22 @@ def run_once(config: cfg.Config, steps: int, make_callback: Variant) -> Run:
     """Train a fresh model for ``steps``, timing ``learn`` alone and booking the callback's costs."""
     env = make_vec_env(config.env, config.run.seed)
     model = agents.build_model(config.agent, env, config.run.seed)
-    callback, cleanup = make_callback()
-    account = CostAccount(callback)
+    callbacks, cleanup = make_callback()
+    account = CostAccount(callbacks)
     start = time.perf_counter()
     model.learn(steps, callback=account)
     elapsed = time.perf_counter() - start
     cleanup()
     env.close()
     return Run(model.num_timesteps / elapsed, account.in_callback / elapsed, account.gil_cpu / elapsed,
-               account.zmq_cpu / elapsed)
+               account.zmq_cpu / elapsed, account.preempted / elapsed)
 
 
 def stream(board_fps: float, subscribers: int,
            placement: bool = False) -> Variant:
     """StreamCallback with ``subscribers`` reading it; with ``placement``, next to the trainer's placement
     callbacks (records in a temporary folder, board stats, candidates)."""
-    def make() -> tuple[object, Callable[[], None]]:
+    def make() -> tuple[list[BaseCallback], Callable[[], None]]:
         pub = free_endpoint()
         stop = mp.Event()
         readies = [mp.Event() for _ in range(subscribers)]
@@ -196,7 +203,7 @@ def stream(board_fps: float, subscribers: int,
         for ready in readies:  # every subscriber connected and idle before the clock starts
             ready.wait(120)
         records = tempfile.TemporaryDirectory(prefix="overhead-records-")
-        callbacks = CallbackList([callback, *placement_callbacks(Path(records.name), 0)]) if placement else callback
+        callbacks = [callback, *placement_callbacks(Path(records.name), 0)] if placement else [callback]
 
         def cleanup() -> None:
             stop.set()
@@ -208,7 +215,7 @@ def stream(board_fps: float, subscribers: int,
 
 
 def queue_design(board_fps: float) -> Variant:
-    def make() -> tuple[object, Callable[[], None]]:
+    def make() -> tuple[list[BaseCallback], Callable[[], None]]:
         queue: mp.Queue = mp.Queue()
         ready = mp.Event()
         reader = mp.Process(target=queue_reader, args=(queue, ready), daemon=True)
@@ -218,12 +225,12 @@ def queue_design(board_fps: float) -> Variant:
         def cleanup() -> None:
             queue.put(None)
             reader.join(10)
-        return QueueCallback(queue, board_fps), cleanup
+        return [QueueCallback(queue, board_fps)], cleanup
     return make
 
 
-def no_callback() -> tuple[object, Callable[[], None]]:
-    return None, lambda: None
+def no_callback() -> tuple[list[BaseCallback], Callable[[], None]]:
+    return [], lambda: None
 
 
 class EmptyCallback(BaseCallback):
@@ -311,8 +318,10 @@ def main() -> None:
     print("the training thread's time in the callback, other Python threads' CPU (they hold the GIL), libzmq's")
     print("I/O threads' CPU (C++, no GIL: another core's); bound: the ratio if callback and GIL time beyond (a)'s "
           "were lost")
+    print("preempted/s: the training thread's involuntary context switches a second; about 30 more than (a)'s when "
+          "each hand-off's broker takes training's CPU (the other core busy)")
     print(f"{'variant':<36} {'steps/s':>8} {'wall ratio':>11} {'(min)':>7} {'in callback':>12} "
-          f"{'GIL threads':>12} {'zmq I/O':>8} {'bound':>7}")
+          f"{'GIL threads':>12} {'zmq I/O':>8} {'bound':>7} {'preempted/s':>12}")
     base_cost = statistics.median(r.cost for r in base)
     for name in variants:
         rows = runs[name]
@@ -321,9 +330,11 @@ def main() -> None:
         print(f"{name:<36} {statistics.median(r.rate for r in rows):>8,.0f} {statistics.median(wall):>11.3f} "
               f"{min(wall):>7.3f} {statistics.median(r.in_callback for r in rows):>12.2%} "
               f"{statistics.median(r.gil_cpu for r in rows):>12.2%} {statistics.median(r.zmq_cpu for r in rows):>8.2%} "
-              f"{1 / (1 + max(cost, 0.0)):>7.3f}")
+              f"{1 / (1 + max(cost, 0.0)):>7.3f} {statistics.median(r.preempted for r in rows):>12.0f}")
 
 
 if __name__ == "__main__":
-    mp.set_start_method("spawn")
+    # Children make their own ZeroMQ contexts, so no plain fork. A fork server imports this script (torch, SB3) once
+    # and forks the 14 subscriber and queue-reader processes from it; spawn would import it again in each.
+    mp.set_start_method("forkserver")
     main()

@@ -72,10 +72,10 @@ def main() -> int:
     parser.add_argument("--live", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0, help="the redraw cost window (default 20)")
     parser.add_argument("--dir", type=Path, help="the runs folder (kept, and its finished runs reused)")
-    parser.add_argument("--quick", action="store_true", help="3 finished runs of 2,000 episodes, 2 live, 3 s")
+    parser.add_argument("--quick", action="store_true", help="3 finished runs of 2,000 episodes, 1 live, 1 s")
     args = parser.parse_args()
     if args.quick:
-        args.finished, args.episodes, args.live, args.seconds = 3, 2_000, 2, 3.0
+        args.finished, args.episodes, args.live, args.seconds = 3, 2_000, 1, 1.0
     from playwright.sync_api import sync_playwright
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-page-"))

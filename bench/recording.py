@@ -73,7 +73,7 @@ def callback_parts(config: cfg.Config, model, steps: int) -> None:
             obs, _, terminated, truncated, info = env.step(int(np.flatnonzero(obs["mask"])[0]))
             if terminated or truncated:
                 break
-        recorder: EpisodeRecorder = callbacks.callbacks[0]
+        recorder: EpisodeRecorder = callbacks.callbacks[0].recorder
         done = {"dones": np.ones(1, bool), "infos": [info]}
         callbacks.update_locals(done)
         ended = per_call(lambda: recorder._episodes_ended(done["dones"], done["infos"]), 1_000)
@@ -116,11 +116,11 @@ def throughput(config: cfg.Config, steps: int, rounds: int) -> None:
         for name in sorted(rates, reverse=bool(r % 2)):
             env = make_vec_env(config.env, config.run.seed)
             model = agents.build_model(config.agent, env, config.run.seed)
-            callback, cleanup = stream(config.publish.board_fps, 1)()
+            callbacks, cleanup = stream(config.publish.board_fps, 1)()
             with tempfile.TemporaryDirectory() as folder:
                 extra = placement_callbacks(Path(folder), 0) if name.startswith("b") else []
                 start = time.perf_counter()
-                model.learn(steps, callback=CallbackList([callback, *extra]))
+                model.learn(steps, callback=CallbackList([*callbacks, *extra]))
                 rates[name].append(model.num_timesteps / (time.perf_counter() - start))
             cleanup()
             env.close()

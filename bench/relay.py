@@ -234,7 +234,7 @@ def restart(trainers: int, followers: int, steady: float, log: Path, runs_dir: P
             stack.enter_context(spawned(functools.partial(publisher, relay=spec(up), journal=str(journal)),
                                         f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}", 30.0))
         pipes = [stack.enter_context(spawned(follower, down))[1] for _ in range(followers)]
-        wait_for(lambda: all(len(held) == trainers for held in report(pipes)), 120, every=0.5,
+        wait_for(lambda: all(len(held) == trainers for held in report(pipes)), 120, every=0.1,
                  what="every follower follows every run")
         time.sleep(steady)
         first.kill()

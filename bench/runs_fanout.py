@@ -28,7 +28,7 @@ from collections import Counter
 
 import numpy as np
 from harness import tables
-from harness.case import Result, run_case
+from harness.case import QUICK_PAUSES, QUICK_SECONDS, Result, run_case
 from harness.tables import Column, Table, legend
 
 TRAINERS = Column("trainers", 8, lambda r: str(r.publishers))
@@ -66,11 +66,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--trainers", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window per row (default 10)")
-    parser.add_argument("--quick", action="store_true", help="a smoke test: 2 trainers, 20 clients, 1 s")
+    parser.add_argument("--quick", action="store_true", help="a smoke test: 2 trainers, 20 clients, 0.5 s")
     parser.add_argument("--diagnose", action="store_true", help="which connections lose boards, and why (above)")
     args = parser.parse_args()
-    clients, trainers, seconds = (20, 2, 1.0) if args.quick else (args.clients, args.trainers, args.seconds)
-    pauses = {"warmup": 0.5, "grace": 0.5} if args.quick else {}
+    clients, trainers, seconds = (20, 2, QUICK_SECONDS) if args.quick else (args.clients, args.trainers, args.seconds)
+    pauses = QUICK_PAUSES if args.quick else {}
     print(legend())
     print(f"{trainers} trainers: every client watches every run and board ({trainers} x 30 boards/s)")
     table = Table(TRAINERS, MODE, tables.CLIENTS, tables.SHARES, tables.CLOSED, SYNCED, tables.SOCKET, tables.CPU,

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from stable_baselines3.common.callbacks import BaseCallback
 
 from tetriszmq.config import EnvSection
-from tetriszmq.recorder import EpisodeRecorder
+from tetriszmq.recorder import EpisodeRecorder, PlacementCallbacks
 from tetriszmq.replay import check, simulate
 from tetriszmq.tetris import records
 from tetriszmq.tetris.dellacherie import Dellacherie
@@ -115,6 +117,45 @@ def end_episodes(recorder: EpisodeRecorder, lines: list[int]) -> None:
                                features=(), max_pieces=0)
         recorder.update_locals({"dones": np.ones(1, bool), "infos": [{"episode_record": record}]})
         recorder.on_step()
+
+
+class Probe(BaseCallback):
+    """Notes the ``infos`` of every step it is called on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[dict]] = []
+
+    def _on_step(self) -> bool:
+        self.seen.append(self.locals["infos"])
+        return True
+
+
+def test_the_placement_callbacks_run_on_steps_that_end_an_episode_or_owe_a_flush_and_on_no_other(tmp_path):
+    recorder, probe = EpisodeRecorder(tmp_path, flush_every=0.05), Probe()
+    callbacks = PlacementCallbacks(recorder, probe)
+    callbacks.init_callback(SimpleNamespace(num_timesteps=0, get_env=lambda: None, logger=None))
+    callbacks.on_training_start({}, {})
+    quiet = {"dones": np.zeros(1, bool), "infos": [{}]}
+
+    def step(step_locals: dict) -> None:
+        callbacks.update_locals(step_locals)
+        callbacks.on_step()
+
+    for _ in range(100):
+        step(quiet)
+    assert probe.seen == []
+    record = EpisodeRecord(seed=1, actions=bytes([20]), lines=3, score=1.0, pieces=1, end="game over",
+                           features=(), max_pieces=0)
+    step({"dones": np.ones(1, bool), "infos": [{"episode_record": record}]})
+    assert probe.seen == [[{"episode_record": record}]]  # called once, with that step's locals
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "best.rec").exists() and time.monotonic() < deadline:
+        step(quiet)  # no episode ends: the flush that fell due still happens
+        recorder._writer._jobs.join()
+    callbacks.on_training_end()
+    assert records.read(tmp_path / "best.rec").lines == 3
+    assert all(seen == [{}] for seen in probe.seen[1:])
 
 
 def test_a_stalled_disk_never_stalls_training_and_a_clean_stop_writes_every_record(tmp_path, monkeypatch):

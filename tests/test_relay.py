@@ -177,7 +177,7 @@ def test_two_trainers_behind_a_relay_stream_stop_and_survive_its_kill(four_hosts
         relay.kill()
         relay.start()
         restarted = time.time()
-        wait_for(lambda: all(held["heard"] > restarted for held in client.report().values()), 120, every=0.5,
+        wait_for(lambda: all(held["heard"] > restarted for held in client.report().values()), 120, every=0.1,
                  what="the client hears both runs again")  # in seq order: any gap filled by a snapshot first
 
         stopped = ctl(client_host, relay, "stop", "--run", lineage(a), *curve(relay_keys, "client"))
@@ -186,11 +186,11 @@ def test_two_trainers_behind_a_relay_stream_stop_and_survive_its_kill(four_hosts
         status = lambda: orjson.loads(ctl(client_host, relay, "status", "--run", lineage(b),  # noqa: E731
                                           *curve(relay_keys, "client")).stdout)
         before = status()["timesteps"]
-        wait_for(lambda: status()["timesteps"] > before, 120, every=0.5, what="the other run trains on")
+        wait_for(lambda: status()["timesteps"] > before, 120, every=0.1, what="the other run trains on")
         assert status()["state"] in TRAINING and b.proc.poll() is None
 
         run_a, run_b = (orjson.loads((t.run_dir / "run.json").read_bytes())["run"] for t in (a, b))
-        wait_for(lambda: client.report()[run_a]["state"] == "stopped", 60, every=0.5, what="the stop seen")
+        wait_for(lambda: client.report()[run_a]["state"] == "stopped", 60, every=0.1, what="the stop seen")
         runs = client.report()
         assert set(runs) == {run_a, run_b}
         for trainer, run in ((a, run_a), (b, run_b)):
@@ -224,7 +224,7 @@ def test_a_viewer_of_the_relay_shows_every_trainer_stops_and_resumes_one_and_sur
     viewer = viewers(None, None, "--relay", relay.viewers, *curve(relay_keys, "client"), "--token", "relay-test",
                      prefix=tuple(client_host.prefix()))
     wait_for(lambda: {i: r["link"] for i, r in relayed_runs(viewer).items()} == dict.fromkeys(ids, "online"), 120,
-             every=0.5, what="both trainers behind the relay listed, online")
+             every=0.1, what="both trainers behind the relay listed, online")
     processes = {orjson.loads((t.run_dir / "run.json").read_bytes())["run"] for t in (a, b)}
     lines = viewer.watch(seconds=60, live=200)
     assert {line["run"] for line in lines if line["topic"] == "board"} == processes
@@ -232,13 +232,13 @@ def test_a_viewer_of_the_relay_shows_every_trainer_stops_and_resumes_one_and_sur
     assert viewer.control("stop", id_a) == {"status": 200, "reply": {"ok": True, "state": "stopping",
                                                                             "run": id_a}}
     assert a.wait(120) == 0
-    wait_for(lambda: relayed_runs(viewer)[id_a]["state"] == "stopped", 60, every=0.5, what="the stop seen")
+    wait_for(lambda: relayed_runs(viewer)[id_a]["state"] == "stopped", 60, every=0.1, what="the stop seen")
 
     relay.kill()
     relay.start()
     restarted = time.time()
     heard = lambda: next(t for t in viewer.status()["trainers"] if t["id"] == id_b)  # noqa: E731
-    wait_for(lambda: heard()["last_heard"] > restarted and not heard()["syncing"], 120, every=0.5,
+    wait_for(lambda: heard()["last_heard"] > restarted and not heard()["syncing"], 120, every=0.1,
              what="the viewer hears the other run through the new relay")
     assert viewer.control("pause", id_b)["reply"]["state"] == "paused"
     assert viewer.control("resume", id_b)["reply"]["state"] == "running"
@@ -250,13 +250,13 @@ def test_a_viewer_of_the_relay_shows_every_trainer_stops_and_resumes_one_and_sur
     trainers(*LONG, "--resume", "--relay", relay.trainers, *curve(relay_keys, "node"), run_dir=a.run_dir,
              prefix=node_a.prefix())
     wait_for(lambda: relayed_runs(viewer)[id_a]["live"] and relayed_runs(viewer)[id_a]["episodes"] > stopped_with,
-             120, every=0.5, what="the resumed run goes on under its id")
+             120, every=0.1, what="the resumed run goes on under its id")
     assert relayed_runs(viewer)[id_a]["process"] == orjson.loads((a.run_dir / "run.json").read_bytes())["run"]
 
     b.proc.kill()
     b.wait()
     wait_for(lambda: relayed_runs(viewer)[id_b]["link"] == "offline", 60, every=0.2, what="silence shown offline")
-    wait_for(lambda: relayed_runs(viewer)[id_b]["state"] == "crashed", 60, every=0.5, what="then crashed")
+    wait_for(lambda: relayed_runs(viewer)[id_b]["state"] == "crashed", 60, every=0.1, what="then crashed")
     assert not relayed_runs(viewer)[id_b]["live"] and set(relayed_runs(viewer)) == set(ids)
     assert "Traceback" not in viewer.output()
 
@@ -487,11 +487,11 @@ def test_the_readmes_relay_commands_work_as_written(tmp_path):
                                                 env={**os.environ, "PYTHONUNBUFFERED": "1"}), tmp_path / "viewer.log")
     try:
         listed = lambda: orjson.loads(subprocess.run(runs, capture_output=True, timeout=60).stdout)["runs"]  # noqa: E731
-        wait_for(listed, 120, every=0.5, what="the trainer listed", alive=lambda: trainer.poll() is None)
+        wait_for(listed, 120, every=0.1, what="the trainer listed", alive=lambda: trainer.poll() is None)
         run = listed()[0]["lineage"]
         viewer.wait_ready()
         wait_for(lambda: [(r["id"], r["link"]) for r in relayed_runs(viewer).values()] == [(f"trainer~{run}",
-                 "online")], 60, every=0.5, what="the viewer shows the run behind the relay")
+                 "online")], 60, every=0.1, what="the viewer shows the run behind the relay")
         stopped = subprocess.run([arg.replace("RUN", run) for arg in stop], capture_output=True, timeout=60)
         assert orjson.loads(stopped.stdout) == {"ok": True, "state": "stopping"}
         assert trainer.wait(120) == 0
@@ -509,7 +509,7 @@ def test_a_stream_callback_in_anyones_script_joins_a_relay_and_obeys_through_it(
     user = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
     control = loopback.viewers.split(",")[1]
     try:
-        wait_for(lambda: request(control, "runs")["runs"], 120, every=0.5, what="the script's hello",
+        wait_for(lambda: request(control, "runs")["runs"], 120, every=0.1, what="the script's hello",
                  alive=lambda: user.poll() is None)
         (listed,) = request(control, "runs")["runs"]
         assert listed["run"].startswith("cartpole-")

@@ -69,7 +69,7 @@ def test_every_run_in_the_folder_is_listed_new_ones_appear_and_stop_acts_on_the_
     assert all(runs[f"seed-{i}"]["link"] == "online" and runs[f"seed-{i}"]["live"] for i in range(3))
 
     late = trainers(*LONG, run_dir=root / "late")
-    wait_for(lambda: listed(viewer).get("late", {}).get("link") == "online", timeout=60, every=0.5,
+    wait_for(lambda: listed(viewer).get("late", {}).get("link") == "online", timeout=60, every=0.1,
              what="a trainer started after the viewer")  # the viewer rescans every second
     wait_for(lambda: listed(viewer)["late"]["state"] in TRAINING, timeout=60, what="the late trainer training")
 

@@ -6,14 +6,14 @@ import asyncio
 import base64
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 import zmq
-from conftest import free_port, wait_for
+from conftest import TrainerProcess, free_port, reap, start_trainer, wait_for
 from viewer_support import Recorder, ViewerProcess, connect, fetch_status, journal
 
 from tetriszmq.stream.broker import Broker
@@ -72,50 +72,6 @@ def test_a_client_attached_late_gets_the_runs_history_from_its_start(trainers, v
             assert early.history(topic) == truth
 
     run(body)
-
-
-def test_two_viewers_relay_the_same_seq_stream(trainers, viewers):
-    trainer = trainers(*LONG)
-    first, second = viewers(trainer.pub, trainer.ctl), viewers(trainer.pub, trainer.ctl)
-
-    async def body(session: aiohttp.ClientSession) -> None:
-        clients = [await connect(session, first), await connect(session, second)]
-        for client in clients:
-            await client.until(lambda m: m["topic"] == "snapshot" and m["run"] is not None, timeout=60)
-        for client in clients:
-            await client.until(lambda m: is_episode(m) and m["episode"] >= 15, timeout=60)
-        live = [{(m["topic"], m["seq"]) for m in c.messages if "seq" in m and m["topic"] != "snapshot"}
-                for c in clients]
-        start = max(min(seq for _, seq in seqs) for seqs in live)
-        end = min(max(seq for _, seq in seqs) for seqs in live)
-        window = [{item for item in seqs if start <= item[1] <= end} for seqs in live]
-        assert window[0] == window[1]
-        assert sorted(seq for _, seq in window[0]) == list(range(start, end + 1)), "a healthy client lost messages"
-
-    run(body)
-
-
-def test_killing_a_viewer_leaves_the_trainer_training(trainers, viewers, subscribe):
-    trainer = trainers(*LONG)
-    doomed, survivor = viewers(trainer.pub, trainer.ctl), viewers(trainer.pub, trainer.ctl)
-
-    async def body(session: aiohttp.ClientSession) -> None:
-        watcher = await connect(session, survivor)
-        await watcher.until(is_episode, timeout=60)
-        victim = await connect(session, doomed)
-        await victim.until(is_episode)
-        doomed.proc.kill()
-        doomed.proc.wait(10)
-        with pytest.raises(ConnectionError):
-            await victim.until(lambda m: False, timeout=10)
-        before = watcher.messages[-1]["seq"]
-        after = await watcher.until(lambda m: is_episode(m) and m["seq"] > before + 20)
-        assert trainer.proc.poll() is None and after["timesteps"] > 0
-
-    run(body)
-    sub = subscribe(trainer.pub, (b"heartbeat:",))
-    _, beat = sub.recv(10)
-    sub.until(lambda _, later: later["timesteps"] > beat["timesteps"], timeout=20)
 
 
 def test_a_restarted_trainer_is_picked_up_as_a_new_run(trainers, viewers):
@@ -214,27 +170,6 @@ def test_control_needs_the_token_and_stop_stops_the_trainer(trainers, viewers):
     assert trainer.wait(60) == 0
 
 
-def test_garbage_from_a_browser_closes_at_most_its_own_connection(trainers, viewers):
-    trainer = trainers(*LONG)
-    viewer = viewers(trainer.pub, trainer.ctl)
-
-    async def body(session: aiohttp.ClientSession) -> None:
-        bystander, rude = await connect(session, viewer), await connect(session, viewer)
-        await rude.until(lambda m: m["topic"] == "board", timeout=60)
-        await rude.ws.send_str("{not json")
-        await rude.ws.send_bytes(b"\x00\xff" * 10)
-        await rude.until(lambda m: m["topic"] == "board")
-        assert [c["ignored"] for c in viewer.status()["clients"]["per_client"]] in ([0, 2], [2, 0])
-        await rude.ws.send_str("x" * 10_000)
-        with pytest.raises(ConnectionError, match="1009"):
-            await rude.until(lambda m: False, timeout=10)
-        before = len(bystander.messages)
-        await bystander.until(lambda m: is_episode(m) and len(bystander.messages) > before + 50)
-        assert viewer.status()["clients"]["clients"] == 1
-
-    run(body)
-
-
 def test_status_reports_the_viewer_the_trainer_link_and_the_clients(viewers):
     pub, ctl = endpoints()
     viewer = viewers(pub, ctl)
@@ -297,3 +232,78 @@ def test_a_failed_handshake_is_explained_by_which_side_uses_curve():
     assert "security mismatch" in handshake_problem(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, mismatch, curve=True)
     assert "--curve-server-key the trainer's public key" in handshake_problem(no_detail, 0, curve=True)
     assert "refused this viewer's CURVE key" in handshake_problem(zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400, curve=True)
+
+# --- tests that share one long run ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def training(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerProcess]:
+    """One long run that the tests below watch through their own viewers and leave training (as test_trainer.py's
+    `training`): each trainer start costs an interpreter, torch and a first episode. They come last, so that it
+    trains only while they run."""
+    trainer = start_trainer(tmp_path_factory.mktemp("training") / "run", "--set", "train.max_timesteps=10000000")
+    yield trainer
+    reap([trainer.proc])
+
+
+def test_two_viewers_relay_the_same_seq_stream(training, viewers):
+    first, second = viewers(training.pub, training.ctl), viewers(training.pub, training.ctl)
+
+    async def body(session: aiohttp.ClientSession) -> None:
+        clients = [await connect(session, first), await connect(session, second)]
+        for client in clients:
+            await client.until(lambda m: m["topic"] == "snapshot" and m["run"] is not None, timeout=60)
+        first_episode = (await clients[0].until(is_episode, timeout=60))["episode"]  # the shared run is under way
+        for client in clients:
+            await client.until(lambda m: is_episode(m) and m["episode"] >= first_episode + 15, timeout=60)
+        live = [{(m["topic"], m["seq"]) for m in c.messages if "seq" in m and m["topic"] != "snapshot"}
+                for c in clients]
+        start = max(min(seq for _, seq in seqs) for seqs in live)
+        end = min(max(seq for _, seq in seqs) for seqs in live)
+        window = [{item for item in seqs if start <= item[1] <= end} for seqs in live]
+        assert window[0] == window[1]
+        assert sorted(seq for _, seq in window[0]) == list(range(start, end + 1)), "a healthy client lost messages"
+
+    run(body)
+
+
+def test_killing_a_viewer_leaves_the_trainer_training(training, viewers, subscribe):
+    doomed, survivor = viewers(training.pub, training.ctl), viewers(training.pub, training.ctl)
+
+    async def body(session: aiohttp.ClientSession) -> None:
+        watcher = await connect(session, survivor)
+        await watcher.until(is_episode, timeout=60)
+        victim = await connect(session, doomed)
+        await victim.until(is_episode)
+        doomed.proc.kill()
+        doomed.proc.wait(10)
+        with pytest.raises(ConnectionError):
+            await victim.until(lambda m: False, timeout=10)
+        before = watcher.messages[-1]["seq"]
+        after = await watcher.until(lambda m: is_episode(m) and m["seq"] > before + 20)
+        assert training.proc.poll() is None and after["timesteps"] > 0
+
+    run(body)
+    sub = subscribe(training.pub, (b"heartbeat:",))
+    _, beat = sub.recv(10)
+    sub.until(lambda _, later: later["timesteps"] > beat["timesteps"], timeout=20)
+
+
+def test_garbage_from_a_browser_closes_at_most_its_own_connection(training, viewers):
+    viewer = viewers(training.pub, training.ctl)
+
+    async def body(session: aiohttp.ClientSession) -> None:
+        bystander, rude = await connect(session, viewer), await connect(session, viewer)
+        await rude.until(lambda m: m["topic"] == "board", timeout=60)
+        await rude.ws.send_str("{not json")
+        await rude.ws.send_bytes(b"\x00\xff" * 10)
+        await rude.until(lambda m: m["topic"] == "board")
+        assert [c["ignored"] for c in viewer.status()["clients"]["per_client"]] in ([0, 2], [2, 0])
+        await rude.ws.send_str("x" * 10_000)
+        with pytest.raises(ConnectionError, match="1009"):
+            await rude.until(lambda m: False, timeout=10)
+        before = len(bystander.messages)
+        await bystander.until(lambda m: is_episode(m) and len(bystander.messages) > before + 50)
+        assert viewer.status()["clients"]["clients"] == 1
+
+    run(body)

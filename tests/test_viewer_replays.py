@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -11,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from conftest import TINY_PLACEMENT, wait_for
+from conftest import ROOT, TINY_PLACEMENT, wait_for
 
 from tetriszmq.replay import start
 from tetriszmq.stream.control import request
@@ -147,3 +149,11 @@ def test_a_live_placement_trainers_snapshot_lists_the_records_it_keeps(trainers)
         assert entry["when"] > 0
     numbers = [entry["episode"] for entry in kept[1:]]
     assert numbers == sorted(numbers, reverse=True), "newest first"
+
+
+def test_the_viewer_imports_the_game_only_when_a_replay_asks_for_it():
+    """Every viewer start would otherwise pay numba's import (~0.4 s of CPU) for replays most never serve."""
+    probe = ("import sys, viewer.__main__, viewer.app; "
+             "print(sorted({'numba', 'tetriszmq.tetris.placement_env'} & set(sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60).stdout.strip() == "[]"

@@ -36,16 +36,17 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
-from tetriszmq.replay import start
 from tetriszmq.tetris import records
-from tetriszmq.tetris.placement_env import PIECES, PlacementTetris
 from tetriszmq.tetris.records import EpisodeRecord, RecordError
 from viewer.runs import Runs
+
+if TYPE_CHECKING:
+    from tetriszmq.tetris.placement_env import PlacementTetris
 
 DEFAULT_COUNT = 200
 MAX_COUNT = 1000  # frames per response: ~250 KB
@@ -111,6 +112,8 @@ class Game:
         self.record = record
         self.last = len(record.actions)  # the frame after the last placement
         self.every = max(KEYFRAME_EVERY, self.last // MAX_KEYFRAMES + 1)
+        from tetriszmq.replay import start  # the game (numba's import, ~0.4 s of CPU) only when a replay asks
+
         self.env, _ = start(record)
         self.at = 0
         self.ended_at: int | None = None  # the game ended before its record did (a record that lies)
@@ -161,6 +164,8 @@ class Game:
 
 def _copy(env: PlacementTetris) -> PlacementTetris:
     """A deep copy that shares the read-only piece tables."""
+    from tetriszmq.tetris.placement_env import PIECES  # imported already: a Game made the env
+
     return copy.deepcopy(env, {id(piece): piece for piece in PIECES})
 
 

@@ -37,6 +37,9 @@ from harness.servers import get_json, serving
 from harness.stream import FPS, publisher
 
 TIMED = 250  # connections timed per run (the rest are counted only)
+# A script's --quick mode: a short window (15 boards at 30/s) and short pauses around it, enough for a smoke test
+QUICK_SECONDS = 0.5
+QUICK_PAUSES = {"warmup": 0.25, "grace": 0.25}
 
 
 @dataclass

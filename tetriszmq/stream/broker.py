@@ -35,7 +35,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -64,6 +64,7 @@ _JOURNALED = frozenset({Topic.STATUS, Topic.METRICS, Topic.EPISODE})
 SWITCH_INTERVAL = 0.001  # s; with CPython's 5 ms a real trainer's board p99 was 19.8 ms on a busy 2-core box, now 9.5
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)  # plain ints: send_multipart's flag-enum arithmetic was 1/3 of a send
 _NOW = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)  # `EVENTS & zmq.POLLIN` built an enum member at every hand-off
 
 SocketSetup = Callable[[zmq.Socket, str], None]
 Watch = Callable[[], "str | None"]  # None while training goes on; else why the run is over
@@ -316,9 +317,8 @@ class Broker:
                 batch = pull.recv(zmq.NOBLOCK)
                 if batch == _CLOSE:
                     return False
-                for topic, body in _records(batch):
-                    self._publish(pub, journal, topic, body)
-                if not pull.get(zmq.EVENTS) & zmq.POLLIN:  # holds the GIL, unlike a recv ending in Again
+                self._publish_all(pub, journal, _records(batch))
+                if not pull.get(zmq.EVENTS) & _POLLIN:  # holds the GIL, unlike a recv ending in Again
                     break
         except zmq.Again:
             pass
@@ -342,20 +342,36 @@ class Broker:
         return True
 
     def _publish(self, pub: zmq.Socket, journal: IO[bytes] | None, topic: Topic, body: bytes) -> None:
+        self._publish_all(pub, journal, [(topic, body)])
+
+    def _publish_all(self, pub: zmq.Socket, journal: IO[bytes] | None, messages: Iterable[tuple[Topic, bytes]]) -> None:
+        """Stamp a hand-off's messages, keep them in the history, journal them in one write, then send them.
+
+        The sends come back to back, with no Python work between them: each message that finds libzmq's
+        I/O thread asleep wakes it (a system call, and a wake-up on a CPU that may be training's).
+        """
+        stamped = [self._stamp(topic, body) for topic, body in messages]
+        if journal is not None:
+            lines = [payload for topic, payload in stamped if topic in _JOURNALED]
+            if lines:
+                self._write(journal, b"\n".join(lines) + b"\n")
+        for topic, payload in stamped:
+            try:
+                pub.send(protocol.TOPIC_FRAMES[topic], _MORE)
+                pub.send(payload, _NOW)
+            except zmq.Again:
+                pass  # PUB drops for slow subscribers by design
+
+    def _stamp(self, topic: Topic, body: bytes) -> tuple[Topic, bytes]:
+        """One message with its envelope and the next ``seq``, kept in the history."""
         if topic is Topic.METRICS and body == _METRICS_NOW:
             body = self._metrics(periodic=False)
         elif topic is Topic.STATUS:  # `sps` counts from a state change: paused time is not training speed
             self._sps_mark = (self.state.timesteps, time.monotonic())
         self._seq += 1
         payload = protocol.seal(self._prefixes[topic], self._seq, body)
-        try:
-            pub.send(protocol.TOPIC_FRAMES[topic], _MORE)
-            pub.send(payload, _NOW)
-        except zmq.Again:
-            pass  # PUB drops for slow subscribers by design
         self.history.record(topic, self._seq, payload)
-        if journal is not None and topic in _JOURNALED:
-            self._write(journal, payload + b"\n")
+        return topic, payload
 
     def _write(self, journal: IO[bytes], line: bytes) -> None:
         self._journal_io(journal.write, line)

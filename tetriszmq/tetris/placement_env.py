@@ -274,12 +274,16 @@ class PlacementTetris(gym.Env):
         best = playable[np.argsort(-scores[playable], kind="stable")[:k]].tolist()
         if chosen is not None and piece.slot[chosen] >= 0 and chosen not in best:
             best.append(int(chosen))
-        return [{"action": a, "cells": self._cells(a), "score": round(float(scores[a]), 3)} for a in best]
+        return [{"action": a, "cells": cells, "score": round(float(scores[a]), 3)}
+                for a, cells in zip(best, self._cells(best), strict=True)]
 
-    def _cells(self, action: int) -> list[list[int]]:
-        slot = self._piece.slot[action]
-        rows = self._landing_row[slot] + self._piece.rows[slot]
-        return [[int(r), int(c)] for r, c in zip(rows, self._piece.cols[slot], strict=True) if r >= 0]
+    def _cells(self, actions: list[int]) -> list[list[list[int]]]:
+        """Each action's landed cells, as ``[row, col]`` lists: one numpy pass for them all (a Python
+        loop over each action's cells was half of a board frame's candidates)."""
+        slots = self._piece.slot[actions]
+        rows = (self._landing_row[slots, None] + self._piece.rows[slots]).tolist()
+        cols = self._piece.cols[slots].tolist()
+        return [[[r, c] for r, c in zip(rs, cs, strict=True) if r >= 0] for rs, cs in zip(rows, cols, strict=True)]
 
     def _episode_stats(self) -> dict[str, float]:
         """The game's own counters, and the mean holes, max height and bumpiness of the boards left."""

@@ -24,7 +24,8 @@ includes them. Clients that want the same thing share one joined write per burst
 Snapshots carry a run's whole history (hundreds of KB to megabytes), so
 they share one byte budget (`SnapshotBudget`): a crowd of browsers
 reconnecting at once is served one after another at `Limits.snapshot_rate`,
-not all at once.
+not all at once. A client waiting for its turn stays on the fast path for the
+runs it already has; its writer task takes the transport only to write a snapshot.
 
 Writing to the transport next to aiohttp's own `WebSocketWriter` is safe
 because, without compression, aiohttp writes every frame (including ping,
@@ -219,13 +220,15 @@ class Client:
             return True
         return self.watch.draws(run) if message.topic == "board" else self.watch.wants(run)
 
-    def key(self) -> int:
+    def key(self) -> int | tuple[int, frozenset[str]]:
         """Clients with the same key take the same messages: one joined write serves them all.
 
-        Equal watches are one object (`Fanout.interned`), so the key is an identity: no hashing
-        of run sets per client per broadcast.
+        Equal watches are one object (`Fanout.interned`), so with no snapshot due the key is an
+        identity: no hashing of run sets per client per broadcast. Clients waiting for the same
+        snapshots (a crowd connecting at once, all on the fast path meanwhile) share one too.
         """
-        return id(self if self.due else self.watch)
+        watch = id(self.watch)
+        return (watch, frozenset(self.due)) if self.due else watch
 
     def set_watch(self, watch: Watch) -> None:
         """Take a ``watch`` message: runs newly watched get a snapshot; the first one switches to runs mode."""
@@ -306,22 +309,39 @@ class Client:
             self.fail("connection lost")
 
     async def _write_pending(self) -> None:
-        """Snapshots first (those whose history is still loading wait, without holding up other runs)."""
+        """What was kept for the runs the client has, then the snapshots due, until nothing is left.
+
+        While a snapshot waits for its turn in the byte budget (a crowd connecting at once waits
+        seconds), the client is on the fast path: the runs it already has stay live, and the due
+        one's messages are skipped (`takes`). A snapshot whose history is still loading waits
+        without holding up other runs.
+        """
         unready: set[str] = set()
         while True:
+            if self.queue or self.latest:
+                await self._write_kept()
+                continue
             due = next(iter(self.due - unready), None)
-            if due is not None:
-                parts = await self.fanout.budget.take(functools.partial(self._take_snapshot, due))
-                if parts is None:
-                    unready.add(due)
-                elif parts:
-                    await self._write_message(parts)
-            elif self.queue:
-                await self._write(self.queue.popleft().frame(self.legacy))
-            elif self.latest:
-                await self._write(self.latest.popitem()[1].frame(self.legacy))
-            else:
+            if due is None:
                 return
+            self.fast = True  # nothing kept: the broadcast may write, until the snapshot is taken
+            parts = await self.fanout.budget.take(functools.partial(self._take_snapshot, due))
+            if parts is None:
+                unready.add(due)
+            elif parts:
+                await self._write_message(parts)
+
+    async def _write_kept(self) -> None:
+        """Everything kept (the queue in order, then the newest board and heartbeat of each run) in one write.
+
+        One ``send`` per wake-up, as on the fast path, rather than one per message: a slow client
+        costs no more system calls than a fast one.
+        """
+        frames = [m.frame(self.legacy) for m in self.queue]
+        frames += [m.frame(self.legacy) for m in self.latest.values()]
+        self.queue.clear()
+        self.latest.clear()
+        await self._write(b"".join(frames), count=len(frames))
 
     def _take_snapshot(self, run: str) -> tuple[bytes, ...] | None:
         """The snapshot of ``run`` now; from now on its messages go to this client again."""
@@ -331,6 +351,8 @@ class Client:
         parts = self.fanout.source.snapshot(run, self.legacy)
         if parts is not None or run not in self.fanout.source.known():
             self.due.discard(run)
+        if parts:
+            self.fast = False  # the writer owns the transport until the snapshot's last fragment is out
         return parts
 
     async def _write_message(self, parts: tuple[bytes, ...]) -> None:
@@ -339,9 +361,10 @@ class Client:
         pieces = [memoryview(part)[i:i + chunk] for part in parts if part for i in range(0, len(part), chunk)]
         last = len(pieces) - 1
         for i, piece in enumerate(pieces):
-            await self._write(ws_frame(piece, TEXT if i == 0 else CONTINUATION, i == last), count=i == last)
+            await self._write(ws_frame(piece, TEXT if i == 0 else CONTINUATION, i == last), count=int(i == last))
 
-    async def _write(self, frame: bytes, count: bool = True) -> None:
+    async def _write(self, frame: bytes, count: int = 1) -> None:
+        """Write ``frame`` (``count`` messages), then wait until the client has read enough of what is buffered."""
         if self.ws.closed or self.transport.is_closing():
             raise ConnectionResetError("closed")
         self.transport.write(frame)
@@ -464,10 +487,12 @@ class Fanout:
                 client.resync(run)
 
     def ready(self, run: str) -> None:
-        """``run``'s history has loaded: wake the clients whose snapshot of it waited."""
+        """``run``'s history has loaded: wake the clients whose snapshot of it waited.
+
+        They stay on the fast path meanwhile: the writer task takes the transport only to write a snapshot.
+        """
         for client in self._all:
             if run in client.due:
-                client.fast = False
                 client.wake.set()
 
     def clients(self) -> tuple[Client, ...]:
@@ -477,7 +502,8 @@ class Fanout:
         clients = self._all
         slow = sum(not c.fast for c in clients)
         status: dict[str, Any] = {
-            "clients": len(clients), "slow": slow, "published": self.published,
+            "clients": len(clients), "slow": slow, "syncing": sum(bool(c.due) for c in clients),
+            "published": self.published,
             "sent": self.departed["sent"] + sum(c.sent for c in clients),
             "dropped": self.departed["dropped"] + sum(c.dropped for c in clients),
             "buffered": sum(c.transport.get_write_buffer_size() for c in clients),

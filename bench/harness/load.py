@@ -18,6 +18,7 @@ import struct
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
+from typing import NamedTuple
 
 BOARD_TOPIC = b'"topic":"board"'  # near the start of a board payload (after the run's "id" in runs mode)
 HANDSHAKE = (b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -29,13 +30,25 @@ LIGHT_EVERY = 0.25  # seconds between reads of an untimed client connection
 CONNECT_BATCH = 25  # handshakes in flight per client process: stays under aiohttp's accept backlog (128)
 
 
+class Results(NamedTuple):
+    """What a client process sends back: per connection, then its timings as `array` bytes of doubles."""
+
+    boards: list[int]  # per connection, in the window
+    timed: list[bool]  # per connection: read at once (True) or swept every `LIGHT_EVERY` (False)
+    at_socket: bytes
+    at_read: bytes
+    closed: int
+    sweeps: bytes  # seconds between the starts of two sweeps of the light connections
+    light_reads: bytes  # bytes a light connection had waiting, per read
+
+
 class Conn:
-    """One client connection: its socket, its unparsed bytes, its board count."""
+    """One client connection: its socket, its unparsed bytes, its board count, whether it is timed."""
 
-    __slots__ = ("sock", "pending", "boards", "closed")
+    __slots__ = ("sock", "pending", "boards", "closed", "timed")
 
-    def __init__(self, sock: socket.socket, pending: bytes) -> None:
-        self.sock, self.pending, self.boards, self.closed = sock, pending, 0, False
+    def __init__(self, sock: socket.socket, pending: bytes, timed: bool) -> None:
+        self.sock, self.pending, self.boards, self.closed, self.timed = sock, pending, 0, False, timed
 
 
 def _connect(port: int, count: int, rcvbuf: int | None = None, watch: bool = False
@@ -89,7 +102,7 @@ class Clients:
         self.conns: dict[int, Conn] = {}
         for i, (sock, rest) in enumerate(_connect(port, count, watch=watch)):
             sock.setblocking(False)
-            self.conns[sock.fileno()] = Conn(sock, rest)
+            self.conns[sock.fileno()] = Conn(sock, rest, i % timed_every == 0)
             if i % timed_every == 0:
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                 self.timed.register(sock.fileno(), select.EPOLLIN)
@@ -97,6 +110,8 @@ class Clients:
                 self.light.register(sock.fileno(), select.EPOLLIN)
         self.at_socket, self.at_read = array.array("d"), array.array("d")
         self.t0 = self.t1 = float("inf")
+        self.sweeps = array.array("d")  # in the window: seconds from one sweep's start to the next's
+        self.light_reads = array.array("d")  # in the window: bytes per read of a light connection
 
     def run(self, pipe: Connection, pace: float) -> None:
         """Read until the window has passed; see `clients` for the pipe's protocol."""
@@ -112,8 +127,10 @@ class Clients:
                     self.t0, self.t1, until = message
                 else:
                     self.read(fd, self.timed, ancillary)
-            if time.time() >= sweep:
-                sweep = time.time() + LIGHT_EVERY
+            if (now := time.time()) >= sweep:
+                if self.t0 <= now < self.t1:
+                    self.sweeps.append(now - sweep + LIGHT_EVERY)
+                sweep = now + LIGHT_EVERY
                 self.sweep()
             if pace:
                 time.sleep(pace)
@@ -133,6 +150,8 @@ class Clients:
         except ConnectionError:
             data, anc = b"", []
         now = time.time()
+        if not ancillary and self.t0 <= now < self.t1:
+            self.light_reads.append(len(data))
         if not data:
             conn.closed = True
             poll.unregister(fd)
@@ -171,18 +190,18 @@ class Clients:
             pos = stop
         conn.pending = data[pos:] if pos < end else b""
 
-    def results(self) -> tuple[list[int], bytes, bytes, int]:
+    def results(self) -> Results:
         conns = self.conns.values()
-        return ([c.boards for c in conns], self.at_socket.tobytes(), self.at_read.tobytes(),
-                sum(c.closed for c in conns))
+        return Results([c.boards for c in conns], [c.timed for c in conns], self.at_socket.tobytes(),
+                       self.at_read.tobytes(), sum(c.closed for c in conns), self.sweeps.tobytes(),
+                       self.light_reads.tobytes())
 
 
 def clients(port: int, count: int, timed_every: int, pace: float, watch: bool, pipe: Connection) -> None:
     """A client process (see `Clients`); ``watch``: in runs mode, watching every run.
 
     Protocol on ``pipe``: send "ready" once connected; receive (t0, t1, until); read until
-    ``until``; send (board counts per connection, latencies at the socket, latencies at read,
-    connections the server closed).
+    ``until``; send its `Results`.
     """
     os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     pool = Clients(port, count, timed_every, watch)

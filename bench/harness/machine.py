@@ -15,9 +15,14 @@ def loadavg() -> str:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), in seconds."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process (all its threads), in seconds: its own code, and the kernel's on its behalf."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def run_delay(pid: int) -> float:
@@ -42,3 +47,14 @@ def machine_busy() -> tuple[float, float]:
     with open("/proc/stat") as f:
         values = [int(v) for v in f.readline().split()[1:]]
     return sum(values) - values[3] - values[4], sum(values)
+
+
+def tcp_counters() -> dict[str, int]:
+    """The kernel's TCP extension counters of this network namespace (/proc/net/netstat ``TcpExt``).
+
+    Receive-queue drops, prunes and retransmission timeouts on loopback say whether a client's
+    buffer overflowed in the kernel, which the viewer cannot see.
+    """
+    with open("/proc/net/netstat") as f:
+        lines = [line.split() for line in f if line.startswith("TcpExt:")]
+    return {name: int(value) for name, value in zip(lines[0][1:], lines[1][1:], strict=True)}

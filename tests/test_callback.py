@@ -175,6 +175,26 @@ def test_envs_without_monitor_report_reward_and_length_from_sb3s_own_rewards_and
         assert episode["is_success"] is False
 
 
+def test_with_four_envs_a_boards_episode_changes_only_when_env_0_starts_a_new_game(script):
+    """The board shows env 0's game: its label must not move while the other envs' games end."""
+    run = script("""
+        from tetriszmq.agents.afterstate_dqn import AfterstateDQN
+        from tetriszmq.tetris.placement_env import PlacementTetris
+
+        env = DummyVecEnv([lambda: PlacementTetris(max_pieces=24)] * 4)
+        callback = streaming(StreamCallback(pub=PUB, ctl=CTL, board_fps=1000))
+        AfterstateDQN(env=env, buffer_size=2_000, learning_starts=100, batch_size=32, exploration_steps=300,
+                      seed=1).learn(1_600, callback=callback)
+    """)
+    assert run.finish() == 0, run.output()
+    boards = run.of(Topic.BOARD)
+    assert len(boards) > 50 and len(run.of(Topic.EPISODE)) >= 50
+    changes = [(a, b) for a, b in zip(boards, boards[1:], strict=False) if a["episode"] != b["episode"]]
+    assert changes, "env 0 played several games"
+    for before, after in changes:
+        assert after["episode"] > before["episode"] and after["step"] < before["step"], (before, after)
+
+
 def test_an_envs_own_episode_numbers_go_along_with_its_episode_and_never_override_the_messages(script):
     """What `info["episode_stats"]` holds beyond reward, lines and pieces (a Tetris env's board stats) is
     streamed as it is, without the callback knowing it; the envelope and the callback's own fields stay."""

@@ -117,3 +117,11 @@ def test_train_freq_as_a_toml_list_builds_every_off_policy_algorithm(algo):
         assert (model.train_freq.frequency, model.train_freq.unit.value) == (4, "step")
     finally:
         env.close()
+
+
+def test_a_config_path_that_is_a_folder_is_refused_with_a_message_and_no_run_folder(tetriszmq_here, tmp_path):
+    """``--config configs`` (the folder, not a file in it) used to end in an IsADirectoryError traceback."""
+    done = tetriszmq_here("train", "--config", ROOT / "configs", "--run-dir", tmp_path / "run")
+    assert done.returncode == 2
+    assert f"config file is a folder, not a TOML file: {ROOT / 'configs'}" in done.stderr
+    assert not (tmp_path / "run").exists()

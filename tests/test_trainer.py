@@ -76,8 +76,11 @@ def test_a_resume_with_nothing_left_to_train_says_so_and_ends_stopped(trainers, 
     run_dir = tmp_path / "done"
     shutil.copytree(finished_run, run_dir)
     trained = PPO.load(run_dir / "checkpoints" / "final.zip").num_timesteps
-    again = trainers("--resume", run_dir=run_dir)  # tiny.toml's max_timesteps, already reached
+    again = trainers("--resume", "--set", "run.seed=7", run_dir=run_dir)  # tiny.toml's max_timesteps, already reached
     assert again.wait(60) == 0, again.output()
+    assert "resume: run.seed: 3 -> 7 (the run recorded the first; repeat its --set to keep it)" in again.output()
+    assert [line for line in again.output().splitlines() if line.startswith("resume: ")] == [
+        "resume: run.seed: 3 -> 7 (the run recorded the first; repeat its --set to keep it)"], "only what changed"
     assert (f"already at train.max_timesteps (400): nothing to train; to go on, raise it: --set "
             f"train.max_timesteps={2 * trained}") in again.output()
     last = orjson.loads((run_dir / "metrics.jsonl").read_bytes().splitlines()[-1])

@@ -129,6 +129,10 @@ def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
         return tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} is a folder, not a TOML file: {path}") from None
+    except PermissionError:
+        raise ConfigError(f"{what} is not readable (permission denied): {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
@@ -301,6 +305,21 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
 def to_toml(config: Config) -> str:
     """Write a config back as TOML, so a run directory records exactly what ran (and `load` reads it back)."""
     return tomli_w.dumps(config.to_dict())
+
+
+def changes(old: Config, new: Config) -> list[str]:
+    """``section.key: old -> new`` for every value of what is trained that differs (not where it is published:
+    [publish] and [security] change with each process's ports), ``agent.params`` key by key, in TOML."""
+    def flat(config: Config) -> dict[str, Any]:
+        values = {f"{section}.{key}": value for section, table in config.to_dict().items()
+                  if section not in ("publish", "security") for key, value in table.items() if key != "params"}
+        return values | {f"agent.params.{key}": value for key, value in config.agent.params.items()}
+
+    before, after = flat(old), flat(new)
+    missing = "(unset)"
+    return [f"{key}: {toml_value(before[key]) if key in before else missing} -> "
+            f"{toml_value(after[key]) if key in after else missing}"
+            for key in sorted(before.keys() | after.keys()) if before.get(key, missing) != after.get(key, missing)]
 
 
 def toml_value(value: Any) -> str:

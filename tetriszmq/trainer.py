@@ -115,12 +115,24 @@ def claim_new_run_dir(parent: Path, name: str) -> Path:
             suffix += 1
 
 
+def _say_config_changes(recorded: Path, config: cfg.Config) -> None:
+    """A --resume runs the config it is given, not the one the run recorded: say what that changes."""
+    try:
+        before = cfg.load(recorded)
+    except cfg.ConfigError:
+        return  # a new run, or a record it cannot read: nothing to compare
+    for change in cfg.changes(before, config):
+        print(f"resume: {change} (the run recorded the first; repeat its --set to keep it)", file=sys.stderr)
+
+
 def train(config: cfg.Config, options: RunOptions) -> int:
     """Run one training; returns the process exit code."""
     agents.check_pairing(config.agent, config.env)
     check_env(config.env)
     curve, relay = _security(config)
     run_dir, fresh = resolve_run_dir(config, options)
+    if options.resume:
+        _say_config_changes(run_dir / "config.toml", config)
     (run_dir / "config.toml").write_text(cfg.to_toml(config))
     torch.set_num_threads(config.agent.torch_threads)
 

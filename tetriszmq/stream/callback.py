@@ -208,6 +208,7 @@ class StreamCallback(BaseCallback):
         self._training = False
         self._ended: dict[str, int] = {}  # the counters of this callback's last run, for a learn() that continues it
         self._next_board = self._next_flush = 0.0
+        self._board_episode = 1  # the `episode` of env 0's game in board frames: fixed while that game lasts
         self._returns = self._lengths = np.zeros(0)  # per env, for envs without a Monitor
 
     # SB3 hooks --------------------------------------------------------------
@@ -344,6 +345,7 @@ class StreamCallback(BaseCallback):
         subprocess worker), and reward/length accumulators only for envs without a Monitor."""
         env = self.training_env
         self._next_board = 0.0 if self.board_period < math.inf and env.has_attr("board_frame") else math.inf
+        self._board_episode = self.state.episodes + 1
         monitored = all(env.env_is_wrapped(Monitor))
         self._returns = np.zeros(0) if monitored else np.zeros(env.num_envs)
         self._lengths = np.zeros(0) if monitored else np.zeros(env.num_envs, np.int64)
@@ -379,6 +381,8 @@ class StreamCallback(BaseCallback):
                 if key in info:
                     message[key] = _jsonable(info[key])
             self.broker.outbox.stage(Topic.EPISODE, message)
+        if dones[0]:  # env 0, the one on the board, starts a new game: it is labelled once, here
+            self._board_episode = state.episodes + 1
 
     def _episode_stats(self, i: int, info: dict[str, Any]) -> dict[str, Any]:
         """Reward, length and (Tetris) lines: the env's own stats, else Monitor's, else SB3's rewards.
@@ -400,7 +404,7 @@ class StreamCallback(BaseCallback):
     def _stage_board(self, now: float) -> None:
         self._next_board = now + self.board_period
         frame = self.training_env.env_method("board_frame", indices=0)[0]
-        frame["episode"] = self.state.episodes + 1
+        frame["episode"] = self._board_episode
         self.broker.outbox.stage(Topic.BOARD, frame)
 
     def _obey(self) -> bool:

@@ -9,7 +9,7 @@
    cores: `evaluate`'s worker processes), next to Dellacherie and BCTS on the same seeds; and a
    learning curve: a quick evaluation of the periodic checkpoint that was newest at each minute
    (a ``step_*.zip`` file's mtime is when it was written). The replay rows of a final checkpoint
-   show whether a resumed run kept its buffer (rows x n_envs ~ timesteps: a row is one step of every env) or started it again.
+   show whether a resumed run kept its buffer (rows x n_envs ~ timesteps) or started it again.
 
 Usage: python bench/learning.py [--minutes 10] [--seeds 1 2 3] [--games 20] [--max-pieces 10000]
                                 [--no-resume-arm] [--quick]

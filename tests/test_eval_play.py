@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -65,6 +66,25 @@ def test_play_streams_a_game_and_obeys_stop(subscribe):
         assert orjson.loads(out)["end"] == "stop requested"
         final = sub.until(lambda t, p: t is Topic.STATUS and p["state"] == "stopped", timeout=10)
         assert any(t is Topic.EPISODE for t, _ in final)
+    finally:
+        game.kill()
+        game.wait(10)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_ends_play_with_its_result_and_no_traceback(subscribe, sig):
+    pub, ctl = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    game = subprocess.Popen([sys.executable, "-m", "tetriszmq", "play", "--agent", "dellacherie", "--pps", "50",
+                             "--pub", pub, "--ctl", ctl], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        sub = subscribe(pub)
+        sub.until(lambda t, p: t is Topic.BOARD and p["step"] >= 3, timeout=60)
+        game.send_signal(sig)
+        out, err = game.communicate(timeout=30)
+        assert game.returncode == 130, err
+        assert orjson.loads(out)["end"] == "interrupted" and b"Traceback" not in err
+        final = sub.until(lambda t, p: t is Topic.STATUS and p["state"] == "stopped", timeout=10)
+        assert final[-1][1]["reason"] == "interrupted"
     finally:
         game.kill()
         game.wait(10)

@@ -356,13 +356,14 @@ def _play(args: argparse.Namespace) -> int:
         policy = _player(args)
         env = PlacementTetris(features=policy.feature_names, max_pieces=args.max_pieces)
         env.set_scorer(getattr(policy, "scores", None))  # frames show the candidates it weighs
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # ends the game as Ctrl-C does
         result = play(policy, env, pub=args.pub, ctl=args.ctl, seed=args.seed, pps=args.pps,
                       on_bound=_say_where("tetriszmq play: "))
     except (ConfigError, SecurityError, OSError, ValueError) as exc:
         print(f"tetriszmq play: {exc}", file=sys.stderr)
         return 2
     print(orjson.dumps(result).decode())
-    return 0
+    return 130 if result["end"] == "interrupted" else 0
 
 
 def _replay(args: argparse.Namespace) -> int:

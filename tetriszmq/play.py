@@ -51,27 +51,30 @@ def stream_game(policy: Policy, env: PlacementTetris, obs: dict[str, np.ndarray]
     period = 1.0 / pps if pps else 0.0
     broker.set_state(State.RUNNING)
     next_at = last_frame = 0.0
-    terminated = truncated = False
+    terminated = truncated = interrupted = False
     info: dict = {}
     try:
-        while not state.stop_requested and (action := policy(obs)) is not None:
-            if time.monotonic() - last_frame >= MIN_FRAME_GAP:
-                last_frame = time.monotonic()
-                outbox.post(Topic.BOARD, {**env.board_frame(chosen=action), "episode": episode})
-            obs, _, terminated, truncated, info = env.step(action)
-            state.timesteps += 1
-            if terminated or truncated:
-                break
-            next_at = max(next_at + period, time.monotonic() - period)
-            _wait_turn(state, next_at)
+        try:
+            while not state.stop_requested and (action := policy(obs)) is not None:
+                if time.monotonic() - last_frame >= MIN_FRAME_GAP:
+                    last_frame = time.monotonic()
+                    outbox.post(Topic.BOARD, {**env.board_frame(chosen=action), "episode": episode})
+                obs, _, terminated, truncated, info = env.step(action)
+                state.timesteps += 1
+                if terminated or truncated:
+                    break
+                next_at = max(next_at + period, time.monotonic() - period)
+                _wait_turn(state, next_at)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (cli): the game ends as a stop would, and says so
+            interrupted = True
         frame = {**env.board_frame(), "episode": episode}
         state.episodes, state.best_lines = 1, frame["lines"]
         outbox.post(Topic.BOARD, frame)
         board_stats = {k: v for k, v in info.get("episode_stats", {}).items() if k in BOARD_STATS}
         outbox.post(Topic.EPISODE, {"episode": episode, "reward": frame["score"], "lines": frame["lines"],
                                     "length": frame["step"], "timesteps": state.timesteps, **board_stats})
-        reason = ("stop requested" if state.stop_requested else "game over" if terminated
-                  else "piece cap reached" if truncated else "end of record")
+        reason = ("interrupted" if interrupted else "stop requested" if state.stop_requested
+                  else "game over" if terminated else "piece cap reached" if truncated else "end of record")
         broker.set_state(State.STOPPED, reason)
         return {"lines": frame["lines"], "pieces": frame["step"], "score": frame["score"], "end": reason}
     finally:

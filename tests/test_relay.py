@@ -179,6 +179,11 @@ def test_two_trainers_behind_a_relay_stream_stop_and_survive_its_kill(four_hosts
         restarted = time.time()
         wait_for(lambda: all(held["heard"] > restarted for held in client.report().values()), 120, every=0.1,
                  what="the client hears both runs again")  # in seq order: any gap filled by a snapshot first
+        # A restarted relay learns where to route requests from each trainer's next hello (every heartbeat),
+        # which its stream may beat: requests are routed once both are listed again.
+        listed = lambda: orjson.loads(ctl(client_host, relay, "runs", *curve(relay_keys, "client")).stdout)  # noqa: E731
+        wait_for(lambda: {r["lineage"] for r in listed()["runs"]} == set(lineages), 60, every=0.1,
+                 what="the restarted relay routes to both runs")
 
         stopped = ctl(client_host, relay, "stop", "--run", lineage(a), *curve(relay_keys, "client"))
         assert orjson.loads(stopped.stdout) == {"ok": True, "state": "stopping"}, stopped.stderr

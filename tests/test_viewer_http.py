@@ -6,6 +6,7 @@ One real viewer with no trainer behind it serves the module: everything here is 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import orjson
 import pytest
 from conftest import ROOT, free_port, reap
 from viewer_support import ViewerProcess, start_viewer
+
+from viewer.__main__ import check_token, new_token
 
 TOKEN = "t0ken-_.~+/="
 
@@ -208,3 +211,11 @@ def test_a_runs_folder_that_is_not_there_is_said_at_start(viewers, tmp_path):
     viewer = viewers(None, None, "--runs", str(there), "--runs", str(tmp_path / "rnus"))
     assert f"runs in {there}, {tmp_path / 'rnus'} (not there yet: its runs appear once it is made)" \
         in viewer.output()
+
+
+def test_a_generated_token_can_be_given_back_as_token_on_a_command_line():
+    """A random token once began with '-' (1 start in 64): ``--token -abc`` then reads as an option, in our
+    tools and a user's shell alike. Generated tokens are hex, 128 bits."""
+    tokens = {new_token() for _ in range(1_000)}
+    assert len(tokens) == 1_000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", token) and check_token(token) == token for token in tokens)

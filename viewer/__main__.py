@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         relay = side(args.relay, "--relay") if args.relay else None
         curve = client_curve(args)
         check_host(args.host, args.insecure)
-        token = check_token(args.token or os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(18))
+        token = check_token(args.token or os.environ.get(TOKEN_ENV) or new_token())
     except ValueError as exc:  # SecurityError included
         print(f"tetriszmq-viewer: {exc}", file=sys.stderr)
         return 2
@@ -105,6 +105,12 @@ def _positive(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def new_token() -> str:
+    """A random control token in hex: 128 bits, and never a leading ``-`` that a shell's ``--token X`` would
+    take for an option."""
+    return secrets.token_hex(16)
 
 
 def check_token(token: str) -> str:

@@ -49,12 +49,10 @@ def child(root: str, overrides: list[str], warmup: int, placements: int) -> None
 
     from tetriszmq import agents
     from tetriszmq import config as cfg
-    from tetriszmq.stream.broker import SWITCH_INTERVAL
     from tetriszmq.tetris.envs import make_vec_env
 
     config = cfg.load(None, overrides)
     torch.set_num_threads(config.agent.torch_threads)
-    sys.setswitchinterval(SWITCH_INTERVAL)  # what `tetriszmq train` runs with (its broker sets it)
     model = agents.build_model(config.agent, make_vec_env(config.env, config.run.seed), config.run.seed)
     model.learn(warmup)
     wall, cpu, main = time.perf_counter(), time.process_time(), time.thread_time()

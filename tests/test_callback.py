@@ -18,7 +18,6 @@ import orjson
 import pytest
 from conftest import ROOT, Subscriber, free_port, wait_for
 
-from tetriszmq.stream.broker import SWITCH_INTERVAL
 from tetriszmq.stream.callback import ABANDONED, StreamCallback
 from tetriszmq.stream.control import NoReply, request
 from tetriszmq.stream.protocol import StatusFields, Topic
@@ -224,9 +223,8 @@ def test_an_envs_own_episode_numbers_go_along_with_its_episode_and_never_overrid
         assert "name" not in episode and "pieces" not in episode
 
 
-def test_on_training_end_twice_as_rl_zoo3_calls_it_is_harmless_and_the_switch_interval_is_restored(script, tmp_path):
+def test_on_training_end_twice_as_rl_zoo3_calls_it_is_harmless(script, tmp_path):
     run = script(f"""
-        sys.setswitchinterval(0.005)
         callback = streaming(StreamCallback(pub=PUB, ctl=CTL))
         model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
         try:
@@ -234,13 +232,10 @@ def test_on_training_end_twice_as_rl_zoo3_calls_it_is_harmless_and_the_switch_in
         finally:
             callback.on_training_end()  # rl_zoo3's ExperimentManager.learn does this
         print("saved", model.save({str(tmp_path / "model")!r}) is None)
-        print("interval", sys.getswitchinterval())
     """)
     assert run.finish() == 0, run.output()
     assert "saved True" in run.output()
     assert [s for s in run.statuses() if s[0] == "stopped"] == [("stopped", "training ended")]
-    assert "interval 0.005" in run.output(), "learn() hands back the switch interval it found"
-    assert SWITCH_INTERVAL < 0.005
 
 
 def journal(run_dir: Path) -> list[dict]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from tetriszmq.stream.broker import Broker
 from tetriszmq.stream.protocol import State, Topic
+from tetriszmq.stream.security import ServerCurve
 from tetriszmq.stream.state import TrainerState
 from tetriszmq.tetris.placement_env import BOARD_STATS, PlacementTetris
 
@@ -28,22 +29,22 @@ Bound = Callable[[dict[str, str]], None]  # told the endpoints once bound (a por
 
 
 def play(policy: Policy, env: PlacementTetris, *, pub: str, ctl: str, seed: int, pps: float,
-         setup_socket: Callable | None = None, on_bound: Bound | None = None) -> dict[str, object]:
+         curve: ServerCurve | None = None, on_bound: Bound | None = None) -> dict[str, object]:
     """Play one game at ``pps`` placements per second (0: flat out); returns lines, pieces, score, end."""
     obs, _ = env.reset(seed=seed)
-    return stream_game(policy, env, obs, pub=pub, ctl=ctl, pps=pps, run="play", setup_socket=setup_socket,
+    return stream_game(policy, env, obs, pub=pub, ctl=ctl, pps=pps, run="play", curve=curve,
                        on_bound=on_bound)
 
 
 def stream_game(policy: Policy, env: PlacementTetris, obs: dict[str, np.ndarray], *, pub: str, ctl: str,
-                pps: float, run: str, episode: int = 1, setup_socket: Callable | None = None,
+                pps: float, run: str, episode: int = 1, curve: ServerCurve | None = None,
                 on_bound: Bound | None = None) -> dict[str, object]:
     """Stream a game from ``obs`` on, as a run named ``run-<random>`` with one episode, numbered ``episode``.
 
     Frames go out before each placement, naming it (``chosen``) when the env shows candidates.
     """
     state = TrainerState(run=f"{run}-{secrets.token_hex(3)}")
-    broker = Broker(state, pub, ctl, setup_socket=setup_socket)
+    broker = Broker(state, pub, ctl, curve=curve)
     broker.start()
     if on_bound is not None:
         on_bound(state.endpoints)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tetriszmq.play import Bound, stream_game
+from tetriszmq.stream.security import ServerCurve
 from tetriszmq.tetris.placement_env import PlacementTetris
 from tetriszmq.tetris.records import EpisodeRecord, RecordError
 
@@ -57,7 +58,7 @@ def check(record: EpisodeRecord) -> dict[str, Any]:
 
 def replay(record: EpisodeRecord, *, pub: str, ctl: str, pps: float, from_piece: int = 0,
            scorer: Callable[[Observation], np.ndarray] | None = None,
-           setup_socket: Callable | None = None, on_bound: Bound | None = None) -> dict[str, object]:
+           curve: ServerCurve | None = None, on_bound: Bound | None = None) -> dict[str, object]:
     """Stream the recorded episode from piece ``from_piece`` on, at ``pps`` placements per second."""
     if not 0 <= from_piece <= len(record.actions):
         raise RecordError(f"--from-piece {from_piece}: the record holds pieces 0..{len(record.actions)}")
@@ -69,4 +70,4 @@ def replay(record: EpisodeRecord, *, pub: str, ctl: str, pps: float, from_piece:
             raise RecordError(f"--from-piece {from_piece}: the replayed game ends before that piece")
     env.set_scorer(scorer)
     return stream_game(lambda _obs: next(actions, None), env, obs, pub=pub, ctl=ctl, pps=pps, run="replay",
-                       episode=record.episode or 1, setup_socket=setup_socket, on_bound=on_bound)
+                       episode=record.episode or 1, curve=curve, on_bound=on_bound)

@@ -141,8 +141,7 @@ def train(config: cfg.Config, options: RunOptions) -> int:
     publish = config.publish
     broker = Broker(state, publish.pub, publish.ctl, hwm=publish.hwm, history=publish.history,
                     journal=run_dir / "metrics.jsonl", heartbeat_every=publish.heartbeat_every,
-                    metrics_every=publish.metrics_every, setup_socket=curve.apply if curve else None, relay=relay)
-    authenticator = curve.start(broker.ctx) if curve else None
+                    metrics_every=publish.metrics_every, curve=curve, relay=relay)
     try:
         broker.start()
     except OSError as exc:
@@ -171,8 +170,6 @@ def train(config: cfg.Config, options: RunOptions) -> int:
         if progress is not None:
             progress.close()
         broker.close()
-        if authenticator is not None:
-            authenticator.stop()
 
 
 def _security(config: cfg.Config) -> tuple[ServerCurve | None, Uplink | None]:

@@ -1,83 +1,92 @@
-"""The trainer's I/O thread: it owns the PUB and REP sockets.
+"""The training process's end of the stream: an outbox, and the broker process that owns the sockets.
 
-The training thread never touches the network. It stages ``(topic, body)``
-pairs (`Outbox.stage`, an orjson encode and a list append) and hands them over
-as one frame on an inproc PUSH socket (`Outbox.flush`, a few microseconds,
-never blocking). Each hand-off wakes the broker thread, and every ZMQ call it
-then makes releases and retakes the GIL, taking it back from the training
-thread each time. So the callback flushes on a fixed cadence (30 per second)
-rather than per message, and a batch travels as a single frame. The broker
-thread, fed by the matching PULL socket:
+The training thread never touches the network. It stages ``(topic, body)`` pairs (`Outbox.stage`,
+an orjson encode and a list append) and hands them over, 30 times a second, as one frame on a PUSH
+socket (`Outbox.flush`, a few microseconds, never blocking). At the other end is a process of its
+own (`tetriszmq.stream.brokerd`), which publishes, journals, keeps the late joiners' history and
+answers control requests. A thread in this process would share the GIL with training: each
+hand-off woke it, it took the GIL, and on a 2-core machine the two traded it (or the woken thread
+took training's CPU) for 1-3% of training's time. A process shares nothing but the pipe.
 
-- stamps each message with the envelope and the run's next ``seq`` (one
-  thread assigns ``seq``, so it is gap-free and ordered across topics),
-- publishes it on PUB (non-blocking; slow subscribers lose messages at the
-  high-water mark, the trainer never waits),
-- appends episodes, metrics and status to ``metrics.jsonl``,
-- keeps the `RunHistory` that answers ``snapshot`` consistently with ``seq``,
-- answers control requests on REP, even during a long SB3 update,
-- given a ``relay``, also connects that PUB out to the relay's XSUB (one more pipe on the same
-  socket: the cost per message does not change) and answers requests routed through the relay on a
-  DEALER, saying hello with the run's ids at every heartbeat (`tetriszmq.stream.relay`),
-- publishes a heartbeat every ``heartbeat_every`` seconds and a metrics
-  message every ``metrics_every`` seconds (the latest counters and SB3
-  scalars from `TrainerState`), also while the training thread is busy in a
-  long update, saving or paused,
-- and, given a ``watch``, notices a training thread that left ``learn()``
-  without ending the run (an exception): it publishes ``error`` and closes its
-  sockets, so a dead run never looks live and its ports are free again.
+What the broker process needs to know of training (counters, state, the SB3 scalars) rides in
+every hand-off as one more record (`Outbox.flush`); what it must tell training (a control request,
+the measured speed) comes back as JSON lines on its stdout, read by a small thread here
+(`Broker._listen`) that sets `TrainerState`'s flags and, at heartbeat rate, asks the ``watch``
+whether ``learn()`` was left without ending the run.
+
+The broker process lives exactly as long as this one wants it: it ends on `Broker.close`, and
+when this process dies (even by kill -9) its stdin reaches end-of-file and it exits at once,
+freeing the ports. It ignores Ctrl-C and SIGTERM, which a terminal or a process-group kill sends
+to both: this process's own handlers decide how the run ends, and need the broker to say it.
 """
 
 from __future__ import annotations
 
-import math
+import os
+import pickle
+import select
 import struct
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
+import tetriszmq
 from tetriszmq.stream import protocol
-from tetriszmq.stream.history import RunHistory
-from tetriszmq.stream.journal import open_for_append
-from tetriszmq.stream.protocol import Command, ProtocolError, State, Topic
-from tetriszmq.stream.relay import HANDSHAKE_FAILED, HELLO, Uplink
-from tetriszmq.stream.sockets import MAX_WIRE_REQUEST, bind
+from tetriszmq.stream.protocol import State, Topic
+from tetriszmq.stream.relay import Uplink
+from tetriszmq.stream.security import ServerCurve
 from tetriszmq.stream.state import TrainerState
 
-_CLOSE = b""  # a flush never sends an empty batch
-_METRICS_NOW = b""  # a metrics record without a body: the broker builds one now (`Outbox.stage_metrics`)
-_TOPICS = tuple(Topic)
-_CODES = {topic: code for code, topic in enumerate(_TOPICS)}
-_RECORD = struct.Struct("<BI")  # one staged message: topic code, body length; then the body
-_BATCH = 256  # hand-offs drained per wake-up before the REP socket gets a turn
-# No periodic metrics before training starts (a resumed run's counters are not loaded yet) or after it
-# ended (`stopped` or `error` is a run's last journaled word).
-_NOT_TRAINING = frozenset({State.STARTING, State.STOPPED, State.ERROR})
-_JOURNALED = frozenset({Topic.STATUS, Topic.METRICS, Topic.EPISODE})
-SWITCH_INTERVAL = 0.001  # s; with CPython's 5 ms a real trainer's board p99 was 19.8 ms on a busy 2-core box, now 9.5
-_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)  # plain ints: send_multipart's flag-enum arithmetic was 1/3 of a send
-_NOW = int(zmq.NOBLOCK)
-_POLLIN = int(zmq.POLLIN)  # `EVENTS & zmq.POLLIN` built an enum member at every hand-off
+CLOSE = b""  # a flush never sends an empty batch
+METRICS_NOW = b""  # a metrics record without a body: the broker builds one now (`Outbox.stage_metrics`)
+TOPICS = tuple(Topic)
+STATE_CODE = len(TOPICS)  # a record of training's counters and state (`Outbox.flush`), not a message
+RECORDS_CODE = STATE_CODE + 1  # the replayable records `snapshot` lists, when they changed
+RECORD = struct.Struct("<BI")  # one staged record: code, body length; then the body
+SPEC_SIZE = struct.Struct("<I")  # the pickled `BrokerSpec` on the broker's stdin, after its length
+START_TIMEOUT = 60.0  # s for the broker process to start and bind (an interpreter start on a busy machine)
+_CODES = {topic: code for code, topic in enumerate(TOPICS)}
 
-SocketSetup = Callable[[zmq.Socket, str], None]
 Watch = Callable[[], "str | None"]  # None while training goes on; else why the run is over
+
+
+@dataclass(frozen=True)
+class BrokerSpec:
+    """Everything the broker process is started with (pickled to its stdin)."""
+
+    run: str
+    lineage: str
+    started: float  # this process's `TrainerState.started`: CLOCK_MONOTONIC is the same for both
+    parent: int  # this process's pid: the broker also ends if it is re-parented
+    pub: str
+    ctl: str
+    hwm: int
+    history: int
+    journal: Path | None
+    heartbeat_every: float
+    metrics_every: float
+    curve: ServerCurve | None
+    relay: Uplink | None
 
 
 class Outbox:
     """The training thread's end of the pipe to the broker; one per thread."""
 
-    def __init__(self, ctx: zmq.Context, address: str, hwm: int) -> None:
+    def __init__(self, ctx: zmq.Context, address: str, hwm: int, state: TrainerState) -> None:
         self._sock = ctx.socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
         self._sock.setsockopt(zmq.LINGER, 2000)
         self._sock.connect(address)
+        self._state = state
+        self._records_sent: object = None
         self._staged: list[bytes] = []  # record header, body, record header, body, ...
         self.dropped = 0
 
@@ -85,21 +94,35 @@ class Outbox:
         """Encode one message, stamped now, for the next `flush`."""
         fields["t"] = time.time()
         body = protocol.encode_body(fields)
-        self._staged += (_RECORD.pack(_CODES[topic], len(body)), body)
+        self._staged += (RECORD.pack(_CODES[topic], len(body)), body)
 
-    def flush(self) -> None:
-        """Hand everything staged to the broker at once; drops (and counts) instead of blocking."""
-        if not self._staged:
+    def flush(self, *, always: bool = False) -> None:
+        """Hand everything staged to the broker at once, after training's counters; drops (and counts)
+        instead of blocking. ``always``: the counters alone if nothing is staged."""
+        if not (self._staged or always):
             return
+        head = self._state_records()
         try:
-            self._sock.send(b"".join(self._staged), zmq.NOBLOCK)
+            self._sock.send(b"".join((*head, *self._staged)), zmq.NOBLOCK)
         except zmq.Again:
             self.dropped += len(self._staged) // 2
         self._staged = []
 
+    def _state_records(self) -> list[bytes]:
+        """What the broker's heartbeats, metrics and replies say of training, as of this hand-off."""
+        state = self._state
+        body = orjson.dumps((str(state.state), state.reason, state.timesteps, state.episodes, state.best_lines,
+                             state.can_save, self.dropped, state.scalars))
+        head = [RECORD.pack(STATE_CODE, len(body)), body]
+        if state.records is not self._records_sent:
+            self._records_sent = state.records
+            records = orjson.dumps(state.records)
+            head += (RECORD.pack(RECORDS_CODE, len(records)), records)
+        return head
+
     def stage_metrics(self) -> None:
         """Ask for a metrics message now, in order with what is staged (the broker builds it)."""
-        self._staged += (_RECORD.pack(_CODES[Topic.METRICS], 0), _METRICS_NOW)
+        self._staged += (RECORD.pack(_CODES[Topic.METRICS], 0), METRICS_NOW)
 
     def post(self, topic: Topic, fields: dict[str, Any]) -> None:
         """Stage one message and flush now, with whatever was staged before it."""
@@ -109,14 +132,14 @@ class Outbox:
     def close_broker(self, timeout: float) -> bool:
         """Ask the broker to finish, after everything staged or posted before this; False if it could not be told.
 
-        Waits at most ``timeout`` seconds for room in the pipe: a broker thread that has died
-        reads nothing, and a blocking send would hang the caller's shutdown forever.
+        Waits at most ``timeout`` seconds for room in the pipe: a broker that has died reads nothing,
+        and a blocking send would hang the caller's shutdown forever.
         """
         self.flush()
         told = False
         if self._sock.poll(int(timeout * 1000), zmq.POLLOUT):
             try:
-                self._sock.send(_CLOSE, zmq.NOBLOCK)
+                self._sock.send(CLOSE, zmq.NOBLOCK)
                 told = True
             except zmq.Again:
                 pass
@@ -125,7 +148,16 @@ class Outbox:
 
 
 class Broker:
-    """Runs the I/O thread; see the module docstring."""
+    """Starts the broker process and carries its word back to `TrainerState`; see the module docstring.
+
+    :param state: training's state; the broker reports bound ``endpoints``, ``sps`` and control requests here.
+    :param pub: the stream's endpoint; ``ctl``, the control endpoint (``*`` or port 0: chosen when bound).
+    :param hwm: PUB's high-water mark per subscriber (the outbox's is 10 times that).
+    :param history: episodes and metrics messages a late joiner's ``snapshot`` gets at most.
+    :param journal: ``metrics.jsonl`` to append every status, metrics and episode message to.
+    :param curve: CURVE keys for both sockets (the ZAP authenticator runs in the broker process).
+    :param relay: also connect out to a relay's trainers side.
+    """
 
     def __init__(
         self,
@@ -138,52 +170,41 @@ class Broker:
         journal: Path | None = None,
         heartbeat_every: float = 0.5,
         metrics_every: float = 1.0,
-        setup_socket: SocketSetup | None = None,
+        curve: ServerCurve | None = None,
         relay: Uplink | None = None,
     ) -> None:
         self.state = state
-        self.pub_endpoint, self.ctl_endpoint = pub, ctl
-        self.hwm = hwm
-        self.history = RunHistory(state.run, history)
-        self.journal_path = journal
-        self.heartbeat_every = heartbeat_every
-        self.metrics_every = metrics_every
-        self.setup_socket = setup_socket
-        self.relay = relay
-        self._uplink: zmq.Socket | None = None  # the DEALER to the relay's control side (broker thread)
-        self._uplink_monitor: zmq.Socket | None = None  # its failed handshakes, said once on stderr
-        self._refused = False
-        self._hello = orjson.dumps({"run": state.run, "lineage": state.lineage or state.run, "started": time.time()})
-        self.watch: Watch | None = None  # set by the owner of the training thread, read at heartbeats
+        self.spec = BrokerSpec(state.run, state.lineage, state.started, os.getpid(), pub, ctl, hwm, history,
+                               journal, heartbeat_every, metrics_every, curve, relay)
+        self.watch: Watch | None = None  # set by the owner of the training thread, asked at heartbeat rate
         self.ctx = zmq.Context.instance()
-        self.address = f"inproc://tetriszmq-broker-{id(self):x}"
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="tetriszmq-broker", daemon=True)
-        self._prefixes = {topic: protocol.envelope_prefix(topic, state.run) for topic in Topic}
-        self._seq = 0
-        self._sps_mark = (0, 0.0)  # timesteps and time that the next metrics' `sps` counts from
-        self._switch_interval = 0.0  # the interpreter's, to restore at close; 0: not changed
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lines: _Lines | None = None
+        self._listener = threading.Thread(target=self._listen, name="tetriszmq-broker-listener", daemon=True)
         self.outbox: Outbox
 
-    def start(self) -> None:
-        """Bind the sockets and start the thread; raises if an endpoint cannot be bound.
+    @property
+    def pid(self) -> int | None:
+        """The broker process's pid once started (benchmarks read its CPU time)."""
+        return self._proc.pid if self._proc is not None else None
 
-        The calling thread gets ``self.outbox``, its end of the pipe. Also lowers the
-        interpreter's switch interval to `SWITCH_INTERVAL` until `close` (it is process-wide):
-        a training thread never waits, so each time the broker thread wants the GIL it waits
-        out a whole interval, several times per board.
+    def start(self) -> None:
+        """Start the broker process and wait until it has bound the sockets; raises `OSError` if it cannot.
+
+        The calling thread gets ``self.outbox``, its end of the pipe.
         """
-        self.outbox = Outbox(self.ctx, self.address, self.hwm * 10)  # inproc: connecting before the bind is fine
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            self._thread.join()
-            self.outbox.close_broker(0)
-            raise self._error
-        if sys.getswitchinterval() > SWITCH_INTERVAL:
-            self._switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(SWITCH_INTERVAL)
+        if self.spec.curve is not None:
+            self.spec.curve.load()  # unusable key files are the caller's error, raised here
+        self._proc = _spawn(self.spec)
+        self._lines = _Lines(self._proc.stdout)
+        word = self._lines.next(START_TIMEOUT)
+        if word is None or "ready" not in word:
+            self._end(5)
+            why = word.get("error") if word else f"the broker process ended (exit code {self._proc.returncode})"
+            raise OSError(why or "the broker process did not start")
+        self.state.endpoints = word["ready"]["endpoints"]
+        self.outbox = Outbox(self.ctx, word["ready"]["outbox"], self.spec.hwm * 10, self.state)
+        self._listener.start()
 
     def set_state(self, new: State, reason: str = "") -> None:
         """Change the trainer's state and announce it (from the thread that started the broker)."""
@@ -192,296 +213,101 @@ class Broker:
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return self._proc is not None and self._proc.poll() is None
 
     def close(self, timeout: float = 10.0) -> None:
-        """Publish everything posted so far, then stop the thread (from the starting thread).
+        """Publish everything posted so far, then end the broker process (from the starting thread).
 
-        Bounded by ``timeout`` even if the thread has died; restores the switch interval.
+        Bounded by ``timeout`` even if the broker has died or hangs.
         """
-        if self.outbox.close_broker(timeout if self.running else 0):
-            self._thread.join(timeout)
-        if self._switch_interval and sys.getswitchinterval() == SWITCH_INTERVAL:
-            sys.setswitchinterval(self._switch_interval)
-        self._switch_interval = 0.0
+        told = self.outbox.close_broker(timeout if self.running else 0)
+        self._end(timeout if told else 0)
+        if self._listener.is_alive():
+            self._listener.join(timeout)
 
-    def _run(self) -> None:
+    def _end(self, timeout: float) -> None:
+        """Wait ``timeout`` s for the broker process to exit, then kill it; close this end of its pipes."""
+        assert self._proc is not None
         try:
-            sockets = self._bind()
-        except BaseException as exc:  # reported to start() in the caller's thread
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        pull, pub, rep, journal = sockets
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
         try:
-            self._loop(pull, pub, rep, journal)
-        finally:
-            pub.setsockopt(zmq.LINGER, 1000)
-            for sock in (pull, rep, pub, self._uplink, self._uplink_monitor):
-                if sock is not None:
-                    sock.close()
-            if journal is not None:
-                journal.close()
-
-    def _bind(self) -> tuple[zmq.Socket, zmq.Socket, zmq.Socket, IO[bytes] | None]:
-        pull = self.ctx.socket(zmq.PULL)
-        pull.setsockopt(zmq.RCVHWM, self.hwm * 10)
-        pull.bind(self.address)
-        pub = self.ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.SNDHWM, self.hwm)
-        pub.setsockopt(zmq.LINGER, 0)
-        rep = self.ctx.socket(zmq.REP)
-        rep.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_REQUEST)
-        rep.setsockopt(zmq.LINGER, 0)
-        try:
-            for sock, endpoint in ((pub, self.pub_endpoint), (rep, self.ctl_endpoint)):
-                if self.setup_socket is not None:
-                    self.setup_socket(sock, endpoint)
-                bind(sock, endpoint)
-            self.state.endpoints = {
-                "pub": pub.getsockopt_string(zmq.LAST_ENDPOINT),
-                "ctl": rep.getsockopt_string(zmq.LAST_ENDPOINT),
-            }
-            if self.relay is not None:
-                self._uplink = self._dial(self.relay, pub)
-                self.state.endpoints["relay"] = self.relay.side.stream
-            journal = None if self.journal_path is None else open_for_append(self.journal_path)
-        except BaseException:
-            for sock in (pull, pub, rep, self._uplink, self._uplink_monitor):
-                if sock is not None:
-                    sock.close(linger=0)
-            raise
-        return pull, pub, rep, journal
-
-    def _dial(self, relay: Uplink, pub: zmq.Socket) -> zmq.Socket:
-        """Connect out to a relay: the same PUB (one more pipe, no cost per message) and a DEALER for control.
-
-        After the binds, since connecting may change the socket's CURVE role from server to client.
-        """
-        dealer = self._uplink = self.ctx.socket(zmq.DEALER)  # closed by the caller if what follows fails
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.setsockopt(zmq.IMMEDIATE, 1)  # nothing queues for an absent relay: the next heartbeat says hello
-        dealer.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_REQUEST)
-        self._uplink_monitor = dealer.get_monitor_socket(HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        relay.dial(pub, relay.side.stream)
-        relay.dial(dealer, relay.side.control)
-        return dealer
-
-    def _loop(self, pull: zmq.Socket, pub: zmq.Socket, rep: zmq.Socket, journal: IO[bytes] | None) -> None:
-        poller = zmq.Poller()
-        poller.register(pull, zmq.POLLIN)
-        poller.register(rep, zmq.POLLIN)
-        if self._uplink is not None:
-            poller.register(self._uplink, zmq.POLLIN)
-            poller.register(self._uplink_monitor, zmq.POLLIN)
-        next_beat = time.monotonic()
-        next_metrics = next_beat + self.metrics_every
-        self._sps_mark = (self.state.timesteps, next_beat)
-        while True:
-            now = time.monotonic()
-            if now >= next_beat:
-                if self._abandoned(pub, journal):
-                    return
-                self._publish(pub, journal, Topic.HEARTBEAT, self._heartbeat())
-                self._say_hello()
-                next_beat = now + self.heartbeat_every
-            if now >= next_metrics:
-                if self.state.state not in _NOT_TRAINING:
-                    self._publish(pub, journal, Topic.METRICS, self._metrics(periodic=True))
-                next_metrics = now + self.metrics_every
-            events = dict(poller.poll(_poll_ms(min(next_beat, next_metrics) - now)))
-            if pull in events and not self._drain(pull, pub, journal):
-                return
-            if rep in events:
-                self._answer(rep)
-            if self._uplink is not None and self._uplink in events:
-                self._answer_relayed(self._uplink)
-            if self._uplink_monitor is not None and self._uplink_monitor in events:
-                self._handshake(self._uplink_monitor)
-
-    def _handshake(self, monitor: zmq.Socket) -> None:
-        """Say on stderr, once until a handshake succeeds again, that the relay refused this trainer: it trains
-        on, journaling, but no viewer of the relay sees it (ZeroMQ retries the handshake by itself)."""
-        event = recv_monitor_message(monitor)["event"]
-        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            self._refused = False
-        elif not self._refused:
-            self._refused = True
-            print(f"tetriszmq: {self.relay.refusal(event)}", file=sys.stderr, flush=True)
-
-    def _drain(self, pull: zmq.Socket, pub: zmq.Socket, journal: IO[bytes] | None) -> bool:
-        """Forward up to `_BATCH` hand-offs of staged messages; False once the close sentinel arrives."""
-        try:
-            for _ in range(_BATCH):
-                batch = pull.recv(zmq.NOBLOCK)
-                if batch == _CLOSE:
-                    return False
-                self._publish_all(pub, journal, _records(batch))
-                if not pull.get(zmq.EVENTS) & _POLLIN:  # holds the GIL, unlike a recv ending in Again
-                    break
-        except zmq.Again:
+            self._proc.stdin.close()
+        except BrokenPipeError:
             pass
-        finally:
-            if journal is not None:
-                self._flush(journal)
-        return True
 
-    def _abandoned(self, pub: zmq.Socket, journal: IO[bytes] | None) -> bool:
-        """True (after publishing ``error``) if the watch says training ended without closing the run.
+    def _listen(self) -> None:
+        """Until the broker process ends: apply what it says; ask the watch at every heartbeat."""
+        assert self._lines is not None
+        next_watch = time.monotonic() + self.spec.heartbeat_every
+        while True:
+            word = self._lines.next(max(0.0, next_watch - time.monotonic()))
+            if word is _Lines.ENDED:
+                return
+            if word is not None:
+                self._apply(word)
+            if time.monotonic() >= next_watch:
+                next_watch = time.monotonic() + self.spec.heartbeat_every
+                self._ask_watch()
 
-        ``state.state`` is the training thread's to write (`TrainerState`); this run sends nothing after this.
-        """
+    def _apply(self, word: dict[str, Any]) -> None:
+        state = self.state
+        if "stop" in word:
+            state.request_stop(word["stop"])
+        elif "request" in word:
+            state.request(**word["request"])
+        elif "sps" in word:
+            state.sps = word["sps"]
+
+    def _ask_watch(self) -> None:
+        """Tell the broker, once, that ``learn()`` ended without ending the run: it publishes ``error``."""
         reason = self.watch() if self.watch is not None else None
-        if reason is None:
-            return False
-        self._publish(pub, journal, Topic.STATUS,
-                      protocol.encode_body({**self.state.status(State.ERROR, reason), "t": time.time()}))
-        if journal is not None:
-            self._flush(journal)
-        return True
-
-    def _publish(self, pub: zmq.Socket, journal: IO[bytes] | None, topic: Topic, body: bytes) -> None:
-        self._publish_all(pub, journal, [(topic, body)])
-
-    def _publish_all(self, pub: zmq.Socket, journal: IO[bytes] | None, messages: Iterable[tuple[Topic, bytes]]) -> None:
-        """Stamp a hand-off's messages, keep them in the history, journal them in one write, then send them.
-
-        The sends come back to back, with no Python work between them: each message that finds libzmq's
-        I/O thread asleep wakes it (a system call, and a wake-up on a CPU that may be training's).
-        """
-        stamped = [self._stamp(topic, body) for topic, body in messages]
-        if journal is not None:
-            lines = [payload for topic, payload in stamped if topic in _JOURNALED]
-            if lines:
-                self._write(journal, b"\n".join(lines) + b"\n")
-        for topic, payload in stamped:
-            try:
-                pub.send(protocol.TOPIC_FRAMES[topic], _MORE)
-                pub.send(payload, _NOW)
-            except zmq.Again:
-                pass  # PUB drops for slow subscribers by design
-
-    def _stamp(self, topic: Topic, body: bytes) -> tuple[Topic, bytes]:
-        """One message with its envelope and the next ``seq``, kept in the history."""
-        if topic is Topic.METRICS and body == _METRICS_NOW:
-            body = self._metrics(periodic=False)
-        elif topic is Topic.STATUS:  # `sps` counts from a state change: paused time is not training speed
-            self._sps_mark = (self.state.timesteps, time.monotonic())
-        self._seq += 1
-        payload = protocol.seal(self._prefixes[topic], self._seq, body)
-        self.history.record(topic, self._seq, payload)
-        return topic, payload
-
-    def _write(self, journal: IO[bytes], line: bytes) -> None:
-        self._journal_io(journal.write, line)
-
-    def _flush(self, journal: IO[bytes]) -> None:
-        self._journal_io(journal.flush)
-
-    def _journal_io(self, operation: Callable[..., object], *args: bytes) -> None:
-        """A journal write or flush; a failure ends training instead of silently losing metrics."""
-        try:
-            operation(*args)
-        except OSError as exc:
-            self.state.request(failure=f"cannot write {self.journal_path}: {exc}")
-
-    def _metrics(self, *, periodic: bool) -> bytes:
-        """The latest counters and SB3 scalars; `sps` since the previous metrics message or state change.
-
-        One asked for out of turn (at the end of training) keeps the previous `sps` if little
-        time has passed: a few steps over a few milliseconds say nothing about speed.
-        """
-        state = self.state
-        now, steps = time.monotonic(), state.timesteps
-        steps_then, then = self._sps_mark
-        if now > then and (periodic or now - then >= self.metrics_every / 2):
-            state.sps = (steps - steps_then) / (now - then)
-            self._sps_mark = (steps, now)
-        return protocol.encode_body({
-            "timesteps": steps,
-            "episodes": state.episodes,
-            "sps": round(state.sps, 1),
-            "dropped": self.outbox.dropped,
-            "scalars": state.scalars.copy(),  # one C call under the GIL: the training thread cannot interleave
-            "t": time.time(),
-        })
-
-    def _heartbeat(self) -> bytes:
-        beat = self.state.summary()
-        del beat["run"], beat["endpoints"]  # the run is in the envelope; endpoints are for `status`
-        beat["t"] = time.time()
-        return protocol.encode_body(beat)
-
-    def _answer(self, rep: zmq.Socket) -> None:
-        """Reply to exactly one request, whatever it holds, so REP never gets stuck."""
-        rep.send(self._reply(rep.recv_multipart()))
-
-    def _say_hello(self) -> None:
-        """Tell the relay (if any, and connected) which run it reaches here; it forgets runs that stop saying so."""
-        if self._uplink is not None:
-            _send_now(self._uplink, [HELLO, self._hello])
-
-    def _answer_relayed(self, dealer: zmq.Socket) -> None:
-        """A request through the relay, ``[*return_address, b"", request]``: the reply goes back with the address."""
-        frames = dealer.recv_multipart()
-        if b"" in frames:
-            at = frames.index(b"")
-            _send_now(dealer, [*frames[:at + 1], self._reply(frames[at + 1:])])
-
-    def _reply(self, frames: list[bytes]) -> bytes:
-        try:
-            reply = protocol.ok_reply(self._execute(protocol.parse_request(frames)))
-        except ProtocolError as exc:
-            reply = protocol.error_reply(str(exc))
-        except Exception as exc:  # a bug must not wedge the control socket
-            reply = protocol.error_reply(f"internal error: {type(exc).__name__}: {exc}")
-        return reply
-
-    def _execute(self, cmd: Command) -> dict[str, Any]:
-        state = self.state
-        if cmd is Command.STATUS:
-            return state.summary()
-        if cmd is Command.SNAPSHOT:
-            kept = {} if state.records is None else {"records": state.records}
-            return {**self.history.snapshot(), "lineage": state.lineage or state.run, **kept}
-        if cmd is Command.STOP:
-            state.request_stop("stop requested")
-            return {"state": str(State.STOPPING)}
-        if cmd is Command.PAUSE:
-            state.request(paused=True)
-            return {"state": str(State.PAUSED)}
-        if cmd is Command.RESUME:
-            state.request(paused=False)
-            return {"state": str(State.RUNNING)}
-        if not state.can_save:
-            raise ProtocolError("this trainer has no checkpoint directory; save is unavailable")
-        state.request(save_requested=True)
-        return {"state": str(State.SAVING)}
+        if reason is not None:
+            self.watch = None
+            _tell(self._proc.stdin, {"abandoned": reason})
 
 
-def _poll_ms(seconds: float) -> int:
-    """A poll timeout in whole milliseconds, rounded up.
+class _Lines:
+    """JSON lines from a pipe, with a timeout; `ENDED` once the writer is gone."""
 
-    pyzmq truncates a float timeout, so a deadline less than 1 ms away meant ``poll(0)``: the thread
-    spun until the deadline, and every call released and retook the GIL from the training thread.
-    """
-    return max(0, math.ceil(seconds * 1000))
+    ENDED: dict[str, Any] = {}
+
+    def __init__(self, pipe: IO[bytes]) -> None:
+        self._fd = pipe.fileno()
+        self._buffer = b""
+        self._lines: list[bytes] = []
+
+    def next(self, timeout: float) -> dict[str, Any] | None:
+        """The next line, `ENDED`, or None if nothing came within ``timeout`` seconds."""
+        while not self._lines:
+            if not select.select([self._fd], [], [], timeout)[0]:
+                return None
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                return self.ENDED
+            *self._lines, self._buffer = (self._buffer + chunk).split(b"\n")
+        return orjson.loads(self._lines.pop(0))
 
 
-def _send_now(sock: zmq.Socket, frames: list[bytes]) -> None:
-    """Send or drop: a relay that is away or full gets the next hello, and a client retries."""
+def _spawn(spec: BrokerSpec) -> subprocess.Popen[bytes]:
+    """``python -m tetriszmq.stream.brokerd``, a fresh interpreter (works in a script without a ``__main__``
+    guard), importing this same checkout of the package; the spec on its stdin."""
+    root = str(Path(tetriszmq.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
+    proc = subprocess.Popen([sys.executable, "-m", "tetriszmq.stream.brokerd"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env, close_fds=True)
+    spec_bytes = pickle.dumps(spec)
+    proc.stdin.write(SPEC_SIZE.pack(len(spec_bytes)) + spec_bytes)
+    proc.stdin.flush()
+    return proc
+
+
+def _tell(pipe: IO[bytes], word: dict[str, Any]) -> None:
+    """One JSON line to the other process; nothing if it is gone (its end is then handled where it is noticed)."""
     try:
-        sock.send_multipart(frames, zmq.NOBLOCK)
-    except zmq.Again:
+        pipe.write(orjson.dumps(word) + b"\n")
+        pipe.flush()
+    except (BrokenPipeError, ValueError):  # ValueError: this end is closed already
         pass
-
-
-def _records(batch: bytes) -> Iterator[tuple[Topic, bytes]]:
-    """The (topic, body) pairs of one hand-off, in the order they were staged."""
-    at = 0
-    while at < len(batch):
-        code, size = _RECORD.unpack_from(batch, at)
-        at += _RECORD.size
-        yield _TOPICS[code], batch[at:at + size]
-        at += size

@@ -201,13 +201,12 @@ class StreamCallback(BaseCallback):
         self.metrics_every = metrics_every
         self.info_keys = tuple(info_keys)
         self.curve = curve
-        self._authenticator: Any = None
         self.broker = broker  # an own broker is made by `bind`, once per learn()
         self.state = broker.state if broker is not None else TrainerState(run="")
         self.tap = LoggerTap(self.state.scalars)
         self._training = False
         self._ended: dict[str, int] = {}  # the counters of this callback's last run, for a learn() that continues it
-        self._next_board = self._next_flush = 0.0
+        self._next_board = self._next_flush = self._rollout_started = 0.0
         self._board_episode = 1  # the `episode` of env 0's game in board frames: fixed while that game lasts
         self._returns = self._lengths = np.zeros(0)  # per env, for envs without a Monitor
 
@@ -251,6 +250,15 @@ class StreamCallback(BaseCallback):
             self.save()
         return self._obey() if state.attention else True
 
+    def _on_rollout_start(self) -> None:
+        self._rollout_started = time.monotonic()
+
+    def _on_rollout_end(self) -> None:
+        """A long rollout comes before a long update (PPO's), through which the broker's heartbeats and
+        metrics repeat what the last hand-off told it: so it gets the rollout's last counters now."""
+        if time.monotonic() - self._rollout_started >= FLUSH_PERIOD:
+            self.broker.outbox.flush(always=True)
+
     def _on_training_end(self) -> None:
         """Also called a second time by rl-zoo3's ``finally``: the second call does nothing."""
         if not self._training:
@@ -277,7 +285,6 @@ class StreamCallback(BaseCallback):
                 self.set_state(State.STOPPED, self.state.stop_reason or "training ended")
         self.broker.close()
         self.broker.watch = None  # drops the frame of learn() and all it holds
-        self._stop_authenticator()
 
     def abandoned_reason(self) -> str | None:
         """Why the run is over if its ``learn()`` was left without ``on_training_end``; None otherwise."""
@@ -310,14 +317,8 @@ class StreamCallback(BaseCallback):
         self.tap.latest = self.state.scalars
         self.broker = Broker(self.state, pub, ctl, metrics_every=self.metrics_every,
                              journal=self.run_dir / "metrics.jsonl" if self.run_dir is not None else None,
-                             setup_socket=self.curve.apply if self.curve is not None else None, relay=self.relay)
-        if self.curve is not None:
-            self._authenticator = self.curve.start(self.broker.ctx)
-        try:
-            self.broker.start()
-        except BaseException:
-            self._stop_authenticator()
-            raise
+                             curve=self.curve, relay=self.relay)
+        self.broker.start()
         _LIVE.add(self)
 
     @staticmethod
@@ -327,11 +328,6 @@ class StreamCallback(BaseCallback):
             reason = callback.abandoned_reason()
             if reason is not None:
                 callback.close(error=reason)
-
-    def _stop_authenticator(self) -> None:
-        if self._authenticator is not None:
-            self._authenticator.stop()
-            self._authenticator = None
 
     def _counters_now(self) -> dict[str, int]:
         """At the start of ``learn()``: counters carry on when it continues the timesteps (from this

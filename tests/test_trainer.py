@@ -171,6 +171,25 @@ def test_a_port_in_use_is_a_clear_error(trainers):
     assert not second.run_dir.exists(), "a run that never started leaves no folder for viewers to list"
 
 
+def test_a_trainer_on_any_free_pub_port_takes_a_free_control_port_too(tmp_path, default_control_port_busy):
+    """``--pub tcp://127.0.0.1:*`` beside a default trainer: without ``--ctl``, the control port is a free one too
+    (the default one is held), and ``ctl --run-dir`` finds it."""
+    run_dir = tmp_path / "run"
+    trainer = subprocess.Popen([sys.executable, "-m", "tetriszmq", "train", "--config", str(TINY), *LONG, "--quiet",
+                                "--pub", "tcp://127.0.0.1:*", "--run-dir", str(run_dir)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for((run_dir / "run.json").exists, 60, what="run.json", alive=lambda: trainer.poll() is None)
+        ctl = orjson.loads((run_dir / "run.json").read_bytes())["endpoints"]["ctl"]
+        assert ctl.startswith("tcp://127.0.0.1:") and not ctl.endswith((":5556", ":*"))
+        stopped = subprocess.run([sys.executable, "-m", "tetriszmq", "ctl", "stop", "--run-dir", str(run_dir)],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+        assert trainer.wait(60) == 0, trainer.communicate()[0]
+    finally:
+        reap([trainer])
+
+
 # --- tests that share one long run ---------------------------------------------------------------------
 
 

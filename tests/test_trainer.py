@@ -162,6 +162,16 @@ def test_ctl_without_a_trainer_fails_clearly():
     assert "no reply" in result.stderr and "2 attempts" in result.stderr
 
 
+def test_ctl_of_a_run_whose_trainer_has_ended_says_so_at_once(finished_run, tetriszmq_here):
+    """One short attempt: a message that blamed the connection would be the fault."""
+    run = orjson.loads((finished_run / "run.json").read_bytes())["run"]
+    last = orjson.loads((finished_run / "metrics.jsonl").read_bytes().splitlines()[-1])
+    result = tetriszmq_here("ctl", "status", "--run-dir", finished_run, "--timeout", "0.2", "--retries", "0")
+    assert result.returncode == 3
+    assert result.stderr == (f"tetriszmq ctl: run {run} in {finished_run} has ended (stopped at {last['timesteps']} "
+                             f"timesteps: {last['reason']}): no trainer to ask\n")
+
+
 def test_a_port_in_use_is_a_clear_error(trainers):
     first = trainers(*LONG)
     status(first, timeout=10)

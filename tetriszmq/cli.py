@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from tetriszmq.stream.protocol import Command, is_run_id
+from tetriszmq.stream.protocol import Command, State, is_run_id
 from tetriszmq.stream.relay import EXPIRE, MAX_LISTED, RUNS, side
 from tetriszmq.stream.security import ALLOWED, ALLOWED_TRAINERS, ClientCurve, SecurityError, make_keys
 from tetriszmq.stream.sockets import any_port
@@ -192,6 +192,9 @@ def _ctl(args: argparse.Namespace) -> int:
     except ValueError as exc:  # SecurityError is a ValueError: a key file is bad input too
         print(f"tetriszmq ctl: {exc}", file=sys.stderr)
         return 2
+    if args.run_dir is not None and (ended := _ended(args.run_dir)):
+        print(f"tetriszmq ctl: {ended}: no trainer to ask", file=sys.stderr)
+        return 3
     try:
         if args.relay is not None and run is None and args.cmd != RUNS:
             run = _only_run(endpoint, args, curve)
@@ -232,6 +235,24 @@ def _run_dir_control(run_dir: Path) -> str:
     if not isinstance(endpoint, str):
         raise ValueError(f"--run-dir {run_dir}: run.json names no control endpoint")
     return endpoint
+
+
+def _ended(run_dir: Path) -> str | None:
+    """How the run in ``run_dir`` ended, if its journal's last message is the final status of the process its
+    ``run.json`` names: asking its control port could only time out. A resumed run's new process journals its
+    first status before it rewrites ``run.json``, so it is never taken for the one that ended."""
+    from tetriszmq.stream import journal
+
+    try:
+        run = orjson.loads((run_dir / "run.json").read_bytes())["run"]
+        status = journal.last(run_dir / "metrics.jsonl")
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+        return None  # no telling: asking says what is wrong
+    if not status or status.get("topic") != "status" or status.get("run") != run or status.get("state") not in (
+            State.STOPPED, State.ERROR):
+        return None
+    return (f"run {run} in {run_dir} has ended ({status['state']} at {status.get('timesteps', 0):,} timesteps: "
+            f"{status.get('reason') or 'no reason given'})")
 
 
 def _only_run(endpoint: str, args: argparse.Namespace, curve: ClientCurve | None) -> str:

@@ -87,6 +87,18 @@ def test_a_resume_with_nothing_left_to_train_says_so_and_ends_stopped(trainers, 
     assert (last["state"], last["reason"]) == ("stopped", "max_timesteps 400 already reached")
 
 
+def test_a_resumed_trainers_first_status_has_the_checkpoints_counters(trainers, finished_run, tmp_path):
+    """Not 0 timesteps until the model is loaded: a viewer would draw the run's curve falling back to 0."""
+    run_dir = shutil.copytree(finished_run, tmp_path / "resumed")
+    saved = PPO.load(run_dir / "checkpoints" / "latest.zip")
+    resumed = trainers("--resume", "--set", "train.max_timesteps=600", run_dir=run_dir)
+    assert resumed.wait(120) == 0, resumed.output()
+    run = orjson.loads((run_dir / "run.json").read_bytes())["run"]
+    first = next(m for m in map(orjson.loads, (run_dir / "metrics.jsonl").read_bytes().splitlines()) if m["run"] == run)
+    assert (first["topic"], first["state"]) == ("status", "starting")
+    assert (first["timesteps"], first["episodes"]) == (saved.num_timesteps, saved.tetriszmq_counters["episodes"])
+
+
 def test_save_writes_a_loadable_latest_checkpoint(trainers):
     trainer = trainers(*LONG, "--set", "train.checkpoint_every=0")
     latest = trainer.run_dir / "checkpoints" / "latest.zip"

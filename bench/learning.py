@@ -18,7 +18,6 @@ Usage: python bench/learning.py [--minutes 10] [--seeds 1 2 3] [--games 20] [--m
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from harness import ROOT
+from harness.machine import loadavg
 
 from tetriszmq import agents
 from tetriszmq import config as cfg
@@ -114,12 +114,23 @@ def minute_checkpoints(arm: Arm, every: float) -> list[tuple[float, Path | None]
         start, before = max((c for c in arm.clock if c[0] <= wall), default=arm.clock[0])
         return before + (wall - start) / 60
 
-    minute = every
-    while minute <= total + 1e-9:
+    for step in range(1, int(total / every + 1e-9) + 1):
+        minute = round(step * every, 6)  # 0.15, not the 0.15000000000000002 of a running sum
         done = [path for wall, path in files if trained_at(wall) <= minute]
         points.append((minute, done[-1] if done else None))
-        minute += every
     return points
+
+
+def curve_table(curves: dict[tuple[str, int], list[tuple[float, float | None]]]) -> list[str]:
+    """The learning curves side by side, a row per point, labelled with its minute as precise as it was taken
+    (``--quick`` takes one every 0.05 minutes)."""
+    columns = list(curves)
+    lines = [f"{'minute':>7} " + " ".join(f"{f'{name} {seed}':>12}" for name, seed in columns)]
+    for i in range(max(len(curve) for curve in curves.values())):
+        means = [curves[c][i][1] if i < len(curves[c]) else None for c in columns]
+        minute = next(curves[c][i][0] for c in columns if i < len(curves[c]))
+        lines.append(f"{minute:>7g} " + " ".join(f"{'-' if m is None else f'{m:,.1f}':>12}" for m in means))
+    return lines
 
 
 def row(name: str, result: dict) -> str:
@@ -180,7 +191,7 @@ def main() -> None:
 def report(args: argparse.Namespace, config: cfg.Config, speed: float, arms: list[Arm], results: dict, curves: dict,
            references: dict) -> None:
     print(f"\nconfig {args.config.name} {' '.join(args.overrides)}: {config.agent.algo} on {config.env.kind}, "
-          f"{args.minutes:g} min of training per arm, seeds {args.seeds}; load average {os.getloadavg()}")
+          f"{args.minutes:g} min of training per arm, seeds {args.seeds}; load average {loadavg()}")
     print(f"environment alone:  {speed:,.0f} placements/s (random legal placements, all features)")
     print(f"\n{'arm':<10} {'seed':>4} {'timesteps':>11} {'replay rows':>12} {'placements/s':>13}")
     for arm in arms:
@@ -189,13 +200,8 @@ def report(args: argparse.Namespace, config: cfg.Config, speed: float, arms: lis
 
     print(f"\nlearning curve: mean lines of {args.curve_games} games capped at {args.curve_pieces:,} pieces, "
           "by the newest periodic checkpoint at each minute of training")
-    columns = [(arm.name, arm.seed) for arm in arms]
-    print(f"{'minute':>7} " + " ".join(f"{f'{name} {seed}':>12}" for name, seed in columns))
-    longest = max(len(curves[c]) for c in columns)
-    for i in range(longest):
-        means = [curves[c][i][1] if i < len(curves[c]) else None for c in columns]
-        minute = next(curves[c][i][0] for c in columns if i < len(curves[c]))
-        print(f"{minute:>7.1f} " + " ".join(f"{'-' if m is None else f'{m:,.1f}':>12}" for m in means))
+    for line in curve_table(curves):
+        print(line)
 
     print(f"\nlines per game, {args.games} games, seeds {args.seed}..{args.seed + args.games - 1}, "
           f"cap {args.max_pieces:,} pieces")

@@ -1,14 +1,15 @@
 """Fixtures that start real trainers on free ports and always reap them; the suite's markers.
 
-Shared fixtures reach test modules only through this file: its own (`trainers`, `subscribe`, `tetriszmq_here`) and
-those of the plugins named in `pytest_plugins` (`viewers` from viewer_support.py; `hosts`, `keys`,
-`secured_trainer` from netns.py). Free ports and waits come from bench/harness/processes.py, one
+Shared fixtures reach test modules only through this file: its own (`trainers`, `subscribe`, `tetriszmq_here`,
+`default_control_port_busy`) and those of the plugins named in `pytest_plugins` (`viewers` from viewer_support.py;
+`hosts`, `keys`, `secured_trainer` from netns.py). Free ports and waits come from bench/harness/processes.py, one
 definition for tests and benches (pyproject puts bench/ on the tests' path).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -142,6 +143,19 @@ def subscribe() -> Iterator[Callable[..., Subscriber]]:
     yield make
     for sub in subs:
         sub.close()
+
+
+@pytest.fixture
+def default_control_port_busy() -> Iterator[None]:
+    """The default control port, 127.0.0.1:5556, held as a default trainer holds it: by this fixture when it is
+    free, else by whatever holds it already."""
+    with socket.socket() as holder:
+        try:
+            holder.bind(("127.0.0.1", 5556))
+            holder.listen()
+        except OSError:
+            pass  # held already: busy either way
+        yield
 
 
 def train_to_end(run_dir: Path, *extra: str, config: Path = TINY) -> Path:

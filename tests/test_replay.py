@@ -88,23 +88,28 @@ def test_a_replay_streams_like_a_run_to_a_subscriber(placement_run, subscribe):
     assert orjson.loads(out) == {"lines": best.lines, "pieces": best.pieces, "score": best.score, "end": best.end}
 
 
-def test_a_replay_on_any_free_port_says_which_and_obeys_control_there(placement_run, subscribe):
-    """``--pub tcp://127.0.0.1:*``: the line it prints is the only way to find the stream (no run.json)."""
-    replay = subprocess.Popen([sys.executable, "-m", "tetriszmq", "replay", str(placement_run), "--pps", "2",
-                               "--pub", "tcp://127.0.0.1:*", "--ctl", "tcp://127.0.0.1:*"], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("command", ["replay", "play"])
+@pytest.mark.parametrize("ctl", [("--ctl", "tcp://127.0.0.1:*"), ()], ids=["ctl-given", "ctl-follows-pub"])
+def test_a_game_on_any_free_port_says_which_and_obeys_control_there(placement_run, subscribe, command, ctl,
+                                                                     default_control_port_busy):
+    """``--pub tcp://127.0.0.1:*``: the line it prints is the only way to find the stream (no run.json). Without
+    ``--ctl`` the control port is any free one too, not the default one a default trainer holds."""
+    source = [str(placement_run)] if command == "replay" else ["--agent", "dellacherie"]
+    game = subprocess.Popen([sys.executable, "-m", "tetriszmq", command, *source, "--pps", "2",
+                             "--pub", "tcp://127.0.0.1:*", *ctl], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert select.select([replay.stderr], [], [], 120)[0], "replay printed nothing"
-        said = replay.stderr.readline()
+        assert select.select([game.stderr], [], [], 120)[0], f"{command} printed nothing"
+        said = game.stderr.readline()
         found = re.search(r"streaming on (tcp://127\.0\.0\.1:\d+), control on (tcp://127\.0\.0\.1:\d+)$", said)
         assert found, said
         sub = subscribe(found.group(1))
         assert sub.until(lambda t, p: t is Topic.BOARD, timeout=60)
         assert request(found.group(2), "stop")["ok"]
-        out, err = replay.communicate(timeout=60)
+        out, err = game.communicate(timeout=60)
     finally:
-        reap([replay])
-    assert replay.returncode == 0, err
+        reap([game])
+    assert game.returncode == 0, err
     assert orjson.loads(out)["end"] == "stop requested"
 
 

@@ -87,6 +87,18 @@ def test_a_resume_with_nothing_left_to_train_says_so_and_ends_stopped(trainers, 
     assert (last["state"], last["reason"]) == ("stopped", "max_timesteps 400 already reached")
 
 
+def test_a_resumed_trainers_first_status_has_the_checkpoints_counters(trainers, finished_run, tmp_path):
+    """Not 0 timesteps until the model is loaded: a viewer would draw the run's curve falling back to 0."""
+    run_dir = shutil.copytree(finished_run, tmp_path / "resumed")
+    saved = PPO.load(run_dir / "checkpoints" / "latest.zip")
+    resumed = trainers("--resume", "--set", "train.max_timesteps=600", run_dir=run_dir)
+    assert resumed.wait(120) == 0, resumed.output()
+    run = orjson.loads((run_dir / "run.json").read_bytes())["run"]
+    first = next(m for m in map(orjson.loads, (run_dir / "metrics.jsonl").read_bytes().splitlines()) if m["run"] == run)
+    assert (first["topic"], first["state"]) == ("status", "starting")
+    assert (first["timesteps"], first["episodes"]) == (saved.num_timesteps, saved.tetriszmq_counters["episodes"])
+
+
 def test_save_writes_a_loadable_latest_checkpoint(trainers):
     trainer = trainers(*LONG, "--set", "train.checkpoint_every=0")
     latest = trainer.run_dir / "checkpoints" / "latest.zip"
@@ -162,6 +174,16 @@ def test_ctl_without_a_trainer_fails_clearly():
     assert "no reply" in result.stderr and "2 attempts" in result.stderr
 
 
+def test_ctl_of_a_run_whose_trainer_has_ended_says_so_at_once(finished_run, tetriszmq_here):
+    """One short attempt: a message that blamed the connection would be the fault."""
+    run = orjson.loads((finished_run / "run.json").read_bytes())["run"]
+    last = orjson.loads((finished_run / "metrics.jsonl").read_bytes().splitlines()[-1])
+    result = tetriszmq_here("ctl", "status", "--run-dir", finished_run, "--timeout", "0.2", "--retries", "0")
+    assert result.returncode == 3
+    assert result.stderr == (f"tetriszmq ctl: run {run} in {finished_run} has ended (stopped at {last['timesteps']} "
+                             f"timesteps: {last['reason']}): no trainer to ask\n")
+
+
 def test_a_port_in_use_is_a_clear_error(trainers):
     first = trainers(*LONG)
     status(first, timeout=10)
@@ -169,6 +191,25 @@ def test_a_port_in_use_is_a_clear_error(trainers):
     assert second.wait(60) == 2
     assert "cannot bind" in second.output()
     assert not second.run_dir.exists(), "a run that never started leaves no folder for viewers to list"
+
+
+def test_a_trainer_on_any_free_pub_port_takes_a_free_control_port_too(tmp_path, default_control_port_busy):
+    """``--pub tcp://127.0.0.1:*`` beside a default trainer: without ``--ctl``, the control port is a free one too
+    (the default one is held), and ``ctl --run-dir`` finds it."""
+    run_dir = tmp_path / "run"
+    trainer = subprocess.Popen([sys.executable, "-m", "tetriszmq", "train", "--config", str(TINY), *LONG, "--quiet",
+                                "--pub", "tcp://127.0.0.1:*", "--run-dir", str(run_dir)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for((run_dir / "run.json").exists, 60, what="run.json", alive=lambda: trainer.poll() is None)
+        ctl = orjson.loads((run_dir / "run.json").read_bytes())["endpoints"]["ctl"]
+        assert ctl.startswith("tcp://127.0.0.1:") and not ctl.endswith((":5556", ":*"))
+        stopped = subprocess.run([sys.executable, "-m", "tetriszmq", "ctl", "stop", "--run-dir", str(run_dir)],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+        assert trainer.wait(60) == 0, trainer.communicate()[0]
+    finally:
+        reap([trainer])
 
 
 # --- tests that share one long run ---------------------------------------------------------------------

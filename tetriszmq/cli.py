@@ -12,11 +12,14 @@ from pathlib import Path
 
 import orjson
 
-from tetriszmq.stream.protocol import Command, is_run_id
+from tetriszmq.stream.protocol import Command, State, is_run_id
 from tetriszmq.stream.relay import EXPIRE, MAX_LISTED, RUNS, side
 from tetriszmq.stream.security import ALLOWED, ALLOWED_TRAINERS, ClientCurve, SecurityError, make_keys
+from tetriszmq.stream.sockets import any_port
 
 TRIAL_DIR = re.compile(r"trial-\d+")  # a sweep trial's run directory (tetriszmq.sweep.trial)
+DEFAULT_PUB, DEFAULT_CTL = "tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556"
+CTL_DEFAULT_HELP = f"default {DEFAULT_CTL}, or any free port when the PUB endpoint's port is * or 0"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override one config value (repeatable); VALUE is read as TOML")
     train.add_argument("--pub", help="PUB endpoint (publish.pub)")
-    train.add_argument("--ctl", help="REP control endpoint (publish.ctl)")
+    train.add_argument("--ctl", help=f"REP control endpoint (publish.ctl); {CTL_DEFAULT_HELP}")
     train.add_argument("--run-dir", type=Path, help="run directory (default: <run.dir>/<run.name>)")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress line")
@@ -72,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
     play = commands.add_parser("play", help="play one game, streamed on PUB like a training run")
     _player_arguments(play, seed_help="the game's seed (> 0)")
-    play.add_argument("--pub", default="tcp://127.0.0.1:5555")
-    play.add_argument("--ctl", default="tcp://127.0.0.1:5556")
+    play.add_argument("--pub", default=DEFAULT_PUB)
+    play.add_argument("--ctl", help=CTL_DEFAULT_HELP)
     play.add_argument("--pps", type=float, default=10.0, help="placements per second; 0: as fast as possible")
     play.add_argument("--insecure", action="store_true", help="allow a non-loopback endpoint without CURVE")
     play.set_defaults(func=_play)
@@ -82,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("path", type=Path, metavar="RUN_DIR",
                         help="a run directory, an `eval --record` folder, or one .rec file")
     replay.add_argument("--episode", default="best", help="best (most lines), last, or an episode number")
-    replay.add_argument("--pub", default="tcp://127.0.0.1:5555")
-    replay.add_argument("--ctl", default="tcp://127.0.0.1:5556")
+    replay.add_argument("--pub", default=DEFAULT_PUB)
+    replay.add_argument("--ctl", help=CTL_DEFAULT_HELP)
     replay.add_argument("--pps", type=float, default=20.0, help="placements per second; 0: as fast as possible")
     replay.add_argument("--from-piece", type=int, default=0, metavar="K", help="start streaming at piece K")
     replay.add_argument("--check", action="store_true",
@@ -153,6 +156,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append("security.insecure=true")
     try:
         config = cfg.load(args.config, overrides)
+        if args.ctl is None:
+            config.publish.ctl = control_beside(config.publish.pub, config.publish.ctl)
         return train(config, RunOptions(run_dir=args.run_dir, resume=args.resume, quiet=args.quiet))
     except (cfg.ConfigError, RunError) as exc:
         print(f"tetriszmq: {exc}", file=sys.stderr)
@@ -171,7 +176,11 @@ def client_curve(args: argparse.Namespace) -> ClientCurve | None:
     return ClientCurve(args.curve_server_key, args.curve_secret_key) if args.curve_server_key else None
 
 
-DEFAULT_CTL = "tcp://127.0.0.1:5556"
+def control_beside(pub: str, ctl: str) -> str:
+    """The control endpoint that goes with ``pub`` when ``--ctl`` is not given: ``ctl``, unless it is the fixed
+    default and ``pub`` takes any free port: then any free port too, since the process that asked for a free PUB
+    most likely runs beside a default trainer, which holds the default control port."""
+    return pub if ctl == DEFAULT_CTL and any_port(pub) else ctl
 
 
 def _ctl(args: argparse.Namespace) -> int:
@@ -183,6 +192,9 @@ def _ctl(args: argparse.Namespace) -> int:
     except ValueError as exc:  # SecurityError is a ValueError: a key file is bad input too
         print(f"tetriszmq ctl: {exc}", file=sys.stderr)
         return 2
+    if args.run_dir is not None and (ended := _ended(args.run_dir)):
+        print(f"tetriszmq ctl: {ended}: no trainer to ask", file=sys.stderr)
+        return 3
     try:
         if args.relay is not None and run is None and args.cmd != RUNS:
             run = _only_run(endpoint, args, curve)
@@ -223,6 +235,24 @@ def _run_dir_control(run_dir: Path) -> str:
     if not isinstance(endpoint, str):
         raise ValueError(f"--run-dir {run_dir}: run.json names no control endpoint")
     return endpoint
+
+
+def _ended(run_dir: Path) -> str | None:
+    """How the run in ``run_dir`` ended, if its journal's last message is the final status of the process its
+    ``run.json`` names: asking its control port could only time out. A resumed run's new process journals its
+    first status before it rewrites ``run.json``, so it is never taken for the one that ended."""
+    from tetriszmq.stream import journal
+
+    try:
+        run = orjson.loads((run_dir / "run.json").read_bytes())["run"]
+        status = journal.last(run_dir / "metrics.jsonl")
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+        return None  # no telling: asking says what is wrong
+    if not status or status.get("topic") != "status" or status.get("run") != run or status.get("state") not in (
+            State.STOPPED, State.ERROR):
+        return None
+    return (f"run {run} in {run_dir} has ended ({status['state']} at {status.get('timesteps', 0):,} timesteps: "
+            f"{status.get('reason') or 'no reason given'})")
 
 
 def _only_run(endpoint: str, args: argparse.Namespace, curve: ClientCurve | None) -> str:
@@ -352,12 +382,13 @@ def _play(args: argparse.Namespace) -> int:
     from tetriszmq.tetris.placement_env import PlacementTetris
 
     try:
-        check_exposure([args.pub, args.ctl], secured=False, insecure=args.insecure)
+        ctl = args.ctl or control_beside(args.pub, DEFAULT_CTL)
+        check_exposure([args.pub, ctl], secured=False, insecure=args.insecure)
         policy = _player(args)
         env = PlacementTetris(features=policy.feature_names, max_pieces=args.max_pieces)
         env.set_scorer(getattr(policy, "scores", None))  # frames show the candidates it weighs
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # ends the game as Ctrl-C does
-        result = play(policy, env, pub=args.pub, ctl=args.ctl, seed=args.seed, pps=args.pps,
+        result = play(policy, env, pub=args.pub, ctl=ctl, seed=args.seed, pps=args.pps,
                       on_bound=_say_where("tetriszmq play: "))
     except (ConfigError, SecurityError, OSError, ValueError) as exc:
         print(f"tetriszmq play: {exc}", file=sys.stderr)
@@ -379,8 +410,9 @@ def _replay(args: argparse.Namespace) -> int:
             result = check(record)
             print(orjson.dumps({"file": str(path), **result}).decode())
             return 0 if result["ok"] else 1
-        check_exposure([args.pub, args.ctl], secured=False, insecure=args.insecure)
-        result = replay(record, pub=args.pub, ctl=args.ctl, pps=args.pps, from_piece=args.from_piece,
+        ctl = args.ctl or control_beside(args.pub, DEFAULT_CTL)
+        check_exposure([args.pub, ctl], secured=False, insecure=args.insecure)
+        result = replay(record, pub=args.pub, ctl=ctl, pps=args.pps, from_piece=args.from_piece,
                         on_bound=_say_where(f"tetriszmq replay: episode {record.episode} of {path}, "))
     except (records.RecordError, SecurityError, OSError) as exc:
         print(f"tetriszmq replay: {exc}", file=sys.stderr)

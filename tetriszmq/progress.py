@@ -25,6 +25,7 @@ class ProgressLine:
         self.max_timesteps = max_timesteps
         self.max_seconds = max_minutes * 60
         self.started = time.monotonic()  # reset by `start`, when the clock of max_minutes starts too
+        self.first_step: int | None = None  # the timesteps at `start` (a resumed run's are not this process's)
         self.out = out
         self.tty = out.isatty()
         self.period = 0.5 if self.tty else 10.0
@@ -33,7 +34,7 @@ class ProgressLine:
         print(f"tetriszmq: run {state.run} in {run_dir}", file=out, flush=True)
 
     def start(self) -> None:
-        self.started = time.monotonic()
+        self.started, self.first_step = time.monotonic(), self.state.timesteps
         endpoints = self.state.endpoints
         relay = f", and through the relay at {endpoints['relay']}" if endpoints.get("relay") else ""
         print(f"tetriszmq: streaming on {endpoints.get('pub')}, control on {endpoints.get('ctl')}{relay}",
@@ -46,13 +47,23 @@ class ProgressLine:
             self._thread.join()
         self._draw(final=True)
 
-    def line(self) -> str:
+    def line(self, final: bool = False) -> str:
+        """The bar and counters; ``final``: the rate is this process's overall one, not the last window's."""
         s = self.state
         share = min(1.0, max(s.timesteps / self.max_timesteps if self.max_timesteps else 0.0,
                              (time.monotonic() - self.started) / self.max_seconds if self.max_seconds else 0.0))
         bar = "#" * int(share * 20)
         return (f"[{bar:<20}] {share:4.0%} | {s.timesteps:,} steps | {s.episodes:,} episodes | "
-                f"best {s.best_lines:,} lines | {s.sps:,.0f} steps/s | {s.state}")
+                f"best {s.best_lines:,} lines | {self._rate(final)}{s.state}")
+
+    def _rate(self, final: bool) -> str:
+        """``N steps/s | ``, or nothing while no rate is known: the broker's comes with the first metrics message,
+        a second in, so a short run never has one, and a 0 would read as a stalled run."""
+        if not final:
+            return f"{self.state.sps:,.0f} steps/s | " if self.state.sps else ""
+        steps = self.state.timesteps - self.first_step if self.first_step is not None else 0
+        seconds = time.monotonic() - self.started
+        return f"{steps / seconds:,.0f} steps/s overall | " if steps > 0 and seconds > 0 else ""
 
     def _run(self) -> None:
         while not self._done.wait(self.period):
@@ -61,4 +72,4 @@ class ProgressLine:
     def _draw(self, final: bool = False) -> None:
         end = "\n" if final or not self.tty else ""
         prefix = "\r\033[K" if self.tty else ""
-        print(prefix + self.line(), end=end, file=self.out, flush=True)
+        print(prefix + self.line(final), end=end, file=self.out, flush=True)

@@ -30,7 +30,7 @@ from tetriszmq.progress import ProgressLine
 from tetriszmq.recorder import placement_callbacks
 from tetriszmq.stream.broker import Broker
 from tetriszmq.stream.callback import StreamCallback, describe
-from tetriszmq.stream.checkpoints import CheckpointError, Checkpoints, counters_of
+from tetriszmq.stream.checkpoints import CheckpointError, Checkpoints, counters_of, saved_counters
 from tetriszmq.stream.protocol import State
 from tetriszmq.stream.relay import Uplink, side
 from tetriszmq.stream.security import ClientCurve, SecurityError, ServerCurve, check_exposure
@@ -136,8 +136,9 @@ def train(config: cfg.Config, options: RunOptions) -> int:
     (run_dir / "config.toml").write_text(cfg.to_toml(config))
     torch.set_num_threads(config.agent.torch_threads)
 
+    resumed = saved_counters(run_dir / "checkpoints" / "latest.zip") if options.resume else {}
     state = TrainerState(run=f"{config.run.name}-{secrets.token_hex(3)}", can_save=True,
-                         lineage=lineage_of(run_dir if options.resume else None, config.run.name))
+                         lineage=lineage_of(run_dir if options.resume else None, config.run.name), **resumed)
     publish = config.publish
     broker = Broker(state, publish.pub, publish.ctl, hwm=publish.hwm, history=publish.history,
                     journal=run_dir / "metrics.jsonl", heartbeat_every=publish.heartbeat_every,
@@ -160,7 +161,7 @@ def train(config: cfg.Config, options: RunOptions) -> int:
             model = _model(config, run_dir, options.resume, state, checkpoints)
         except Exception as exc:
             return _not_started(stream, exc, options.resume)
-        if options.resume:  # the first status went out before the checkpoint's counters were known
+        if options.resume:  # the loaded model's counters (the first status had the zip's, read without it)
             stream.set_state(State.STARTING, f"resumed at {state.timesteps} timesteps")
         game = placement_callbacks(run_dir, state.episodes, state) if config.env.kind == "placement" else []
         return _learn(model, config, state, stream, progress, game)

@@ -57,4 +57,5 @@ def legend() -> str:
             f"{EPISODE_EVERY:g} s, metrics every {METRICS_EVERY:g} s, heartbeats every 0.5 s\n"
             "ms: board `t` -> arrival at the client's socket (kernel stamp); rd: -> read by the client process\n"
             "cpu %: the server's own CPU (% of one core); wait ms/s: how long per second it was ready to run "
-            "but other processes held the CPUs; cl cpu %: all client processes; box %: all CPUs busy")
+            f"but other processes held the CPUs; cl cpu %: all client processes; box %: all CPUs' busy time, in % of "
+            f"one core as cpu % is ({os.cpu_count()} CPUs all busy: {100 * (os.cpu_count() or 1)})")

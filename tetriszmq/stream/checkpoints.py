@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 
@@ -108,6 +110,20 @@ class Checkpoints:
 def counters_of(model: BaseAlgorithm) -> dict[str, int]:
     """The counters saved with a checkpoint (episodes, best lines); empty for a fresh model."""
     return dict(getattr(model, COUNTERS_ATTR, {}) or {})
+
+
+def saved_counters(path: Path) -> dict[str, int]:
+    """A checkpoint's ``timesteps``, ``episodes`` and ``best_lines``, read from its zip's ``data`` entry (SB3 keeps
+    plain attributes as JSON there) without building the model: a resuming trainer's first status and heartbeats
+    show them, before the model is loaded. Empty if the file cannot be read so: loading it says what is wrong."""
+    try:
+        with zipfile.ZipFile(path) as checkpoint:
+            data = orjson.loads(checkpoint.read("data"))
+        counters = {"timesteps": data["num_timesteps"], **data.get(COUNTERS_ATTR, {})}
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):  # JSONDecodeError is a ValueError
+        return {}
+    return {key: value for key in ("timesteps", "episodes", "best_lines")
+            if type(value := counters.get(key)) is int}
 
 
 def buffer_rows(model: BaseAlgorithm) -> int:

@@ -27,6 +27,21 @@ def open_for_append(path: Path) -> IO[bytes]:
     return journal
 
 
+def last(path: Path) -> dict[str, Any] | None:
+    """The last complete message, read from the file's tail only (a long run's journal is large); None if none."""
+    with open(path, "rb") as journal:
+        journal.seek(max(0, journal.seek(0, os.SEEK_END) - _TAIL))
+        tail = journal.read()
+    for line in reversed(tail.split(b"\n")):
+        try:
+            message = orjson.loads(line)
+        except orjson.JSONDecodeError:  # a torn last line, or the tail's first, cut mid-line
+            continue
+        if isinstance(message, dict):
+            return message
+    return None
+
+
 def read(path: Path) -> list[dict[str, Any]]:
     """Every complete message; a torn last line (from a kill) is skipped, any other bad line raises."""
     lines = Path(path).read_bytes().split(b"\n")

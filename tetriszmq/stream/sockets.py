@@ -29,8 +29,13 @@ def check_endpoints(pub: str, ctl: str) -> None:
             if not host or not (port == "*" or (port.isdigit() and int(port) <= 65535)):
                 raise ValueError(f"{name}={endpoint!r}: tcp needs HOST:PORT with a port from 0 to 65535 "
                                  "(0 or * for any free port)")
-    if pub == ctl and not pub.endswith((":0", ":*")):
+    if pub == ctl and not any_port(pub):
         raise ValueError(f"pub and ctl are both {pub!r}: they are two sockets and need two endpoints")
+
+
+def any_port(endpoint: str) -> bool:
+    """Whether ``endpoint`` leaves its port to the system (``*`` or ``0``): two such endpoints never clash."""
+    return endpoint.startswith("tcp://") and endpoint.endswith((":0", ":*"))
 
 
 def bind(sock: zmq.Socket, endpoint: str) -> None:

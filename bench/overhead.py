@@ -7,11 +7,11 @@ figure per variant:
 - wall ratio: steps per second against (a) of the same round. On a shared 2-core VM these drift by
   several percent between runs, more than the effect to be measured;
 - cost booked inside the run (`CostAccount`): the training thread's time in the callback, the CPU
-  time of the process's other Python threads (the broker, mp.Queue's feeder) and of libzmq's I/O
-  threads, as shares of the run's wall time. The bound is the ratio to (a) if the callback's time
-  and the other Python threads' (they hold the GIL) were all lost to training; libzmq's threads run
-  without the GIL, on the second core. It moves far less with the machine's load than wall-clock
-  rates do.
+  time of the process's other Python threads (the broker's listener, mp.Queue's feeder), of libzmq's
+  I/O threads and of the broker process, as shares of the run's wall time. The bound is the ratio
+  to (a) if the callback's time and the other Python threads' (they hold the GIL) were all lost to
+  training; libzmq's threads run without the GIL and the broker process on its own, on the second
+  core. It moves far less with the machine's load than wall-clock rates do.
 
 A last line isolates the callback's own per-step cost.
 
@@ -102,8 +102,8 @@ def other_threads_cpu() -> dict[tuple[int, bool], float]:
     """CPU seconds so far of every thread of this process but the calling one (Linux schedstat, ns).
 
     Keyed by (thread id, whether it is one of libzmq's own threads): those run C++ without the
-    GIL, so on a second core they cost training nothing; Python threads (the broker, mp.Queue's
-    feeder) hold the GIL while they run.
+    GIL, so on a second core they cost training nothing; Python threads (the broker's listener,
+    mp.Queue's feeder) hold the GIL while they run.
     """
     me = threading.get_native_id()
     seconds = {}
@@ -117,28 +117,45 @@ def other_threads_cpu() -> dict[tuple[int, bool], float]:
     return seconds
 
 
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds so far of all threads of process ``pid`` (the broker's; 0 for none or gone)."""
+    seconds = 0.0
+    for task in Path(f"/proc/{pid}/task").glob("*") if pid is not None else ():
+        try:
+            seconds += int((task / "schedstat").read_text().split()[0]) / 1e9
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return seconds
+
+
+def broker_pid(callbacks: list[BaseCallback]) -> int | None:
+    return next((c.broker.pid for c in callbacks if isinstance(c, StreamCallback) and c.broker is not None), None)
+
+
 class CostAccount(CallbackList):
     """Wraps the callback under test and books, inside the real run, what publishing costs.
 
     ``in_callback``: seconds the training thread spent in the callback's ``on_step``;
-    ``gil_cpu`` and ``zmq_cpu``: CPU seconds of the process's other Python threads (broker,
-    mp.Queue's feeder) and of libzmq's I/O threads while training ran, read before the
-    callback's own ``on_training_end`` stops them; ``preempted``: the training thread's involuntary
-    context switches (another thread or process took its CPU: where a woken broker runs when the
-    other core is busy, see docs/PERFORMANCE.md). Training can lose at most the callback's
+    ``gil_cpu``, ``zmq_cpu`` and ``broker_cpu``: CPU seconds of the process's other Python threads
+    (the broker's listener, mp.Queue's feeder), of libzmq's I/O threads and of the broker process
+    while training ran, read before the callback's own ``on_training_end`` stops them; ``preempted``: the
+    training thread's involuntary context switches (another thread or process took its CPU: where a
+    woken broker runs when the other core is busy, see docs/PERFORMANCE.md). Training can lose at most the callback's
     time plus the Python threads' (they take the GIL from it); unlike the wall-clock ratios,
     these do not move with the machine's load.
     """
 
     def __init__(self, callbacks: list[BaseCallback]) -> None:
         super().__init__(callbacks)  # one list, as the trainer's: a nested CallbackList costs ~0.3 us a step
-        self.in_callback = self.gil_cpu = self.zmq_cpu = 0.0
+        self.in_callback = self.gil_cpu = self.zmq_cpu = self.broker_cpu = 0.0
         self.preempted = 0
         self._cpu_at_start: dict[tuple[int, bool], float] = {}
+        self._broker = broker_pid(callbacks)
 
     def _on_training_start(self) -> None:
         super()._on_training_start()
         self._cpu_at_start = other_threads_cpu()
+        self.broker_cpu = -process_cpu(self._broker)
         self.preempted = -resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
 
     def _on_step(self) -> bool:
@@ -149,6 +166,7 @@ class CostAccount(CallbackList):
 
     def _on_training_end(self) -> None:
         self.preempted += resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+        self.broker_cpu += process_cpu(self._broker)
         for key, seconds in other_threads_cpu().items():
             used = seconds - self._cpu_at_start.get(key, 0.0)
             if key[1]:
@@ -164,6 +182,7 @@ class Run:
     in_callback: float  # share of learn()'s wall time spent in the callback
     gil_cpu: float  # other Python threads' CPU time, as a share of learn()'s wall time
     zmq_cpu: float  # libzmq's I/O threads' CPU time, likewise
+    broker_cpu: float  # the broker process's CPU time, likewise
     preempted: float  # the training thread's involuntary context switches per second
 
     @property
@@ -184,7 +203,7 @@ def run_once(config: cfg.Config, steps: int, make_callback: Variant) -> Run:
     cleanup()
     env.close()
     return Run(model.num_timesteps / elapsed, account.in_callback / elapsed, account.gil_cpu / elapsed,
-               account.zmq_cpu / elapsed, account.preempted / elapsed)
+               account.zmq_cpu / elapsed, account.broker_cpu / elapsed, account.preempted / elapsed)
 
 
 def stream(board_fps: float, subscribers: int,
@@ -316,12 +335,12 @@ def main() -> None:
           f"{args.rounds} interleaved rounds, board cap {fps:g}/s; medians over rounds")
     print("wall ratio: steps/s against (a) in the same round. Booked inside each run, as shares of its wall time:")
     print("the training thread's time in the callback, other Python threads' CPU (they hold the GIL), libzmq's")
-    print("I/O threads' CPU (C++, no GIL: another core's); bound: the ratio if callback and GIL time beyond (a)'s "
-          "were lost")
+    print("I/O threads' CPU (C++, no GIL: another core's), the broker process's CPU (another core's, if any);")
+    print("bound: the ratio if callback and GIL time beyond (a)'s were lost")
     print("preempted/s: the training thread's involuntary context switches a second; about 30 more than (a)'s when "
           "each hand-off's broker takes training's CPU (the other core busy)")
     print(f"{'variant':<36} {'steps/s':>8} {'wall ratio':>11} {'(min)':>7} {'in callback':>12} "
-          f"{'GIL threads':>12} {'zmq I/O':>8} {'bound':>7} {'preempted/s':>12}")
+          f"{'GIL threads':>12} {'zmq I/O':>8} {'broker proc':>12} {'bound':>7} {'preempted/s':>12}")
     base_cost = statistics.median(r.cost for r in base)
     for name in variants:
         rows = runs[name]
@@ -330,6 +349,7 @@ def main() -> None:
         print(f"{name:<36} {statistics.median(r.rate for r in rows):>8,.0f} {statistics.median(wall):>11.3f} "
               f"{min(wall):>7.3f} {statistics.median(r.in_callback for r in rows):>12.2%} "
               f"{statistics.median(r.gil_cpu for r in rows):>12.2%} {statistics.median(r.zmq_cpu for r in rows):>8.2%} "
+              f"{statistics.median(r.broker_cpu for r in rows):>12.2%} "
               f"{1 / (1 + max(cost, 0.0)):>7.3f} {statistics.median(r.preempted for r in rows):>12.0f}")
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import pickle
 import select
+import site
 import struct
 import subprocess
 import sys
@@ -288,20 +289,30 @@ class _Lines:
             if not chunk:
                 return self.ENDED
             *self._lines, self._buffer = (self._buffer + chunk).split(b"\n")
-        return orjson.loads(self._lines.pop(0))
+        try:
+            return orjson.loads(self._lines.pop(0))
+        except orjson.JSONDecodeError:
+            return None  # not ours (the broker's own output goes to stderr): nothing said
 
 
 def _spawn(spec: BrokerSpec) -> subprocess.Popen[bytes]:
     """``python -m tetriszmq.stream.brokerd``, a fresh interpreter (works in a script without a ``__main__``
     guard), importing this same checkout of the package; the spec on its stdin."""
-    root = str(Path(tetriszmq.__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
     proc = subprocess.Popen([sys.executable, "-m", "tetriszmq.stream.brokerd"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=env, close_fds=True)
+                            stdout=subprocess.PIPE, env=_environment(), close_fds=True)
     spec_bytes = pickle.dumps(spec)
     proc.stdin.write(SPEC_SIZE.pack(len(spec_bytes)) + spec_bytes)
     proc.stdin.flush()
     return proc
+
+
+def _environment() -> dict[str, str]:
+    """This process's environment, with the folder this package was imported from first on the path when it is
+    not an installed one (a checkout run in place): the broker runs the same code as training."""
+    root = str(Path(tetriszmq.__file__).resolve().parent.parent)
+    if root in {*site.getsitepackages(), site.getusersitepackages()}:
+        return dict(os.environ)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
 
 
 def _tell(pipe: IO[bytes], word: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import IO, Any
 
 import orjson
@@ -68,25 +69,32 @@ _POLLIN = int(zmq.POLLIN)  # `EVENTS & zmq.POLLIN` built an enum member at every
 _STDIN = 0
 
 
+@dataclass
 class RelayedState(TrainerState):
     """Training's state as the last hand-off told it; a request is also sent back to the training process."""
 
+    report: IO[bytes] | None = None  # the pipe to the training process (`main`)
+
     def request(self, **flags: bool | str) -> None:
         super().request(**flags)
-        _tell(sys.stdout.buffer, {"request": flags})
+        self.tell({"request": flags})
 
     def request_stop(self, reason: str) -> None:
         """The training process keeps the first reason given, wherever it came from (a signal, a request)."""
         super().request(stop_requested=True, stop_reason=self.stop_reason or reason)
-        _tell(sys.stdout.buffer, {"stop": reason})
+        self.tell({"stop": reason})
+
+    def tell(self, word: dict[str, Any]) -> None:
+        if self.report is not None:
+            _tell(self.report, word)
 
 
 class BrokerLoop:
     """See the module docstring; `run` until closed, abandoned, or the training process is gone."""
 
-    def __init__(self, spec: BrokerSpec) -> None:
+    def __init__(self, spec: BrokerSpec, report: IO[bytes] | None = None) -> None:
         self.spec = spec
-        self.state = RelayedState(run=spec.run, lineage=spec.lineage, started=spec.started)
+        self.state = RelayedState(run=spec.run, lineage=spec.lineage, started=spec.started, report=report)
         self.history = RunHistory(spec.run, spec.history)
         self.ctx = zmq.Context.instance()
         self.dropped = 0  # the outbox's count, as the last hand-off told it
@@ -316,7 +324,7 @@ class BrokerLoop:
         if now > then and (periodic or now - then >= self.spec.metrics_every / 2):
             state.sps = (steps - steps_then) / (now - then)
             self._sps_mark = (steps, now)
-            _tell(sys.stdout.buffer, {"sps": state.sps})
+            state.tell({"sps": state.sps})
         return protocol.encode_body({
             "timesteps": steps,
             "episodes": state.episodes,
@@ -430,13 +438,15 @@ def main() -> int:
     """Bind, say ``ready`` (or the error) on stdout, then serve until told to close or orphaned."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the training process's to handle
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # likewise a kill of the process group
-    loop = BrokerLoop(_read_spec())
+    report = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print (a library's) goes to stderr, not into the JSON lines
+    loop = BrokerLoop(_read_spec(), report)
     try:
         sockets = loop.bind()
     except Exception as exc:
-        _tell(sys.stdout.buffer, {"error": str(exc)})
+        _tell(report, {"error": str(exc)})
         return 1
-    _tell(sys.stdout.buffer, {"ready": {"endpoints": loop.state.endpoints, "outbox": _bound(sockets[0])}})
+    _tell(report, {"ready": {"endpoints": loop.state.endpoints, "outbox": _bound(sockets[0])}})
     loop.run(*sockets)
     return 0
 

@@ -2,19 +2,19 @@
 
 Add it to any ``model.learn(callback=...)``. Per step it does a handful of
 attribute reads and one clock read. Board frames and episodes are staged and
-handed to the broker thread (see `tetriszmq.stream.broker`), which does all
+handed to the broker process (see `tetriszmq.stream.broker`), which does all
 network and disk I/O and sends the metrics, in one batch per `FLUSH_PERIOD`:
-each hand-off wakes that thread, and a woken thread competes for the GIL, so
-the number of hand-offs, not of messages, is what publishing costs training.
+each hand-off is a system call and a wake-up, so the number of hand-offs, not
+of messages, is what publishing costs training.
 Control requests arrive as flags on the shared `TrainerState` and are obeyed
 here, between steps, where the model is consistent.
 
 Given endpoints rather than a broker, the callback owns one broker per
 ``learn()``: bound at the start, closed at the end, so one callback serves
 several ``learn()`` calls (each a new run id) and holds no socket between
-them. SB3 calls no hook when ``learn()`` raises, so the broker watches the
-training thread's stack (`LearnWatch`): once ``learn()`` is left without
-``on_training_end``, it publishes ``error`` and frees the ports. The
+them. SB3 calls no hook when ``learn()`` raises, so the broker's listener thread
+watches the training thread's stack (`LearnWatch`): once ``learn()`` is left
+without ``on_training_end``, the broker publishes ``error`` and frees the ports. The
 context-manager form reports the exception itself, at once.
 """
 
@@ -69,7 +69,7 @@ class LoggerTap(KVWriter):
 
 
 class LearnWatch:
-    """Tells the broker thread that ``learn()`` was left without ``on_training_end``, and why.
+    """Tells the broker that ``learn()`` was left without ``on_training_end``, and why.
 
     It holds the frame of the ``learn()`` in progress and looks for it on the training
     thread's stack (`sys._current_frames`, a few microseconds, at heartbeat rate).
@@ -308,7 +308,7 @@ class StreamCallback(BaseCallback):
     def bind(self) -> None:
         """Bind the endpoints now, for the next ``learn()`` (which otherwise binds them when it starts).
 
-        Each ``learn()`` gets a fresh broker (a thread starts only once) and a new run id.
+        Each ``learn()`` gets a fresh broker process and a new run id.
         """
         if not self._own_broker or self in _LIVE:
             return
@@ -404,7 +404,7 @@ class StreamCallback(BaseCallback):
         self.broker.outbox.stage(Topic.BOARD, frame)
 
     def _obey(self) -> bool:
-        """Act on control flags set by the broker thread; False ends ``learn()``."""
+        """Act on control flags set for the broker; False ends ``learn()``."""
         state = self.state
         if state.failure:
             raise OSError(state.failure)

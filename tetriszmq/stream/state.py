@@ -1,7 +1,9 @@
-"""State shared between the training thread and the broker thread.
+"""State shared between the training thread and the broker.
 
-Plain attributes, each written by one side only; under the GIL a single
-attribute store is atomic, so the hot path pays no lock.
+Plain attributes, each written by one side only; under the GIL a single attribute store is
+atomic, so the hot path pays no lock. The broker process keeps a copy, updated by every hand-off
+(`tetriszmq.stream.brokerd.RelayedState`); its requests are set here by the training process's
+listener thread (`tetriszmq.stream.broker.Broker`).
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ RUN_NAME_MAX = RUN_ID_MAX - 1 - LINEAGE_HEX  # the longest run name whose run id
 
 @dataclass
 class TrainerState:
-    """Counters and requests that both threads see.
+    """Counters and requests that the training thread and the broker see.
 
     Written by the training thread: ``state``, ``reason``, ``timesteps``,
     ``episodes``, ``best_lines``, ``scalars`` (the SB3 logger's latest values), ``records`` (set by
-    the game's side, listed by ``snapshot``). Written by
-    the broker thread: ``sps`` (with each metrics message), and on control requests or I/O
+    the game's side, listed by ``snapshot``). Written for
+    the broker: ``endpoints`` once bound, ``sps`` (with each metrics message), and on control requests or I/O
     errors ``stop_requested``, ``stop_reason``, ``save_requested``, ``paused``, ``failure``.
     ``stop_reason`` says why training ends, whoever ends it; ``reason`` is the latest
     status's.
@@ -64,7 +66,7 @@ class TrainerState:
         return time.monotonic() - self.started
 
     def request(self, **flags: bool | str) -> None:
-        """Set request flags (broker thread) and wake a paused training thread."""
+        """Set request flags (for the broker) and wake a paused training thread."""
         for name, value in flags.items():
             setattr(self, name, value)
         self.wake.set()

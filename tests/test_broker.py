@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -109,3 +111,28 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+def test_a_hand_off_larger_than_the_pipe_arrives_whole_and_in_order(subscribe):
+    """The pipe holds 1 MiB: a bigger hand-off is written in part, finished by the next flushes, never torn."""
+    pub, ctl = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    broker = Broker(TrainerState(run="big"), pub, ctl, heartbeat_every=0.1, metrics_every=3600)
+    broker.start()
+    try:
+        sub = subscribe(pub, (b"episode",))
+        beats = subscribe(pub, (b"heartbeat",))
+        beats.recv(10)
+        beats.recv(10)
+        for episode in range(1, 301):  # 300 x 10 KB: 3 MB in one hand-off
+            broker.outbox.stage(Topic.EPISODE, {"episode": episode, "note": "x" * 10_000})
+        broker.outbox.flush()
+        received: list[tuple[Topic, dict]] = []
+        deadline = time.monotonic() + 60
+        while len(received) < 300 and time.monotonic() < deadline:
+            broker.outbox.flush(always=True)  # what the training thread's next hand-offs do
+            with contextlib.suppress(TimeoutError):
+                received.append(sub.recv(0.05))
+    finally:
+        broker.close()
+    assert [payload["episode"] for _, payload in received] == list(range(1, 301))
+    assert broker.outbox.dropped == 0

@@ -72,7 +72,8 @@ class Script:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen([sys.executable, str(path), self.pub, self.ctl, *args], cwd=ROOT,
                                          stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+                                         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                                         start_new_session=True)  # a process group of its own, as in a terminal
         if "streaming(" in body:
             self.messages.append(self.sub.recv(120))
             self.proc.stdin.write(b"go\n")
@@ -360,11 +361,13 @@ def test_a_script_that_dies_in_learn_publishes_error_with_the_exception(script):
 
 
 def test_ctrl_c_in_learn_publishes_error_and_exits(script):
+    """A terminal's Ctrl-C goes to the whole process group: the broker process too, which must outlive it to
+    publish the run's end."""
     run = script("""
         PPO("MlpPolicy", "CartPole-v1", **SMALL).learn(10_000_000, callback=StreamCallback(pub=PUB, ctl=CTL))
     """)
     run.until(lambda t, m: t is Topic.EPISODE)
-    run.proc.send_signal(signal.SIGINT)
+    os.killpg(run.proc.pid, signal.SIGINT)
     assert run.finish() != 0
     assert run.statuses()[-1] == ("error", "learn() raised KeyboardInterrupt")
 

@@ -1,6 +1,6 @@
 """The broker process: it owns a trainer's PUB and REP sockets (started by `tetriszmq.stream.broker.Broker`).
 
-Fed by the training process's outbox (a PULL socket), it:
+Fed by the training process's outbox (a pipe: `tetriszmq.stream.broker.Outbox`), it:
 
 - stamps each message with the envelope and the run's next ``seq`` (one thread assigns ``seq``, so it
   is gap-free and ordered across topics),
@@ -41,7 +41,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from tetriszmq.stream import protocol
 from tetriszmq.stream.broker import (
-    CLOSE,
+    FRAME,
     METRICS_NOW,
     RECORD,
     RECORDS_CODE,
@@ -58,14 +58,13 @@ from tetriszmq.stream.relay import HANDSHAKE_FAILED, HELLO
 from tetriszmq.stream.sockets import MAX_WIRE_REQUEST, bind
 from tetriszmq.stream.state import TrainerState
 
-_BATCH = 256  # hand-offs drained per wake-up before the REP socket gets a turn
+READ_SIZE = 1 << 20  # bytes of hand-offs read per wake-up before the REP socket gets a turn
 # No periodic metrics before training starts (a resumed run's counters are not loaded yet) or after it
 # ended (`stopped` or `error` is a run's last journaled word).
 _NOT_TRAINING = frozenset({State.STARTING, State.STOPPED, State.ERROR})
 _JOURNALED = frozenset({Topic.STATUS, Topic.METRICS, Topic.EPISODE})
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)  # plain ints: send_multipart's flag-enum arithmetic was 1/3 of a send
 _NOW = int(zmq.NOBLOCK)
-_POLLIN = int(zmq.POLLIN)  # `EVENTS & zmq.POLLIN` built an enum member at every hand-off
 _STDIN = 0
 
 
@@ -107,13 +106,12 @@ class BrokerLoop:
         self._seq = 0
         self._sps_mark = (0, 0.0)  # timesteps and time that the next metrics' `sps` counts from
         self._stdin = b""
+        self._inbox = bytearray()  # hand-offs read from the pipe, the last perhaps in part
         self._authenticator: Any = None
 
-    def bind(self) -> tuple[zmq.Socket, zmq.Socket, zmq.Socket, IO[bytes] | None]:
-        """The outbox's PULL (on a fresh ``ipc://`` address), PUB, REP and the journal; raises if any fails."""
+    def bind(self) -> tuple[zmq.Socket, zmq.Socket, IO[bytes] | None]:
+        """PUB, REP and the journal; raises if any fails."""
         spec = self.spec
-        pull = self.ctx.socket(zmq.PULL)
-        pull.setsockopt(zmq.RCVHWM, spec.hwm * 10)
         pub = self.ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.SNDHWM, spec.hwm)
         pub.setsockopt(zmq.LINGER, 0)
@@ -121,7 +119,6 @@ class BrokerLoop:
         rep.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_REQUEST)
         rep.setsockopt(zmq.LINGER, 0)
         try:
-            pull.bind("ipc://*")  # libzmq picks a unique path, and removes it when the socket closes
             if spec.curve is not None:
                 self._authenticator = spec.curve.start(self.ctx)
             for sock, endpoint in ((pub, spec.pub), (rep, spec.ctl)):
@@ -134,16 +131,16 @@ class BrokerLoop:
                 self.state.endpoints["relay"] = spec.relay.side.stream
             journal = None if spec.journal is None else open_for_append(spec.journal)
         except BaseException:
-            self._close(pull, pub, rep, linger=0)
+            self._close(pub, rep, linger=0)
             raise
-        return pull, pub, rep, journal
+        return pub, rep, journal
 
-    def run(self, pull: zmq.Socket, pub: zmq.Socket, rep: zmq.Socket, journal: IO[bytes] | None) -> None:
+    def run(self, pub: zmq.Socket, rep: zmq.Socket, journal: IO[bytes] | None) -> None:
         try:
-            self._loop(pull, pub, rep, journal)
+            self._loop(pub, rep, journal)
         finally:
             pub.setsockopt(zmq.LINGER, 1000)
-            self._close(pull, rep, pub)
+            self._close(rep, pub)
             if journal is not None:
                 journal.close()
 
@@ -170,9 +167,10 @@ class BrokerLoop:
         relay.dial(dealer, relay.side.control)
         return dealer
 
-    def _loop(self, pull: zmq.Socket, pub: zmq.Socket, rep: zmq.Socket, journal: IO[bytes] | None) -> None:
+    def _loop(self, pub: zmq.Socket, rep: zmq.Socket, journal: IO[bytes] | None) -> None:
+        inbox = self.spec.inbox
         poller = zmq.Poller()
-        for sock in (pull, rep, _STDIN, self._uplink, self._uplink_monitor):
+        for sock in (inbox, rep, _STDIN, self._uplink, self._uplink_monitor):
             if sock is not None:
                 poller.register(sock, zmq.POLLIN)
         next_beat = time.monotonic()
@@ -191,7 +189,7 @@ class BrokerLoop:
                     self._publish_all(pub, journal, [(Topic.METRICS, self._metrics(periodic=True))])
                 next_metrics = now + self.spec.metrics_every
             events = dict(poller.poll(_poll_ms(min(next_beat, next_metrics) - now)))
-            if pull in events and not self._drain(pull, pub, journal):
+            if inbox in events and not self._drain(inbox, pub, journal):
                 return
             if _STDIN in events and not self._read_stdin():
                 return
@@ -226,22 +224,33 @@ class BrokerLoop:
             self._refused = True
             print(f"tetriszmq: {self.spec.relay.refusal(event)}", file=sys.stderr, flush=True)
 
-    def _drain(self, pull: zmq.Socket, pub: zmq.Socket, journal: IO[bytes] | None) -> bool:
-        """Forward up to `_BATCH` hand-offs of staged messages; False once the close sentinel arrives."""
+    def _drain(self, inbox: int, pub: zmq.Socket, journal: IO[bytes] | None) -> bool:
+        """Forward the hand-offs the pipe holds (up to `READ_SIZE` bytes); False once the close frame arrives, or
+        the training process is gone."""
+        chunk = os.read(inbox, READ_SIZE)
+        self._inbox += chunk
         try:
-            for _ in range(_BATCH):
-                batch = pull.recv(zmq.NOBLOCK)
-                if batch == CLOSE:
+            for batch in self._frames():
+                if not batch:
                     return False
                 self._publish_all(pub, journal, self._messages(batch))
-                if not pull.get(zmq.EVENTS) & _POLLIN:
-                    break
-        except zmq.Again:
-            pass
         finally:
             if journal is not None:
                 self._flush(journal)
-        return True
+        return bool(chunk)
+
+    def _frames(self) -> Iterator[bytes]:
+        """The whole hand-offs read so far, each taken out of the buffer (an empty one: the close frame)."""
+        inbox, at = self._inbox, 0
+        while len(inbox) - at >= FRAME.size:
+            (size,) = FRAME.unpack_from(inbox, at)
+            if len(inbox) - at - FRAME.size < size:
+                break
+            at += FRAME.size + size
+            yield bytes(inbox[at - size:at])
+            if not size:
+                break
+        del inbox[:at]
 
     def _messages(self, batch: bytes) -> Iterator[tuple[Topic, bytes]]:
         """A hand-off's messages; its state records update `state` on the way."""
@@ -446,7 +455,7 @@ def main() -> int:
     except Exception as exc:
         _tell(report, {"error": str(exc)})
         return 1
-    _tell(report, {"ready": {"endpoints": loop.state.endpoints, "outbox": _bound(sockets[0])}})
+    _tell(report, {"ready": {"endpoints": loop.state.endpoints}})
     loop.run(*sockets)
     return 0
 

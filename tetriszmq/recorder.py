@@ -277,8 +277,9 @@ class PlacementCallbacks(CallbackList):
         super().__init__([recorder, *others])
         self.recorder = recorder
 
-    def update_child_locals(self, locals_: dict[str, Any]) -> None:
-        """Deferred to the steps that call the children (`_on_step`)."""
+    def update_locals(self, locals_: dict[str, Any]) -> None:
+        """Kept, not copied (as `StreamCallback` does); the children get it on the steps that call them."""
+        self.locals = locals_
 
     def _on_step(self) -> bool:
         dones = self.locals.get("dones")

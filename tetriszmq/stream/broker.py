@@ -40,7 +40,6 @@ from typing import IO, Any
 
 import orjson
 
-import tetriszmq
 from tetriszmq.stream import protocol
 from tetriszmq.stream.protocol import State, Topic
 from tetriszmq.stream.relay import Uplink
@@ -233,6 +232,7 @@ class Broker:
         if word is None or "ready" not in word:
             os.close(outbox)
             self._end(5)
+            self._proc.stdout.close()
             why = word.get("error") if word else f"the broker process ended (exit code {self._proc.returncode})"
             raise OSError(why or "the broker process did not start")
         self.state.endpoints = word["ready"]["endpoints"]
@@ -256,8 +256,8 @@ class Broker:
         """
         told = self.outbox.close_broker(timeout if self.running else 0)
         self._end(timeout if told else 0)
-        if self._listener.is_alive():
-            self._listener.join(timeout)
+        self._listener.join(timeout)  # it reads the broker's stdout to its end
+        self._proc.stdout.close()
 
     def _end(self, timeout: float) -> None:
         """Wait ``timeout`` s for the broker process to exit, then kill it; close this end of its pipes."""
@@ -342,7 +342,7 @@ def _spawn(spec: BrokerSpec) -> subprocess.Popen[bytes]:
 def _environment() -> dict[str, str]:
     """This process's environment, with the folder this package was imported from first on the path when it is
     not an installed one (a checkout run in place): the broker runs the same code as training."""
-    root = str(Path(tetriszmq.__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding the `tetriszmq` package
     if root in {*site.getsitepackages(), site.getusersitepackages()}:
         return dict(os.environ)
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}

@@ -336,6 +336,29 @@ def test_context_manager_reports_the_exception_at_once(script):
     assert run.statuses()[-1] == ("error", "learn() raised KeyError: 'missing'")
 
 
+def test_a_learn_long_after_one_that_raised_and_was_caught_is_a_run_of_its_own(script, tmp_path):
+    """The broker ends an abandoned run by itself, a grace of ~2 s after learn() raised; a learn() after that
+    once found the callback still live and streamed nothing, without a word (a new user's trial)."""
+    raised = tmp_path / "raised"
+    run = script(f"""
+        import time
+        model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
+        callback = StreamCallback(pub=PUB, ctl=CTL, run_dir={str(raised)!r})
+        try:
+            model.learn(1024, callback=[callback, Fails(RuntimeError("boom"))])
+        except RuntimeError:
+            pass
+        deadline = time.monotonic() + 60
+        while callback.broker.running and time.monotonic() < deadline:  # the broker publishes `error` and ends
+            time.sleep(0.05)
+        model.learn(256, callback=callback)
+    """)
+    assert run.finish() == 0, run.output()
+    ends = [(m["state"], m["reason"]) for m in journal(raised) if m.get("state") in ("error", "stopped")]
+    assert ends == [("error", ABANDONED), ("stopped", "training ended")]
+    assert len({m["run"] for m in journal(raised)}) == 2, "the second learn() is a run of its own"
+
+
 def test_an_exception_caught_inside_the_with_block_still_ends_that_run_as_error(script):
     """The run is the learn() that raised, however the script goes on: the same end as without the block."""
     run = script("""

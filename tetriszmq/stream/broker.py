@@ -205,6 +205,7 @@ class Broker:
         self.watch: Watch | None = None  # set by the owner of the training thread, asked at heartbeat rate
         self._proc: subprocess.Popen[bytes] | None = None
         self._lines: _Lines | None = None
+        self._abandoned = False  # the broker was told that learn() ended without ending the run
         self._listener = threading.Thread(target=self._listen, name="tetriszmq-broker-listener", daemon=True)
         self.outbox: Outbox
 
@@ -296,10 +297,15 @@ class Broker:
             state.sps = word["sps"]
 
     def _ask_watch(self) -> None:
-        """Tell the broker, once, that ``learn()`` ended without ending the run: it publishes ``error``."""
+        """Tell the broker, once, that ``learn()`` ended without ending the run: it publishes ``error``.
+
+        The watch stays: the callback asks it too, to end the run on its side before its next ``learn()``.
+        """
+        if self._abandoned:
+            return
         reason = self.watch() if self.watch is not None else None
         if reason is not None:
-            self.watch = None
+            self._abandoned = True
             _tell(self._proc.stdin, {"abandoned": reason})
 
 

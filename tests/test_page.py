@@ -573,3 +573,20 @@ def test_a_chart_refolds_its_lines_onto_its_new_width_when_the_window_is_resized
         before = page.evaluate(FOLDED, "episodes:reward")
         page.set_viewport_size({"width": 1920, "height": 1080})
         page.wait_for_function(f"(before) => ![0, before].includes(({FOLDED})('episodes:reward'))", arg=before)
+
+
+def test_a_run_listed_before_its_trainer_was_known_to_run_joins_the_charts_once_it_is(tmp_path, trainers, viewers,
+                                                                                      finished_run):
+    """A run folder shows up (its config.toml written) a moment before its trainer says where it streams; a page
+    that first listed it then, as not live, never overlaid it or showed its board."""
+    root = tmp_path / "runs"
+    shutil.copytree(finished_run, root / "done")
+    (root / "late").mkdir()
+    shutil.copy(finished_run / "config.toml", root / "late" / "config.toml")
+    viewer = viewers(None, None, "--runs", str(root), "--token", "page-test")
+    with open_page(f"{viewer.url}/#token={viewer.token}") as page:
+        page.wait_for_function("() => document.querySelectorAll('#run-table tbody tr').length === 2")
+        assert "late" not in page.evaluate(CHECKED)
+        trainers(*LONG, run_dir=root / "late")
+        page.wait_for_function(f"() => ({CHECKED})().includes('late')", timeout=120_000)
+        page.wait_for_function("() => document.getElementById('focus-name').textContent === 'late'")

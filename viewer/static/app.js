@@ -82,8 +82,13 @@ const handlers = {
     if (m.full) for (const id of [...view.runs.keys()]) if (!m.runs.some((e) => e.id === id)) view.runs.delete(id);
     for (const entry of m.runs) {
       const run = view.runs.get(entry.id);
-      if (run) Object.assign(run.entry, entry);
-      else add(entry);
+      if (!run) {
+        add(entry);
+        continue;
+      }
+      const started = view.listed && !run.entry.live && entry.live;  // listed before its trainer was known to run
+      Object.assign(run.entry, entry);
+      if (started) joinLive(run);
     }
     for (const id of m.removed || []) view.runs.delete(id);
     if (!view.listed) firstSelection();

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, TINY
+
+from tetriszmq.stream.security import SecurityError, ServerCurve
 
 
 def keys(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -83,3 +87,17 @@ def test_a_key_file_given_in_the_other_halfs_place_is_refused_by_every_command(t
     assert relay_public.returncode == 2 and f"--curve-secret-key {tmp_path}/relay.key holds no secret key" in \
         relay_public.stderr, relay_public.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_damaged_key_is_named_and_key_paths_may_be_strings(tmp_path):
+    """A secret key line cut short reached libzmq and came back as 'Invalid argument' from the broker process;
+    `ServerCurve(secret_key_file, allow_dir)` with str paths (as the README's Python reads) raised AttributeError."""
+    assert keys(tmp_path, "--names", "trainer,viewer").returncode == 0
+    curve = ServerCurve(str(tmp_path / "trainer.key_secret"), str(tmp_path / "allowed"))
+    curve.load()
+    assert curve.secret is not None and len(curve.secret) == 40
+    secret = tmp_path / "trainer.key_secret"
+    secret.write_text(re.sub(r'secret-key = "(.{40})"', lambda m: f'secret-key = "{m[1][:-3]}"',
+                             secret.read_text()))
+    with pytest.raises(SecurityError, match="its secret key is not a CURVE key"):
+        ServerCurve(secret, tmp_path / "allowed").load()

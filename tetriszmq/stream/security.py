@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
+import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 
 class SecurityError(ValueError):
@@ -101,7 +103,18 @@ def _load(path: Path, option: str, *, secret: bool) -> tuple[bytes, bytes | None
         public_file = f" ({path.name.removesuffix(SECRET_SUFFIX)})" if path.name.endswith(SECRET_SUFFIX) else ""
         raise SecurityError(f"{option} {path} is a secret key file: give the public key file{public_file} instead; "
                             "a secret key stays on the machine it belongs to")
+    for half, key in (("public", public), ("secret", secret_key)):
+        if key is not None and not _is_z85_key(key):
+            raise SecurityError(f"{option} {path}: its {half} key is not a CURVE key (40 Z85 characters); "
+                                "make a new pair with `tetriszmq keys`")
     return public, secret_key
+
+
+def _is_z85_key(key: bytes) -> bool:
+    try:
+        return len(key) == 40 and len(z85.decode(key)) == 32
+    except (ValueError, KeyError, struct.error):
+        return False
 
 
 @dataclass
@@ -116,6 +129,9 @@ class ServerCurve:
     allow_dir: Path
     domain: str = "*"
     option: str = "--curve-allow"
+
+    def __post_init__(self) -> None:
+        self.secret_key_file, self.allow_dir = Path(self.secret_key_file), Path(self.allow_dir)  # str given in Python
 
     def load(self) -> None:
         """Read the key pair and check the allow folder: a `SecurityError` saying which is unusable.
@@ -177,6 +193,7 @@ class ClientCurve:
     secret_key_file: Path
 
     def __post_init__(self) -> None:
+        self.server_key_file, self.secret_key_file = Path(self.server_key_file), Path(self.secret_key_file)
         self.server_public, _ = _load(self.server_key_file, "--curve-server-key", secret=False)
         self.public, self.secret = _load(self.secret_key_file, "--curve-secret-key", secret=True)
 

@@ -434,9 +434,10 @@ def test_run_dir_holds_a_run_like_the_trainers_and_save_works(script, tmp_path):
 
 def test_metrics_keep_their_cadence_through_a_long_update_and_while_paused(script):
     run = script("""
-        # one rollout, then an update of many minibatches: a second or so without an env step
+        # rollouts, each followed by an update of many minibatches: a second or so without an env step;
+        # more of them than the test needs, so that its pause lands while training goes on
         model = PPO("MlpPolicy", "CartPole-v1", n_steps=256, batch_size=8, n_epochs=16, device="cpu")
-        model.learn(512, callback=StreamCallback(pub=PUB, ctl=CTL, metrics_every=0.05))
+        model.learn(256 * 100, callback=StreamCallback(pub=PUB, ctl=CTL, metrics_every=0.05))
     """)
     run.until(lambda t, m: t is Topic.METRICS and m["timesteps"] == 256)
     seen = run.until(lambda t, m: t is Topic.METRICS and m["timesteps"] > 256, timeout=300)
@@ -447,7 +448,10 @@ def test_metrics_keep_their_cadence_through_a_long_update_and_while_paused(scrip
     paused = run.until(lambda t, m: t is Topic.METRICS and m["sps"] == 0.0)
     assert paused and not any(t is Topic.STATUS for t, _ in paused)
     request(run.ctl, "resume")
+    run.until(lambda t, m: t is Topic.STATUS and m["state"] == "running" and m["reason"] == "resumed")
+    request(run.ctl, "stop")
     assert run.finish() == 0, run.output()
+    assert run.statuses()[-1] == ("stopped", "stop requested")
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

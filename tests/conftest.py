@@ -91,6 +91,9 @@ def trainers(tmp_path: Path) -> Iterator[Callable[..., TrainerProcess]]:
 
     yield start
     reap(trainer.proc for trainer in started)
+    for trainer in started:  # pytest shows this only for a test that failed
+        tail = trainer.log.read_text(errors="replace").splitlines()[-40:]
+        print(f"--- the end of {trainer.log.name}, exit code {trainer.proc.returncode}:", *tail, sep="\n")
 
 
 def reap(processes: Iterable[subprocess.Popen[bytes]]) -> None:

@@ -125,6 +125,7 @@ def script(tmp_path):
             s.proc.kill()
             s.proc.wait(10)
         s.sub.close()
+        print(f"--- the script's output, exit code {s.proc.returncode}:", s.output()[-4000:], sep="\n")  # on failure
 
 
 def bindable(endpoint: str) -> bool:
@@ -249,14 +250,17 @@ def test_learn_call_after_learn_call_each_callback_journals_runs_that_end(script
     run misses its start.
 
     - several: one callback serves several learn() calls, each a run that ends;
-    - raised: learn() raising, then a second learn() with the same callback on the same ports;
+    - raised: learn() raising, then a second learn() with the same callback on the same ports, at once;
+    - later: the same, the second learn() after the broker ended the abandoned run by itself (a grace of
+      ~2 s): it once found the callback still live and streamed nothing, without a word (a new user's trial);
     - bound: `bind` comes before the learn() it is for: afresh for a learn() that resets the timesteps,
       carried on for one that continues them.
     """
-    several, raised, bound = (tmp_path / name for name in ("several", "raised", "bound"))
-    ports = [f"tcp://127.0.0.1:{free_port()}" for _ in range(4)]
+    several, raised, later, bound = (tmp_path / name for name in ("several", "raised", "later", "bound"))
+    ports = [f"tcp://127.0.0.1:{free_port()}" for _ in range(6)]
     run = script(f"""
-        PUB2, CTL2, PUB3, CTL3 = sys.argv[3:7]
+        import time
+        PUB2, CTL2, PUB3, CTL3, PUB4, CTL4 = sys.argv[3:9]
 
         model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
         callback = StreamCallback(pub=PUB, ctl=CTL, run_name="cartpole", run_dir={str(several)!r})
@@ -272,6 +276,17 @@ def test_learn_call_after_learn_call_each_callback_journals_runs_that_end(script
             pass
         model.learn(256, callback=callback)  # at once: the abandoned run is ended first
         print("again", model.num_timesteps)
+
+        model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
+        callback = StreamCallback(pub=PUB4, ctl=CTL4, run_dir={str(later)!r})
+        try:
+            model.learn(1024, callback=[callback, Fails(RuntimeError("boom"))])
+        except RuntimeError:
+            pass
+        deadline = time.monotonic() + 60
+        while callback.broker.running and time.monotonic() < deadline:  # the broker publishes `error` and ends
+            time.sleep(0.05)
+        model.learn(256, callback=callback)
 
         model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
         callback = StreamCallback(pub=PUB3, ctl=CTL3, run_dir={str(bound)!r})
@@ -291,9 +306,10 @@ def test_learn_call_after_learn_call_each_callback_journals_runs_that_end(script
     assert stopped[2]["episodes"] < stopped[1]["episodes"], "several: reset_num_timesteps starts them afresh"
 
     assert "again 256" in run.output()
-    ends = [(m["state"], m["reason"]) for m in journal(raised) if m.get("state") in ("error", "stopped")]
-    assert ends == [("error", ABANDONED), ("stopped", "training ended")], "raised: the exception was caught, unseen"
-    assert len({m["run"] for m in journal(raised)}) == 2, "raised: the second learn() is a run of its own"
+    for case in (raised, later):
+        ends = [(m["state"], m["reason"]) for m in journal(case) if m.get("state") in ("error", "stopped")]
+        assert ends == [("error", ABANDONED), ("stopped", "training ended")], f"{case.name}: caught, unseen"
+        assert len({m["run"] for m in journal(case)}) == 2, f"{case.name}: the second learn() is a run of its own"
 
     messages = journal(bound)
     runs = list(dict.fromkeys(m["run"] for m in messages))
@@ -334,29 +350,6 @@ def test_context_manager_reports_the_exception_at_once(script):
     """)
     assert run.finish() == 0, run.output()
     assert run.statuses()[-1] == ("error", "learn() raised KeyError: 'missing'")
-
-
-def test_a_learn_long_after_one_that_raised_and_was_caught_is_a_run_of_its_own(script, tmp_path):
-    """The broker ends an abandoned run by itself, a grace of ~2 s after learn() raised; a learn() after that
-    once found the callback still live and streamed nothing, without a word (a new user's trial)."""
-    raised = tmp_path / "raised"
-    run = script(f"""
-        import time
-        model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
-        callback = StreamCallback(pub=PUB, ctl=CTL, run_dir={str(raised)!r})
-        try:
-            model.learn(1024, callback=[callback, Fails(RuntimeError("boom"))])
-        except RuntimeError:
-            pass
-        deadline = time.monotonic() + 60
-        while callback.broker.running and time.monotonic() < deadline:  # the broker publishes `error` and ends
-            time.sleep(0.05)
-        model.learn(256, callback=callback)
-    """)
-    assert run.finish() == 0, run.output()
-    ends = [(m["state"], m["reason"]) for m in journal(raised) if m.get("state") in ("error", "stopped")]
-    assert ends == [("error", ABANDONED), ("stopped", "training ended")]
-    assert len({m["run"] for m in journal(raised)}) == 2, "the second learn() is a run of its own"
 
 
 def test_an_exception_caught_inside_the_with_block_still_ends_that_run_as_error(script):

@@ -107,10 +107,26 @@ def open_page(url: str, serve: Callable[[sync_api.Route], None] | None = None) -
             if serve is not None:
                 page.route("**/*", serve)
             page.goto(url)
-            yield page
+            try:
+                yield page
+            except Exception as exc:
+                exc.add_note(f"the page held: {page_state(page)}")
+                raise
             assert errors == []
         finally:
             browser.close()
+
+
+def page_state(page: sync_api.Page) -> str:
+    """What the page knew of its runs and its connection: a failure's first clue."""
+    try:
+        return page.evaluate("""() => { const v = window.viewerState; return JSON.stringify({
+            connection: v.connection, listed: v.listed, focused: v.focused, watch: v.sentWatch,
+            runs: [...v.runs.values()].map((r) => ({ id: r.id, live: r.entry.live, state: r.entry.state,
+              selected: r.selected, seq: r.seq, board: r.board && { episode: r.board.episode,
+              candidates: !!r.board.candidates } })) }); }""")
+    except Exception as exc:  # the page itself may be what failed
+        return f"unknown ({exc})"
 
 
 @contextlib.contextmanager

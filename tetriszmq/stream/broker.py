@@ -229,11 +229,12 @@ class Broker:
         finally:
             os.close(inbox)
         self._lines = _Lines(self._proc.stdout)
-        word = self._lines.next(START_TIMEOUT)
+        word = None
+        with contextlib.suppress(EOFError):  # the broker process ended: its exit code says why
+            word = self._lines.next(START_TIMEOUT)
         if word is None or "ready" not in word:
             os.close(outbox)
             self._end(5)
-            self._proc.stdout.close()
             why = word.get("error") if word else f"the broker process ended (exit code {self._proc.returncode})"
             raise OSError(why or "the broker process did not start")
         self.state.endpoints = word["ready"]["endpoints"]
@@ -257,11 +258,10 @@ class Broker:
         """
         told = self.outbox.close_broker(timeout if self.running else 0)
         self._end(timeout if told else 0)
-        self._listener.join(timeout)  # it reads the broker's stdout to its end
-        self._proc.stdout.close()
 
     def _end(self, timeout: float) -> None:
-        """Wait ``timeout`` s for the broker process to exit, then kill it; close this end of its pipes."""
+        """Wait ``timeout`` s for the broker process to exit, then kill it; close this end of its pipes once the
+        listener has read its stdout to the end."""
         assert self._proc is not None
         try:
             self._proc.wait(timeout)
@@ -272,14 +272,18 @@ class Broker:
             self._proc.stdin.close()
         except BrokenPipeError:
             pass
+        if self._listener.is_alive():
+            self._listener.join(max(timeout, 1.0))
+        self._proc.stdout.close()
 
     def _listen(self) -> None:
         """Until the broker process ends: apply what it says; ask the watch at every heartbeat."""
         assert self._lines is not None
         next_watch = time.monotonic() + self.spec.heartbeat_every
         while True:
-            word = self._lines.next(max(0.0, next_watch - time.monotonic()))
-            if word is _Lines.ENDED:
+            try:
+                word = self._lines.next(max(0.0, next_watch - time.monotonic()))
+            except EOFError:
                 return
             if word is not None:
                 self._apply(word)
@@ -310,9 +314,7 @@ class Broker:
 
 
 class _Lines:
-    """JSON lines from a pipe, with a timeout; `ENDED` once the writer is gone."""
-
-    ENDED: dict[str, Any] = {}
+    """JSON lines from a pipe, with a timeout."""
 
     def __init__(self, pipe: IO[bytes]) -> None:
         self._fd = pipe.fileno()
@@ -320,13 +322,13 @@ class _Lines:
         self._lines: list[bytes] = []
 
     def next(self, timeout: float) -> dict[str, Any] | None:
-        """The next line, `ENDED`, or None if nothing came within ``timeout`` seconds."""
+        """The next line, or None if nothing came within ``timeout`` seconds; EOFError once the writer is gone."""
         while not self._lines:
             if not select.select([self._fd], [], [], timeout)[0]:
                 return None
             chunk = os.read(self._fd, 65536)
             if not chunk:
-                return self.ENDED
+                raise EOFError("the broker process has ended")
             *self._lines, self._buffer = (self._buffer + chunk).split(b"\n")
         try:
             return orjson.loads(self._lines.pop(0))

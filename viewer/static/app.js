@@ -387,6 +387,7 @@ function frame() {
 }
 
 window.viewerCharts = charts;  // bench/page.py reads its per-frame costs
+window.viewerState = view;  // a failing page test reports what the page held
 setUpControls();
 setUpThinking();
 setUpToolbar();

@@ -459,6 +459,22 @@ def test_bad_endpoints_are_refused_at_construction(kwargs, message):
         StreamCallback(**kwargs)
 
 
+@pytest.mark.slow  # two broker processes
+def test_callbacks_on_any_free_port_take_a_free_control_port_too():
+    """As the trainer's --ctl: a second callback beside the first (or beside a default trainer) binds."""
+    callbacks = [StreamCallback(pub="tcp://127.0.0.1:*") for _ in range(2)]
+    try:
+        for callback in callbacks:
+            callback.bind()
+        endpoints = [callback.state.endpoints for callback in callbacks]
+        ports = {e[name].rsplit(":", 1)[1] for e in endpoints for name in ("pub", "ctl")}
+        assert len(ports) == 4 and "5556" not in ports, endpoints
+        assert all(request(e["ctl"], "status")["state"] == "starting" for e in endpoints)
+    finally:
+        for callback in callbacks:
+            callback.close()
+
+
 def test_a_network_address_without_curve_is_refused_unless_insecure(capsys):
     with pytest.raises(SecurityError, match="insecure=True"):
         StreamCallback(pub="tcp://0.0.0.0:5555")

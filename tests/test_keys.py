@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY
 
-from tetriszmq.stream.security import SecurityError, ServerCurve
+from tetriszmq.stream.security import SecurityError, ServerCurve, make_keys
 
 
 def keys(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -101,3 +101,15 @@ def test_a_damaged_key_is_named_and_key_paths_may_be_strings(tmp_path):
                              secret.read_text()))
     with pytest.raises(SecurityError, match="its secret key is not a CURVE key"):
         ServerCurve(secret, tmp_path / "allowed").load()
+
+
+def test_an_empty_allow_folder_is_warned_of_once(tmp_path, capsys):
+    """Nobody could connect, and the ZAP authenticator reads the folder only when it starts."""
+    make_keys(tmp_path)
+    (tmp_path / "empty").mkdir()
+    curve = ServerCurve(tmp_path / "trainer.key_secret", tmp_path / "empty")
+    curve.load()
+    curve.load()
+    assert capsys.readouterr().err.count("--curve-allow") == 1
+    ServerCurve(tmp_path / "trainer.key_secret", tmp_path / "allowed").load()
+    assert capsys.readouterr().err == ""

@@ -110,7 +110,7 @@ def open_page(url: str, serve: Callable[[sync_api.Route], None] | None = None) -
             try:
                 yield page
             except Exception as exc:
-                exc.add_note(f"the page held: {page_state(page)}")
+                exc.add_note(f"the page held: {page_state(page)}; its errors: {errors}")
                 raise
             assert errors == []
         finally:

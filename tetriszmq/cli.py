@@ -15,10 +15,9 @@ import orjson
 from tetriszmq.stream.protocol import Command, State, is_run_id
 from tetriszmq.stream.relay import EXPIRE, MAX_LISTED, RUNS, side
 from tetriszmq.stream.security import ALLOWED, ALLOWED_TRAINERS, ClientCurve, SecurityError, make_keys
-from tetriszmq.stream.sockets import any_port
+from tetriszmq.stream.sockets import DEFAULT_CTL, DEFAULT_PUB, control_beside
 
 TRIAL_DIR = re.compile(r"trial-\d+")  # a sweep trial's run directory (tetriszmq.sweep.trial)
-DEFAULT_PUB, DEFAULT_CTL = "tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556"
 CTL_DEFAULT_HELP = f"default {DEFAULT_CTL}, or any free port when the PUB endpoint's port is * or 0"
 
 
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ctl.add_argument("cmd", choices=[*(str(c) for c in Command), RUNS],
                      help=f"a trainer's command; {RUNS}: the runs a --relay routes to")
     where = ctl.add_mutually_exclusive_group()
-    where.add_argument("--ctl", help="the trainer's control endpoint (default tcp://127.0.0.1:5556)")
+    where.add_argument("--ctl", help=f"the trainer's control endpoint (default {DEFAULT_CTL})")
     where.add_argument("--run-dir", type=Path, metavar="DIR",
                        help="the trainer training in DIR, at the control endpoint its run.json names (for a "
                             "trainer started on a * port)")
@@ -174,13 +173,6 @@ def client_curve(args: argparse.Namespace) -> ClientCurve | None:
     if bool(args.curve_server_key) != bool(args.curve_secret_key):
         raise SecurityError("--curve-server-key and --curve-secret-key go together")
     return ClientCurve(args.curve_server_key, args.curve_secret_key) if args.curve_server_key else None
-
-
-def control_beside(pub: str, ctl: str) -> str:
-    """The control endpoint that goes with ``pub`` when ``--ctl`` is not given: ``ctl``, unless it is the fixed
-    default and ``pub`` takes any free port: then any free port too, since the process that asked for a free PUB
-    most likely runs beside a default trainer, which holds the default control port."""
-    return pub if ctl == DEFAULT_CTL and any_port(pub) else ctl
 
 
 def _ctl(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ import tomli_w
 
 from tetriszmq.stream.protocol import is_run_id
 from tetriszmq.stream.relay import side
+from tetriszmq.stream.sockets import DEFAULT_CTL, DEFAULT_PUB
 from tetriszmq.stream.state import RUN_NAME_MAX
 
 
@@ -82,8 +83,8 @@ class TrainSection:
 
 @dataclass
 class PublishSection:
-    pub: str = setting("tcp://127.0.0.1:5555")
-    ctl: str = setting("tcp://127.0.0.1:5556")
+    pub: str = setting(DEFAULT_PUB)
+    ctl: str = setting(DEFAULT_CTL)
     board_fps: float = setting(30.0, min=0, doc="board frames per second at most; 0: no board frames")
     metrics_every: float = setting(1.0, min=0.05, doc="seconds between metrics messages")
     heartbeat_every: float = setting(0.5, min=0.05, doc="seconds between heartbeats")

@@ -41,7 +41,7 @@ from tetriszmq.stream.checkpoints import Checkpoints, counters_of
 from tetriszmq.stream.protocol import State, Topic
 from tetriszmq.stream.relay import Uplink, side
 from tetriszmq.stream.security import ServerCurve, check_exposure
-from tetriszmq.stream.sockets import check_endpoints
+from tetriszmq.stream.sockets import DEFAULT_CTL, DEFAULT_PUB, check_endpoints, control_beside
 from tetriszmq.stream.state import TrainerState, lineage_of, write_run_file
 
 FLUSH_PERIOD = 1 / 30  # seconds between hand-offs to the broker: an episode reaches subscribers this late at most
@@ -143,7 +143,8 @@ class StreamCallback(BaseCallback):
     :param broker: a started `Broker` to publish through (the trainer's). If None, the
         callback binds ``pub``/``ctl`` itself for the duration of each ``learn()``.
     :param pub: the stream's endpoint (``tcp://HOST:PORT``, ``ipc://PATH``); checked here.
-    :param ctl: the control endpoint; a network address needs ``curve`` or ``insecure``.
+    :param ctl: the control endpoint; a network address needs ``curve`` or ``insecure``. Default
+        ``tcp://127.0.0.1:5556``, or any free port when ``pub``'s port is ``*`` or ``0`` (as the trainer's ``--ctl``).
     :param run_name: prefix of the run id (``<run_name>-<6 hex>``, new for each ``learn()``).
     :param run_dir: a run directory like the trainer's: ``run.json``, ``metrics.jsonl`` and
         ``checkpoints/`` (``save`` works), so the run is listed with the others.
@@ -165,8 +166,8 @@ class StreamCallback(BaseCallback):
         self,
         broker: Broker | None = None,
         *,
-        pub: str = "tcp://127.0.0.1:5555",
-        ctl: str = "tcp://127.0.0.1:5556",
+        pub: str = DEFAULT_PUB,
+        ctl: str | None = None,
         run_name: str = "sb3",
         run_dir: str | Path | None = None,
         checkpoints: Checkpoints | None = None,
@@ -183,6 +184,7 @@ class StreamCallback(BaseCallback):
         super().__init__(verbose)
         self._own_broker = broker is None
         self.relay = Uplink(side(relay, "relay")) if isinstance(relay, str) else relay
+        ctl = control_beside(pub, DEFAULT_CTL) if ctl is None else ctl
         if broker is None:
             check_endpoints(pub, ctl)
             check_exposure([pub, ctl], curve is not None, insecure, advice=EXPOSURE_ADVICE)

@@ -13,7 +13,7 @@ import ipaddress
 import shutil
 import struct
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -129,6 +129,7 @@ class ServerCurve:
     allow_dir: Path
     domain: str = "*"
     option: str = "--curve-allow"
+    _said_empty: bool = field(default=False, init=False, repr=False)  # the empty folder's warning, once
 
     def __post_init__(self) -> None:
         self.secret_key_file, self.allow_dir = Path(self.secret_key_file), Path(self.allow_dir)  # str given in Python
@@ -141,6 +142,10 @@ class ServerCurve:
         if not self.allow_dir.is_dir():
             raise SecurityError(f"{self.option} {self.allow_dir}: not a folder of client public keys")
         self.public, self.secret = _load(self.secret_key_file, "--curve-secret-key", secret=True)
+        if not (self._said_empty or any(self.allow_dir.glob("*.key"))):
+            self._said_empty = True  # the broker process loads its copy of this again
+            print(f"tetriszmq: WARNING: {self.option} {self.allow_dir} holds no public key (*.key): no client can "
+                  "connect until one is added there (`tetriszmq keys`) and this process restarts", file=sys.stderr)
 
     def start(self, ctx: zmq.Context, auth: ThreadAuthenticator | None = None) -> ThreadAuthenticator:
         """Start the ZAP authenticator that admits only the allowed client keys (or add this domain to ``auth``)."""

@@ -10,6 +10,7 @@ import time
 
 import zmq
 
+DEFAULT_PUB, DEFAULT_CTL = "tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556"
 MAX_WIRE_REQUEST = 1 << 20  # larger requests drop the connection instead of being read
 ENDPOINT_SCHEMES = ("tcp", "ipc", "inproc")
 BIND_RETRY = 2.0  # s during which an address in use is retried (see `bind`)
@@ -36,6 +37,13 @@ def check_endpoints(pub: str, ctl: str) -> None:
 def any_port(endpoint: str) -> bool:
     """Whether ``endpoint`` leaves its port to the system (``*`` or ``0``): two such endpoints never clash."""
     return endpoint.startswith("tcp://") and endpoint.endswith((":0", ":*"))
+
+
+def control_beside(pub: str, ctl: str) -> str:
+    """The control endpoint that goes with ``pub`` when none is given: ``ctl``, unless it is the fixed default
+    and ``pub`` takes any free port: then any free port too, since the process that asked for a free PUB most
+    likely runs beside a default trainer, which holds the default control port."""
+    return pub if ctl == DEFAULT_CTL and any_port(pub) else ctl
 
 
 def bind(sock: zmq.Socket, endpoint: str) -> None:

@@ -4,7 +4,7 @@ Prints throughput (a publisher sending as fast as it can to one SUB process) and
 (p50/p99/max, at the default 30 frames/s and at 1,000 frames/s), both measured with a real board
 message sealed by `tetriszmq.stream.protocol`, the same bytes the trainer sends. A last row takes the
 same hop out of a real trainer (`tetriszmq train` on the default config): its boards are staged by a
-training thread that never waits and published by the broker thread, which must win the GIL from it.
+training thread that never waits and published by the broker process, fed through a pipe.
 
 Usage: python bench/transport.py [--quick]
 """

@@ -333,7 +333,7 @@ def test_learn_raising_in_a_notebook_publishes_error_and_frees_the_ports(script)
     """)
     errors = run.until(lambda t, m: t is Topic.STATUS and m["state"] == "error")
     assert errors[-1][1]["reason"] == "learn() raised ValueError: the user's bug"
-    assert set(typing.get_type_hints(StatusFields)) <= set(errors[-1][1]), "the broker thread's status is whole"
+    assert set(typing.get_type_hints(StatusFields)) <= set(errors[-1][1]), "the broker's status is whole"
     wait_for(lambda: bindable(run.pub) and bindable(run.ctl), timeout=10)
     wait_for(lambda: "cell done" in run.output(), timeout=30)  # the cell may end just after the broker did
     assert run.proc.poll() is None, "the kernel lives on"

@@ -211,7 +211,7 @@ class EpisodeRecorder(BaseCallback):
 
     def _listing(self, files: set[int], written: dict[str, float]) -> list[dict[str, Any]]:
         """What the trainer's ``snapshot`` lists once these files are on disk (a new list each time: the
-        broker thread may be reading the old): ``best``, then the kept records, newest first."""
+        outbox hands the listing over only when it is another list): ``best``, then the kept records, newest first."""
         kept = [("best", self.best)] if self.best is not None and "best" in written else []
         kept += [(f"episode-{n}", replace(r, episode=n)) for n, r in reversed(self._recent) if n in files]
         return [{"name": name, **record.summary(), "when": round(written[name], 3)} for name, record in kept]

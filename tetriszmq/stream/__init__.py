@@ -1,6 +1,6 @@
 """The streaming pipeline: everything that speaks the wire protocol, for any SB3 run.
 
-`StreamCallback` in anyone's ``learn()``; the `Broker` thread that owns the
+`StreamCallback` in anyone's ``learn()``; the `Broker` process that owns the
 trainer's sockets; the protocol both sides import; the late joiner's history;
 the journal; the control client; CURVE security; atomic checkpoints.
 

@@ -245,7 +245,7 @@ def journal(run_dir: Path) -> list[dict]:
 
 
 def test_learn_call_after_learn_call_each_callback_journals_runs_that_end(script, tmp_path):
-    """Three sequences of learn() calls, one after another in one interpreter (one SB3 start-up), each with
+    """Four sequences of learn() calls, one after another in one interpreter (one SB3 start-up), each with
     its own callback, ports and run directory. Read from the journals: a subscriber reconnecting to each new
     run misses its start.
 
@@ -286,6 +286,7 @@ def test_learn_call_after_learn_call_each_callback_journals_runs_that_end(script
         deadline = time.monotonic() + 60
         while callback.broker.running and time.monotonic() < deadline:  # the broker publishes `error` and ends
             time.sleep(0.05)
+        assert not callback.broker.running, "the broker did not end the abandoned run by itself"
         model.learn(256, callback=callback)
 
         model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
@@ -296,7 +297,7 @@ def test_learn_call_after_learn_call_each_callback_journals_runs_that_end(script
         callback.bind()
         model.learn(256, callback=callback, reset_num_timesteps=False)
     """, args=tuple(ports))
-    assert run.finish() == 0, run.output()
+    assert run.finish(300) == 0, run.output()
 
     stopped = [m for m in journal(several) if m["topic"] == "status" and m["state"] == "stopped"]
     assert [m["timesteps"] for m in stopped] == [256, 512, 256], "several"

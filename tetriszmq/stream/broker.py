@@ -206,6 +206,7 @@ class Broker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lines: _Lines | None = None
         self._abandoned = False  # the broker was told that learn() ended without ending the run
+        self._closed = False
         self._listener = threading.Thread(target=self._listen, name="tetriszmq-broker-listener", daemon=True)
         self.outbox: Outbox
 
@@ -229,14 +230,15 @@ class Broker:
         finally:
             os.close(inbox)
         self._lines = _Lines(self._proc.stdout)
-        word = None
-        with contextlib.suppress(EOFError):  # the broker process ended: its exit code says why
-            word = self._lines.next(START_TIMEOUT)
-        if word is None or "ready" not in word:
+        late = {"error": f"the broker process did not start within {START_TIMEOUT:g} s"}
+        try:
+            word = self._lines.next(START_TIMEOUT) or late
+        except EOFError:
+            word = {}  # it ended: its exit code says more
+        if "ready" not in word:
             os.close(outbox)
             self._end(5)
-            why = word.get("error") if word else f"the broker process ended (exit code {self._proc.returncode})"
-            raise OSError(why or "the broker process did not start")
+            raise OSError(word.get("error") or f"the broker process ended (exit code {self._proc.returncode})")
         self.state.endpoints = word["ready"]["endpoints"]
         os.set_blocking(outbox, False)
         self.outbox = Outbox(outbox, self.state)
@@ -254,42 +256,50 @@ class Broker:
     def close(self, timeout: float = 10.0) -> None:
         """Publish everything posted so far, then end the broker process (from the starting thread).
 
-        Bounded by ``timeout`` even if the broker has died or hangs.
+        Bounded by ``timeout`` even if the broker has died or hangs; a second call does nothing.
         """
+        if self._closed:
+            return
+        self._closed = True
         told = self.outbox.close_broker(timeout if self.running else 0)
         self._end(timeout if told else 0)
 
     def _end(self, timeout: float) -> None:
-        """Wait ``timeout`` s for the broker process to exit, then kill it; close this end of its pipes once the
-        listener has read its stdout to the end."""
+        """Wait ``timeout`` s for the broker process to exit, then kill it; close this end of its pipes (its stdout
+        is the listener's to close, once read to the end)."""
         assert self._proc is not None
         try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        try:
-            self._proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        if self._listener.is_alive():
-            self._listener.join(max(timeout, 1.0))
-        self._proc.stdout.close()
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        finally:  # a KeyboardInterrupt in the wait (`play` turns SIGTERM into one) still ends it
+            if self._proc.poll() is None:
+                self._proc.kill()
+            with contextlib.suppress(BrokenPipeError):
+                self._proc.stdin.close()
+            if self._listener.is_alive():
+                self._listener.join(max(timeout, 1.0))  # the broker has exited: its stdout's end is near
+            else:
+                self._proc.stdout.close()
 
     def _listen(self) -> None:
         """Until the broker process ends: apply what it says; ask the watch at every heartbeat."""
         assert self._lines is not None
         next_watch = time.monotonic() + self.spec.heartbeat_every
-        while True:
-            try:
+        try:
+            while True:
                 word = self._lines.next(max(0.0, next_watch - time.monotonic()))
-            except EOFError:
-                return
-            if word is not None:
-                self._apply(word)
-            if time.monotonic() >= next_watch:
-                next_watch = time.monotonic() + self.spec.heartbeat_every
-                self._ask_watch()
+                if word is not None:
+                    self._apply(word)
+                if time.monotonic() >= next_watch:
+                    next_watch = time.monotonic() + self.spec.heartbeat_every
+                    self._ask_watch()
+        except EOFError:
+            pass
+        finally:
+            self._proc.stdout.close()
 
     def _apply(self, word: dict[str, Any]) -> None:
         state = self.state

@@ -129,7 +129,7 @@ class ServerCurve:
     allow_dir: Path
     domain: str = "*"
     option: str = "--curve-allow"
-    _said_empty: bool = field(default=False, init=False, repr=False)  # the empty folder's warning, once
+    _said_empty: bool = field(default=False, init=False, repr=False, compare=False)  # the empty folder's warning, once
 
     def __post_init__(self) -> None:
         self.secret_key_file, self.allow_dir = Path(self.secret_key_file), Path(self.allow_dir)  # str given in Python
@@ -145,7 +145,8 @@ class ServerCurve:
         if not (self._said_empty or any(self.allow_dir.glob("*.key"))):
             self._said_empty = True  # the broker process loads its copy of this again
             print(f"tetriszmq: WARNING: {self.option} {self.allow_dir} holds no public key (*.key): no client can "
-                  "connect until one is added there (`tetriszmq keys`) and this process restarts", file=sys.stderr)
+                  "connect until one is added there (`tetriszmq keys`) and the trainer (or the next learn()) starts",
+                  file=sys.stderr)
 
     def start(self, ctx: zmq.Context, auth: ThreadAuthenticator | None = None) -> ThreadAuthenticator:
         """Start the ZAP authenticator that admits only the allowed client keys (or add this domain to ``auth``)."""

@@ -1,4 +1,5 @@
-"""What every process that binds ZeroMQ sockets shares: endpoint checks, a patient bind, the request size cap.
+"""What every process that binds ZeroMQ sockets shares: the default endpoints, endpoint checks, a patient bind,
+the request size cap.
 
 The trainer's broker and the relay both bind; neither owns these, so they live here and both import
 them (the relay must not depend on the broker, which dials out to the relay).

@@ -457,6 +457,9 @@ def main() -> int:
         return 1
     _tell(report, {"ready": {"endpoints": loop.state.endpoints}})
     loop.run(*sockets)
+    # pyzmq leaves its context alone at exit: the last messages (the run's end) could die in libzmq's queues
+    # with the process, unsent on a busy machine. Terminating waits for them, up to PUB's linger.
+    loop.ctx.term()
     return 0
 
 

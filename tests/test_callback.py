@@ -461,8 +461,9 @@ def test_bad_endpoints_are_refused_at_construction(kwargs, message):
 
 
 @pytest.mark.slow  # two broker processes
-def test_callbacks_on_any_free_port_take_a_free_control_port_too():
-    """As the trainer's --ctl: a second callback beside the first (or beside a default trainer) binds."""
+def test_callbacks_on_any_free_port_take_a_free_control_port_too(capsys):
+    """As the trainer's --ctl: a second callback beside the first (or beside a default trainer) binds, and
+    each says where."""
     callbacks = [StreamCallback(pub="tcp://127.0.0.1:*") for _ in range(2)]
     try:
         for callback in callbacks:
@@ -471,6 +472,8 @@ def test_callbacks_on_any_free_port_take_a_free_control_port_too():
         ports = {e[name].rsplit(":", 1)[1] for e in endpoints for name in ("pub", "ctl")}
         assert len(ports) == 4 and "5556" not in ports, endpoints
         assert all(request(e["ctl"], "status")["state"] == "starting" for e in endpoints)
+        said = capsys.readouterr().err
+        assert all(f"streaming on {e['pub']}, control on {e['ctl']}" in said for e in endpoints), said
     finally:
         for callback in callbacks:
             callback.close()

@@ -125,3 +125,12 @@ def test_a_config_path_that_is_a_folder_is_refused_with_a_message_and_no_run_fol
     assert done.returncode == 2
     assert f"config file is a folder, not a TOML file: {ROOT / 'configs'}" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "play"])
+def test_a_malformed_endpoint_is_named_as_such_not_as_an_exposure(tetriszmq_here, tmp_path, command):
+    """``--pub tcp://bogus:xyz`` was refused as a network address without CURVE, advising --insecure."""
+    more = ("--config", TINY, "--run-dir", tmp_path / "run") if command == "train" else ("--agent", "dellacherie")
+    done = tetriszmq_here(command, "--pub", "tcp://bogus:xyz", "--ctl", "tcp://127.0.0.1:0", *more)
+    assert done.returncode == 2, done.stderr
+    assert "tcp needs HOST:PORT with a port from 0 to 65535" in done.stderr and "--insecure" not in done.stderr

@@ -15,7 +15,7 @@ import orjson
 from tetriszmq.stream.protocol import Command, State, is_run_id
 from tetriszmq.stream.relay import EXPIRE, MAX_LISTED, RUNS, side
 from tetriszmq.stream.security import ALLOWED, ALLOWED_TRAINERS, ClientCurve, SecurityError, make_keys
-from tetriszmq.stream.sockets import DEFAULT_CTL, DEFAULT_PUB, control_beside
+from tetriszmq.stream.sockets import DEFAULT_CTL, DEFAULT_PUB, check_endpoints, control_beside
 
 TRIAL_DIR = re.compile(r"trial-\d+")  # a sweep trial's run directory (tetriszmq.sweep.trial)
 CTL_DEFAULT_HELP = f"default {DEFAULT_CTL}, or any free port when the PUB endpoint's port is * or 0"
@@ -375,6 +375,7 @@ def _play(args: argparse.Namespace) -> int:
 
     try:
         ctl = args.ctl or control_beside(args.pub, DEFAULT_CTL)
+        check_endpoints(args.pub, ctl)
         check_exposure([args.pub, ctl], secured=False, insecure=args.insecure)
         policy = _player(args)
         env = PlacementTetris(features=policy.feature_names, max_pieces=args.max_pieces)
@@ -403,10 +404,11 @@ def _replay(args: argparse.Namespace) -> int:
             print(orjson.dumps({"file": str(path), **result}).decode())
             return 0 if result["ok"] else 1
         ctl = args.ctl or control_beside(args.pub, DEFAULT_CTL)
+        check_endpoints(args.pub, ctl)
         check_exposure([args.pub, ctl], secured=False, insecure=args.insecure)
         result = replay(record, pub=args.pub, ctl=ctl, pps=args.pps, from_piece=args.from_piece,
                         on_bound=_say_where(f"tetriszmq replay: episode {record.episode} of {path}, "))
-    except (records.RecordError, SecurityError, OSError) as exc:
+    except (records.RecordError, OSError, ValueError) as exc:  # SecurityError is a ValueError
         print(f"tetriszmq replay: {exc}", file=sys.stderr)
         return 2
     print(orjson.dumps(result).decode())

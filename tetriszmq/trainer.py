@@ -33,7 +33,8 @@ from tetriszmq.stream.callback import StreamCallback, describe
 from tetriszmq.stream.checkpoints import CheckpointError, Checkpoints, counters_of, saved_counters
 from tetriszmq.stream.protocol import State
 from tetriszmq.stream.relay import Uplink, side
-from tetriszmq.stream.security import ClientCurve, SecurityError, ServerCurve, check_exposure
+from tetriszmq.stream.security import ClientCurve, ServerCurve, check_exposure
+from tetriszmq.stream.sockets import check_endpoints
 from tetriszmq.stream.state import TrainerState, lineage_of, write_run_file
 from tetriszmq.tetris.envs import check_env, make_vec_env
 
@@ -183,6 +184,7 @@ def _security(config: cfg.Config) -> tuple[ServerCurve | None, Uplink | None]:
     try:
         if curve is not None:
             curve.load()  # unusable key files are bad input: refused before the run directory is made
+        check_endpoints(publish.pub, publish.ctl)  # a malformed one is the problem, not its exposure
         check_exposure([publish.pub, publish.ctl], curve is not None, sec.insecure)
         if not publish.relay:
             return curve, None
@@ -191,7 +193,7 @@ def _security(config: cfg.Config) -> tuple[ServerCurve | None, Uplink | None]:
         check_exposure([relay.side.stream, relay.side.control], keys is not None, sec.insecure,
                        "Use --curve-server-key and --curve-secret-key (see `tetriszmq keys`), or --insecure.",
                        action="connect to")
-    except SecurityError as exc:
+    except ValueError as exc:  # a SecurityError too
         raise RunError(str(exc)) from None
     return curve, relay
 

@@ -41,7 +41,7 @@ from tetriszmq.stream.checkpoints import Checkpoints, counters_of
 from tetriszmq.stream.protocol import State, Topic
 from tetriszmq.stream.relay import Uplink, side
 from tetriszmq.stream.security import ServerCurve, check_exposure
-from tetriszmq.stream.sockets import DEFAULT_CTL, DEFAULT_PUB, check_endpoints, control_beside
+from tetriszmq.stream.sockets import DEFAULT_CTL, DEFAULT_PUB, any_port, check_endpoints, control_beside
 from tetriszmq.stream.state import TrainerState, lineage_of, write_run_file
 
 FLUSH_PERIOD = 1 / 30  # seconds between hand-offs to the broker: an episode reaches subscribers this late at most
@@ -145,6 +145,7 @@ class StreamCallback(BaseCallback):
     :param pub: the stream's endpoint (``tcp://HOST:PORT``, ``ipc://PATH``); checked here.
     :param ctl: the control endpoint; a network address needs ``curve`` or ``insecure``. Default
         ``tcp://127.0.0.1:5556``, or any free port when ``pub``'s port is ``*`` or ``0`` (as the trainer's ``--ctl``).
+        Ports the system chose are said on stderr at each ``learn()``, and kept in ``run.json`` with a ``run_dir``.
     :param run_name: prefix of the run id (``<run_name>-<6 hex>``, new for each ``learn()``).
     :param run_dir: a run directory like the trainer's: ``run.json``, ``metrics.jsonl`` and
         ``checkpoints/`` (``save`` works), so the run is listed with the others.
@@ -326,6 +327,10 @@ class StreamCallback(BaseCallback):
                              curve=self.curve, relay=self.relay)
         self.broker.start()
         _LIVE.add(self)
+        if any(map(any_port, self.endpoints)):  # the system chose: say what, as the trainer does
+            bound = self.state.endpoints
+            print(f"tetriszmq: run {self.state.run} streaming on {bound['pub']}, control on {bound['ctl']}",
+                  file=sys.stderr)
 
     @staticmethod
     def _close_abandoned_runs() -> None:

@@ -268,21 +268,20 @@ def test_learn_call_after_learn_call_each_callback_journals_runs_that_end(script
         model.learn(256, callback=callback, reset_num_timesteps=False)
         model.learn(256, callback=callback)
 
-        model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
-        callback = StreamCallback(pub=PUB2, ctl=CTL2, run_dir={str(raised)!r})
-        try:
-            model.learn(1024, callback=[callback, Fails(RuntimeError("boom"))])
-        except RuntimeError:
-            pass
+        def raised_and_caught(pub, ctl, run_dir):  # a model and callback whose first learn() raised
+            model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
+            callback = StreamCallback(pub=pub, ctl=ctl, run_dir=run_dir)
+            try:
+                model.learn(1024, callback=[callback, Fails(RuntimeError("boom"))])
+            except RuntimeError:
+                pass
+            return model, callback
+
+        model, callback = raised_and_caught(PUB2, CTL2, {str(raised)!r})
         model.learn(256, callback=callback)  # at once: the abandoned run is ended first
         print("again", model.num_timesteps)
 
-        model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
-        callback = StreamCallback(pub=PUB4, ctl=CTL4, run_dir={str(later)!r})
-        try:
-            model.learn(1024, callback=[callback, Fails(RuntimeError("boom"))])
-        except RuntimeError:
-            pass
+        model, callback = raised_and_caught(PUB4, CTL4, {str(later)!r})
         deadline = time.monotonic() + 60
         while callback.broker.running and time.monotonic() < deadline:  # the broker publishes `error` and ends
             time.sleep(0.05)
